@@ -1,0 +1,183 @@
+"""Typed, frozen settings for each stage, loaded from and saved to TOML.
+
+Each stage declares a frozen dataclass (``ModelConfig`` here; later stages add theirs).
+:func:`from_dict` builds one from plain data and rejects unknown keys and wrong types with a
+:class:`~resnetkit.errors.ConfigError` naming the key, so a typo in a recipe fails at load
+time instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from resnetkit.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["ModelConfig", "from_dict", "load_toml", "save_toml", "to_dict"]
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which zoo model to build and with which keyword arguments."""
+
+    arch: str = "resnet20"
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if arg is type(None) and value is None:
+                return None
+            if arg is not type(None):
+                try:
+                    return _check_type(name, value, arg)
+                except ConfigError:
+                    continue
+        raise ConfigError(f"{name}: expected {hint}, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        items = [
+            _check_type(f"{name}[{i}]", v, args[0]) if args else v for i, v in enumerate(value)
+        ]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a table, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return from_dict(hint, value, prefix=f"{name}.")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}")
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{name}: expected int, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
+    """Build the frozen dataclass ``cls`` from plain data, checking keys and types.
+
+    Raises:
+        ConfigError: on an unknown key or a value of the wrong type.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or cls.__name__}: expected a table, got {data!r}")
+    assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {prefix}{unknown[0]!s} in {cls.__name__}; "
+            f"known settings: {', '.join(sorted(fields))}"
+        )
+    values = {k: _check_type(f"{prefix}{k}", v, hints[k]) for k, v in data.items()}
+    return cls(**values)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-data form of a config dataclass (tuples become lists)."""
+    return typing.cast(dict[str, Any], _plain(dataclasses.asdict(obj)))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML file.
+
+    Raises:
+        ConfigError: when the file is missing or not valid TOML.
+    """
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {p}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        # JSON's string escapes are all valid in TOML basic strings; TOML also forbids DEL raw.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
+def dumps_toml(data: Mapping[str, Any], _path: tuple[str, ...] = ()) -> str:
+    """Serialise plain data (scalars, lists, nested tables) as TOML text."""
+    scalars = [(k, v) for k, v in data.items() if v is not None and not isinstance(v, Mapping)]
+    tables = [(k, v) for k, v in data.items() if isinstance(v, Mapping)]
+    lines = []
+    if _path and (scalars or not tables):
+        lines.append("[" + ".".join(_toml_key(k) for k in _path) + "]")
+    lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in scalars)
+    text = "\n".join(lines)
+    for key, table in tables:
+        text += "\n\n" + dumps_toml(table, (*_path, key))
+    return text.strip() + "\n"
+
+
+def save_toml(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
+    """Write ``data`` as TOML atomically (temp file in the same folder, fsync, rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(dumps_toml(data))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

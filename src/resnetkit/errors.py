@@ -1,0 +1,92 @@
+"""The one exception tree of resnetkit.
+
+Every error a user can cause is a :class:`ResNetKitError`; its message says what is wrong
+and what to do. Third-party exceptions are translated where they cross into the package
+(``raise DataError(...) from exc``), so callers catch one base class::
+
+    ResNetKitError
+    ├── ConfigError            a setting or argument that makes no sense
+    ├── ModelNotFoundError     an unknown model name (also a ConfigError)
+    ├── DataError              a dataset that is missing, corrupt or unreadable
+    ├── CheckpointError        weights or checkpoints that cannot be read or do not fit
+    ├── ExportError            an export or a parity check that failed
+    ├── RegistryError          the model registry refused or failed an operation
+    │   └── IntegrityError     an artifact whose bytes do not match its digest
+    ├── ServeError             a request the server cannot answer
+    │   ├── InvalidInput       the request itself is wrong (HTTP 4xx)
+    │   └── QueueFull          backpressure: try again later (HTTP 503)
+    └── DriftError             drift detection could not run on the data given
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DriftError",
+    "ExportError",
+    "IntegrityError",
+    "InvalidInput",
+    "ModelNotFoundError",
+    "QueueFull",
+    "RegistryError",
+    "ResNetKitError",
+    "ServeError",
+]
+
+
+class ResNetKitError(Exception):
+    """Base class of every error resnetkit raises on purpose."""
+
+
+class ConfigError(ResNetKitError, ValueError):
+    """A configuration value or argument is invalid."""
+
+
+class ModelNotFoundError(ConfigError, KeyError):
+    """No model is registered under the requested name."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would wrap the message in quotes.
+        return str(self.args[0]) if self.args else ""
+
+
+class DataError(ResNetKitError):
+    """A dataset is missing, corrupt or unreadable."""
+
+
+class CheckpointError(ResNetKitError):
+    """Weights or a checkpoint cannot be read or do not fit the model."""
+
+
+class ExportError(ResNetKitError):
+    """An export failed or its parity check exceeded the tolerance."""
+
+
+class RegistryError(ResNetKitError):
+    """The model registry refused or failed an operation."""
+
+
+class IntegrityError(RegistryError):
+    """An artifact's bytes do not match the digest recorded for it."""
+
+
+class ServeError(ResNetKitError):
+    """The server cannot answer a request."""
+
+
+class InvalidInput(ServeError):
+    """A request is malformed or its input does not fit the model."""
+
+
+class QueueFull(ServeError):
+    """The request queue is full; the client should retry later."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DriftError(ResNetKitError):
+    """Drift detection cannot run on the data given."""

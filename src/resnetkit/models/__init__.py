@@ -1,0 +1,36 @@
+"""The ResNet model zoo: every family behind one factory and one interface."""
+
+from resnetkit.models.base import ClassifierModel
+from resnetkit.models.blocks import (
+    BasicBlock,
+    BottleneckBlock,
+    PreActBasicBlock,
+    PreActBottleneckBlock,
+)
+from resnetkit.models.compat import LoadReport, load_pretrained
+from resnetkit.models.hybrid import ResNetHybrid
+from resnetkit.models.profile import ModelProfile, count_params, profile
+from resnetkit.models.resnet import ResNet
+from resnetkit.models.tabular import ResidualMLP
+from resnetkit.models.zoo import ModelEntry, create_model, get_entry, list_models, register_model
+
+__all__ = [
+    "BasicBlock",
+    "BottleneckBlock",
+    "ClassifierModel",
+    "LoadReport",
+    "ModelEntry",
+    "ModelProfile",
+    "PreActBasicBlock",
+    "PreActBottleneckBlock",
+    "ResNet",
+    "ResNetHybrid",
+    "ResidualMLP",
+    "count_params",
+    "create_model",
+    "get_entry",
+    "list_models",
+    "load_pretrained",
+    "profile",
+    "register_model",
+]
