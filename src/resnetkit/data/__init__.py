@@ -1,0 +1,71 @@
+"""Datasets, preprocessing, batch augmentation and loaders for training ResNets.
+
+Everything is kept as tensors in memory: a source returns an :class:`ImageDataset` of
+``uint8`` images, :class:`BatchLoader` serves seeded, resumable (and shardable) batches,
+:func:`augment_batch` augments and normalises whole batches, and :class:`PreprocessingSpec`
+is the normalisation saved with the model. This package imports no other resnetkit stage.
+
+Example::
+
+    train = load_dataset("fashion-mnist", "train")
+    train, val = split_train_val(train, val_fraction=0.1, seed=0)
+    spec = compute_preprocessing(train)
+    loader = BatchLoader(train.images, train.labels, batch_size=256, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    for images, labels in loader.epoch(0):
+        batch = augment_batch(images, labels, AugmentSpec(crop_padding=2), spec, generator)
+"""
+
+from resnetkit.data.augment import (
+    AugmentedBatch,
+    AugmentSpec,
+    augment_batch,
+    cutmix,
+    mixup,
+    random_crop,
+    random_erasing,
+    random_hflip,
+)
+from resnetkit.data.cifar import load_cifar
+from resnetkit.data.dataset import BadImage, ImageDataset, split_train_val
+from resnetkit.data.fingerprint import fingerprint
+from resnetkit.data.image_folder import load_image_folder
+from resnetkit.data.images import image_to_array, open_image, read_image
+from resnetkit.data.loader import BatchLoader, epoch_permutation
+from resnetkit.data.preprocess import (
+    PreprocessingSpec,
+    compute_preprocessing,
+    normalize,
+    preprocess_image,
+)
+from resnetkit.data.sources import known_datasets, load_dataset
+from resnetkit.data.synthetic import load_synthetic
+
+__all__ = [
+    "AugmentSpec",
+    "AugmentedBatch",
+    "BadImage",
+    "BatchLoader",
+    "ImageDataset",
+    "PreprocessingSpec",
+    "augment_batch",
+    "compute_preprocessing",
+    "cutmix",
+    "epoch_permutation",
+    "fingerprint",
+    "image_to_array",
+    "known_datasets",
+    "load_cifar",
+    "load_dataset",
+    "load_image_folder",
+    "load_synthetic",
+    "mixup",
+    "normalize",
+    "open_image",
+    "preprocess_image",
+    "random_crop",
+    "random_erasing",
+    "random_hflip",
+    "read_image",
+    "split_train_val",
+]
