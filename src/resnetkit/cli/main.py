@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 from resnetkit import __version__
 from resnetkit.cli import models as models_cli
+from resnetkit.cli import registry as registry_cli
 from resnetkit.errors import ResNetKitError
 
-COMMAND_GROUPS = (models_cli,)
+COMMAND_GROUPS = (models_cli, registry_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

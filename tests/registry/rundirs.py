@@ -1,0 +1,63 @@
+"""Small but real training run directories and ONNX-like files for registry tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+LABELS = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat"]
+
+
+def make_run_dir(
+    path: Path,
+    *,
+    seed: int = 0,
+    accuracy: float = 0.9,
+    width: int = 8,
+    profile: bool = True,
+) -> Path:
+    """Write a run directory like training leaves: weights, model.json, summary, config."""
+    path.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {
+        "conv1.weight": torch.randn(width, 1, 3, 3, generator=gen),
+        "bn1.weight": torch.ones(width),
+        "bn1.bias": torch.zeros(width),
+        "fc.weight": torch.randn(len(LABELS), width, generator=gen),
+        "fc.bias": torch.zeros(len(LABELS)),
+    }
+    save_file(tensors, str(path / "model.safetensors"))
+    model_json = {
+        "arch": "resnet20",
+        "kwargs": {"num_classes": len(LABELS), "in_chans": 1},
+        "labels": LABELS,
+        "preprocessing": {"size": [28, 28], "channels": 1, "mean": [0.286], "std": [0.353]},
+    }
+    if profile:
+        model_json["profile"] = {"params": 272474, "macs": 40_812_032}
+    (path / "model.json").write_text(json.dumps(model_json))
+    summary = {
+        "test_accuracy": accuracy,
+        "test_loss": 0.31,
+        "epochs": 3,
+        "dataset_fingerprint": "fmnist-sha256:1f2e3d",
+        "run_id": f"run-{seed}",
+    }
+    (path / "summary.json").write_text(json.dumps(summary))
+    (path / "config.toml").write_text('[model]\narch = "resnet20"\n\n[train]\nepochs = 3\n')
+    (path / "metrics.jsonl").write_text('{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "loss": 0.4}\n')
+    (path / "drift_reference.npz").write_bytes(b"drift reference bytes " + bytes([seed % 256]))
+    return path
+
+
+def make_large_run_dir(path: Path, *, megabytes: int = 8) -> Path:
+    """A run directory whose weights span several copy chunks (for kill-during-copy tests)."""
+    make_run_dir(path)
+    elements = megabytes * (1 << 20) // 4
+    save_file(
+        {"fc.weight": torch.arange(elements, dtype=torch.float32)}, str(path / "model.safetensors")
+    )
+    return path

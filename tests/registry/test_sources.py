@@ -1,0 +1,79 @@
+"""Reading run directories and .onnx files for registration (sources.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from resnetkit.errors import RegistryError
+from resnetkit.registry.sources import read_source
+from tests.registry.rundirs import make_run_dir
+
+
+def test_a_run_directory_yields_its_artifacts_metrics_and_lineage(tmp_path: Path) -> None:
+    spec = read_source(make_run_dir(tmp_path / "run", seed=3, accuracy=0.91))
+    assert spec.kind == "run_dir"
+    assert set(spec.files) >= {"model.safetensors", "model.json", "summary.json", "config.toml"}
+    assert "drift_reference.npz" in spec.files
+    assert spec.metrics == {"test_accuracy": 0.91, "test_loss": 0.31, "epochs": 3}
+    assert (spec.run_id, spec.dataset_fingerprint) == ("run-3", "fmnist-sha256:1f2e3d")
+
+
+def test_the_git_commit_is_the_code_version_when_the_run_does_not_say(tmp_path: Path) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    run = make_run_dir(tmp_path / "repo" / "run")
+    git = ["git", "-C", str(tmp_path / "repo")]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run(
+        [
+            *git,
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ],
+        check=True,
+    )
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    assert read_source(run).code_version == head.stdout.strip()
+
+
+def test_an_onnx_file_without_sidecars_is_accepted(tmp_path: Path) -> None:
+    onnx = tmp_path / "net.onnx"
+    onnx.write_bytes(b"onnx")
+    spec = read_source(onnx)
+    assert (spec.kind, spec.files, spec.model_json) == ("onnx", {"model.onnx": onnx}, {})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "cannot read"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"kwargs": {}}', "'arch' must be a non-empty string"),
+        ('{"arch": "resnet20", "labels": "cat"}', "'labels' must be a JSON list"),
+    ],
+)
+def test_a_broken_model_json_is_refused(tmp_path: Path, content: str, message: str) -> None:
+    run = make_run_dir(tmp_path / "run")
+    (run / "model.json").write_text(content)
+    with pytest.raises(RegistryError, match=message):
+        read_source(run)
+
+
+def test_a_path_that_is_neither_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "weights.pt").write_text(json.dumps({}))
+    with pytest.raises(RegistryError, match=r"neither a run directory nor an \.onnx file"):
+        read_source(tmp_path / "weights.pt")
+    with pytest.raises(RegistryError, match="does not exist"):
+        read_source(tmp_path / "nothing")
