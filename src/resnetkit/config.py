@@ -17,7 +17,7 @@ import sys
 import tempfile
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +28,19 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["ModelConfig", "from_dict", "load_toml", "save_toml", "to_dict"]
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "atomic_write",
+    "dumps_toml",
+    "from_dict",
+    "load_toml",
+    "save_toml",
+    "to_dict",
+]
 
 T = TypeVar("T")
 
@@ -39,6 +51,74 @@ class ModelConfig:
 
     arch: str = "resnet20"
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to train on and how to split it."""
+
+    name: str = "fashion-mnist"
+    data_dir: str | None = None
+    val_fraction: float = 0.05
+    limit: int | None = None
+    test_limit: int | None = None
+    skip_bad_images: bool = False
+    image_size: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Batch augmentation; ``hflip`` is ignored for datasets that forbid it (digits)."""
+
+    crop_padding: int = 2
+    hflip: bool = True
+    erase_prob: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser, learning-rate schedule and regularisation."""
+
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.2
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"  # cosine | linear | onecycle | constant
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0
+    clip_grad_norm: float | None = None
+    label_smoothing: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; saved as ``config.toml`` in the run directory."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    epochs: int = 10
+    batch_size: int = 256
+    seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 only on CUDA)
+    channels_last: bool = True
+    grad_checkpointing: bool = False
+    ema_decay: float | None = None
+    early_stop_patience: int | None = None
+    checkpoint_every_steps: int | None = None
+    init_from: str | None = None
+    freeze: str = "none"  # none | backbone | bn
+    sync_bn: bool = False
+    device: str = "auto"
+    num_threads: int | None = None
+    tta_flip: bool = False
+    progress: bool = True
 
 
 def _check_type(name: str, value: Any, hint: Any) -> Any:
@@ -163,21 +243,32 @@ def dumps_toml(data: Mapping[str, Any], _path: tuple[str, ...] = ()) -> str:
     lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in scalars)
     text = "\n".join(lines)
     for key, table in tables:
-        text += "\n\n" + dumps_toml(table, (*_path, key))
+        text += "\n\n" + dumps_toml(table, (*_path, key)).rstrip("\n")
     return text.strip() + "\n"
 
 
-def save_toml(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
-    """Write ``data`` as TOML atomically (temp file in the same folder, fsync, rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then rename it over.
+
+    A reader sees the old file or the new one, never half of one, even if the process is
+    killed mid-write.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(dumps_toml(data))
-            fh.flush()
+        write(tmp)
+        with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, p)
+        os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def save_toml(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
+    """Write ``data`` as TOML atomically."""
+    text = dumps_toml(data)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

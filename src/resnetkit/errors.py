@@ -9,6 +9,7 @@ and what to do. Third-party exceptions are translated where they cross into the 
     ├── ModelNotFoundError     an unknown model name (also a ConfigError)
     ├── DataError              a dataset that is missing, corrupt or unreadable
     ├── CheckpointError        weights or checkpoints that cannot be read or do not fit
+    ├── TrainingError          a run that diverged (non-finite loss or gradient)
     ├── ExportError            an export or a parity check that failed
     ├── RegistryError          the model registry refused or failed an operation
     │   └── IntegrityError     an artifact whose bytes do not match its digest
@@ -33,6 +34,7 @@ __all__ = [
     "RegistryError",
     "ResNetKitError",
     "ServeError",
+    "TrainingError",
 ]
 
 
@@ -58,6 +60,10 @@ class DataError(ResNetKitError):
 
 class CheckpointError(ResNetKitError):
     """Weights or a checkpoint cannot be read or do not fit the model."""
+
+
+class TrainingError(ResNetKitError):
+    """Training cannot go on: the loss or a gradient stopped being finite."""
 
 
 class ExportError(ResNetKitError):

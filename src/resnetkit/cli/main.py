@@ -13,11 +13,13 @@ import sys
 from collections.abc import Sequence
 
 from resnetkit import __version__
+from resnetkit.cli import evaluate as evaluate_cli
 from resnetkit.cli import models as models_cli
 from resnetkit.cli import registry as registry_cli
+from resnetkit.cli import train as train_cli
 from resnetkit.errors import ResNetKitError
 
-COMMAND_GROUPS = (models_cli, registry_cli)
+COMMAND_GROUPS = (models_cli, train_cli, registry_cli, evaluate_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

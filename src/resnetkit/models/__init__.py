@@ -1,5 +1,6 @@
 """The ResNet model zoo: every family behind one factory and one interface."""
 
+from resnetkit.models.artifact import ModelCard, load_model, read_model_json, save_model
 from resnetkit.models.base import ClassifierModel
 from resnetkit.models.blocks import (
     BasicBlock,
@@ -19,6 +20,7 @@ __all__ = [
     "BottleneckBlock",
     "ClassifierModel",
     "LoadReport",
+    "ModelCard",
     "ModelEntry",
     "ModelProfile",
     "PreActBasicBlock",
@@ -30,7 +32,10 @@ __all__ = [
     "create_model",
     "get_entry",
     "list_models",
+    "load_model",
     "load_pretrained",
     "profile",
+    "read_model_json",
     "register_model",
+    "save_model",
 ]

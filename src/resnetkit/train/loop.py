@@ -1,0 +1,364 @@
+"""The one training loop.
+
+``train(cfg, run_dir)`` trains a zoo model on real data and leaves a run directory behind
+(``config.toml``, ``metrics.jsonl``, ``checkpoints/``, ``model.safetensors``, ``model.json``,
+``summary.json``, ``drift_reference.safetensors``). The same code runs alone or under
+``torchrun`` (DDP), on CPU (bf16 autocast) or CUDA (bf16, or fp16 with a grad scaler).
+
+Resuming is exact: the data order is a function of (seed, epoch), the schedule a function
+of the step, and the checkpoint holds every other piece of state, so a run killed mid-epoch
+and resumed ends with the same weights as one that never stopped (on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetkit.config import TrainConfig, from_dict, to_dict
+from resnetkit.data import BatchLoader, ImageDataset, augment_batch, normalize
+from resnetkit.errors import ConfigError, TrainingError
+from resnetkit.models import ClassifierModel
+from resnetkit.train import rundir
+from resnetkit.train.checkpoint import (
+    BEST,
+    LATEST,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from resnetkit.train.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    init_distributed,
+    shutdown_distributed,
+    wrap_ddp,
+)
+from resnetkit.train.optim import ModelEMA, build_optimizer
+from resnetkit.train.progress import TrainProgress
+from resnetkit.train.schedule import lr_factor
+from resnetkit.train.setup import (
+    TrainData,
+    augment_spec,
+    build_model,
+    load_train_data,
+    model_kwargs,
+    resolve_device,
+    resolve_precision,
+    set_train_mode,
+)
+
+__all__ = ["TrainResult", "Trainer", "train"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reports (``summary.json`` holds the same and more)."""
+
+    run_dir: Path
+    val_accuracy: float | None
+    best_val_accuracy: float | None
+    epochs_run: int
+    images_per_s: float
+    train_seconds: float
+    stopped_early: bool
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> TrainResult:
+    """Train ``cfg`` into ``run_dir``; with ``resume``, continue from its latest checkpoint.
+
+    Raises:
+        ConfigError: for invalid settings, or resuming with a different config.
+        DataError: when the dataset is missing or corrupt.
+        TrainingError: when the loss or a gradient stops being finite.
+    """
+    threads = torch.get_num_threads()
+    try:
+        return Trainer(cfg, Path(run_dir), resume=resume).fit()
+    finally:
+        torch.set_num_threads(threads)  # cfg.num_threads applies to this run only
+        shutdown_distributed()
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ConfigError(f"epochs and batch_size must be >= 1, got {cfg.epochs}, {cfg.batch_size}")
+    if cfg.checkpoint_every_steps is not None and cfg.checkpoint_every_steps < 1:
+        raise ConfigError("checkpoint_every_steps must be >= 1 when set")
+
+
+class Trainer:
+    """State of one run; :meth:`fit` is the loop."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> None:
+        _check_config(cfg)
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = resolve_precision(cfg.precision, self.device)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.env: DistEnv = init_distributed(self.device)
+        if self.device.type == "cuda" and self.env.enabled:
+            self.device = torch.device("cuda", self.env.local_rank)
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(cfg.seed)
+        self.data: TrainData = load_train_data(cfg.data, cfg.seed)
+        self.kwargs = model_kwargs(cfg, self.data)
+        self.model = build_model(cfg, self.kwargs, self.device)
+        self.ddp_model = wrap_ddp(self.model, self.env, self.device, cfg.sync_bn)
+        self.loader = BatchLoader(
+            self.data.train.images,
+            self.data.train.labels,
+            cfg.batch_size,
+            seed=cfg.seed,
+            drop_last=len(self.data.train) >= cfg.batch_size,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            device=self.device,
+        )
+        self.augment = augment_spec(cfg, self.data.train)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.total_steps = cfg.epochs * len(self.loader)
+        warmup = round(cfg.optim.warmup_epochs * len(self.loader))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(
+                step,
+                self.total_steps,
+                warmup_steps=warmup,
+                kind=cfg.optim.schedule,
+                min_ratio=cfg.optim.min_lr_ratio,
+            ),
+        )
+        fp16 = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        # Augmentation randomness: one generator per rank, saved in every checkpoint.
+        self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.env.rank)
+        self.epoch, self.step, self.global_step = 0, 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.best_acc: float | None = None
+        self.bad_epochs = 0
+        self.train_seconds, self.images_seen = 0.0, 0
+        self.epoch_sums: list[float] = [0.0, 0, 0]
+        self.progress = TrainProgress(enabled=cfg.progress and self.env.is_main)
+        if resume:
+            self._resume()
+        elif self.env.is_main:
+            rundir.start(run_dir, cfg)
+
+    # --- one step ----------------------------------------------------------------------
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+        batch = augment_batch(images, labels, self.augment, self.data.spec, self.generator)
+        x = batch.images
+        if self.cfg.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
+        ):
+            logits = self.ddp_model(x)  # (B, num_classes)
+        loss = batch.cross_entropy(logits.float(), self.cfg.optim.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.clip_grad_norm
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip or math.inf)
+        loss_value = loss.item()
+        # fp16 overflow is expected and handled by the scaler (it skips the step).
+        if not math.isfinite(loss_value) or (
+            not self.scaler.is_enabled() and not torch.isfinite(grad_norm)
+        ):
+            self._diverged(f"loss={loss_value}, gradient norm={float(grad_norm)}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        correct = int((logits.argmax(dim=1) == batch.targets).sum())
+        return loss_value, correct
+
+    def _diverged(self, what: str) -> None:
+        latest = self.run_dir / "checkpoints" / LATEST
+        where = f"the last good checkpoint is {latest}" if latest.is_file() else "no checkpoint"
+        raise TrainingError(
+            f"training diverged at epoch {self.epoch} step {self.step} (global step "
+            f"{self.global_step}): {what}; {where} "
+            "(lower optim.lr, set optim.clip_grad_norm, or use precision='fp32')"
+        )
+
+    # --- the loop ----------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Run the remaining epochs, then write the run directory's results."""
+        stopped_early = False
+        while self.epoch < self.cfg.epochs and not stopped_early:
+            self._train_epoch()
+            stopped_early = self._end_epoch()
+        final = self.ema.module if self.ema is not None else self.model
+        assert isinstance(final, ClassifierModel)
+        val = self.history[-1].get("val_acc") if self.history else None
+        result = TrainResult(
+            run_dir=self.run_dir,
+            val_accuracy=val,
+            best_val_accuracy=self.best_acc,
+            epochs_run=self.epoch,
+            images_per_s=self.images_seen / max(self.train_seconds, 1e-9),
+            train_seconds=self.train_seconds,
+            stopped_early=stopped_early,
+        )
+        if self.env.is_main:
+            rundir.finish(self.run_dir, self.cfg, final, self.kwargs, self.data, result)
+        self.progress.close()
+        return result
+
+    def _train_epoch(self) -> None:
+        set_train_mode(self.ddp_model, self.cfg.freeze)
+        steps = len(self.loader)
+        if self.step == 0:
+            self.epoch_sums = [0.0, 0, 0]  # loss * n, correct, n; restored on resume
+        self.progress.start_epoch(self.epoch, self.cfg.epochs, steps, self.step)
+        every = self.cfg.checkpoint_every_steps
+        for images, labels in self.loader.epoch(self.epoch, start_step=self.step):
+            t0 = time.perf_counter()
+            loss, ok = self._train_step(images, labels)
+            self.train_seconds += time.perf_counter() - t0
+            n = labels.shape[0]
+            sums = self.epoch_sums
+            self.epoch_sums = [sums[0] + loss * n, sums[1] + ok, sums[2] + n]
+            self.images_seen += n * self.env.world_size
+            self.step += 1
+            self.global_step += 1
+            self.progress.advance(loss, ok / max(n, 1), self.images_seen / self.train_seconds)
+            if every and self.step % every == 0 and self.step < steps:
+                self._save(LATEST)
+        totals = torch.tensor(self.epoch_sums, dtype=torch.float64)
+        loss_total, correct_total, seen_total = all_reduce_sum(totals, self.env).tolist()
+        self._epoch_train = {
+            "train_loss": loss_total / max(seen_total, 1),
+            "train_acc": correct_total / max(seen_total, 1),
+        }
+
+    def _end_epoch(self) -> bool:
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step}
+        record.update(self._epoch_train)
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        if self.data.val is not None:
+            val_loss, val_acc = validate(
+                self.ema.module if self.ema is not None else self.model,
+                self.data.val,
+                self.data,
+                self.device,
+                self.amp_dtype,
+            )
+            record.update(val_loss=val_loss, val_acc=val_acc)
+        record["images_per_s"] = self.images_seen / max(self.train_seconds, 1e-9)
+        record["train_seconds"] = self.train_seconds
+        self.history.append(record)
+        self.epoch, self.step = self.epoch + 1, 0
+        improved = "val_acc" in record and (
+            self.best_acc is None or record["val_acc"] > self.best_acc
+        )
+        if improved:
+            self.best_acc, self.bad_epochs = record["val_acc"], 0
+        else:
+            self.bad_epochs += 1
+        if self.env.is_main:
+            rundir.append_metrics(self.run_dir, record)
+            self._save(LATEST)
+            if improved:
+                self._save(BEST)
+        self.progress.end_epoch(record)
+        patience = self.cfg.early_stop_patience
+        return patience is not None and "val_acc" in record and self.bad_epochs >= patience
+
+    # --- checkpoints -------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": capture_rng({"augment": self.generator}),
+            "position": {
+                "epoch": self.epoch,
+                "step": self.step,
+                "global_step": self.global_step,
+                "epoch_sums": self.epoch_sums,
+            },
+            "config": to_dict(self.cfg),
+            "history": self.history,
+            "best_acc": self.best_acc,
+            "bad_epochs": self.bad_epochs,
+            "clock": {"train_seconds": self.train_seconds, "images_seen": self.images_seen},
+        }
+
+    def _save(self, name: str) -> None:
+        state = self._state()
+        # An update can overflow the weights while the loss that caused it was still finite;
+        # such a state must never replace the last good checkpoint.
+        if not all(t.isfinite().all() for t in state["model"].values() if t.is_floating_point()):
+            self._diverged("the weights are no longer finite")
+        save_checkpoint(self.run_dir / "checkpoints" / name, state)
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.run_dir / "checkpoints" / LATEST, map_location=self.device)
+        saved = from_dict(TrainConfig, state["config"])
+        changed = rundir.config_differences(saved, self.cfg)
+        if changed:
+            raise ConfigError(
+                f"cannot resume {self.run_dir} with a different config ({', '.join(changed)}); "
+                "start a new run directory instead"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        restore_rng(state["rng"], {"augment": self.generator})
+        pos = state["position"]
+        self.epoch, self.step, self.global_step = pos["epoch"], pos["step"], pos["global_step"]
+        self.epoch_sums = list(pos["epoch_sums"])
+        self.history = list(state["history"])
+        self.best_acc, self.bad_epochs = state["best_acc"], state["bad_epochs"]
+        self.train_seconds = state["clock"]["train_seconds"]
+        self.images_seen = state["clock"]["images_seen"]
+        if self.env.is_main:
+            rundir.rewrite_metrics(self.run_dir, self.history)
+
+
+@torch.inference_mode()
+def validate(
+    model: nn.Module,
+    dataset: ImageDataset,
+    data: TrainData,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    batch_size: int = 1024,
+) -> tuple[float, float]:
+    """Mean loss and top-1 accuracy on ``dataset``, in eval mode (the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        for start in range(0, len(dataset), batch_size):
+            images = dataset.images[start : start + batch_size].to(device)
+            labels = dataset.labels[start : start + batch_size].to(device)
+            x = normalize(images, data.spec)
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)
+            ):
+                logits = model(x).float()
+            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == labels).sum())
+    finally:
+        model.train(was_training)
+    return loss_sum / len(dataset), correct / len(dataset)

@@ -1,0 +1,172 @@
+"""Turning a TrainConfig into the things the loop needs: device, precision, data, model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnetkit.config import DataConfig, TrainConfig
+from resnetkit.data import (
+    AugmentSpec,
+    ImageDataset,
+    PreprocessingSpec,
+    compute_preprocessing,
+    load_dataset,
+    split_train_val,
+)
+from resnetkit.errors import ConfigError
+from resnetkit.models import create_model, load_pretrained
+
+__all__ = [
+    "FREEZE_MODES",
+    "TrainData",
+    "apply_freeze",
+    "augment_spec",
+    "build_model",
+    "load_train_data",
+    "model_kwargs",
+    "resolve_device",
+    "resolve_precision",
+]
+
+FREEZE_MODES = ("none", "backbone", "bn")
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; anything else must be a valid torch device.
+
+    Raises:
+        ConfigError: for an unknown device or CUDA requested without one.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {name!r} is not a torch device") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (``None`` = fp32). ``auto``: bf16 on CPU and on CUDA that has it.
+
+    Raises:
+        ConfigError: for an unknown name or fp16 on a CPU.
+    """
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("precision fp16 needs CUDA; use bf16 on a CPU")
+        return torch.float16
+    if name == "auto":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    raise ConfigError(f"precision {name!r} is not known; use auto, fp32, bf16 or fp16")
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The training and held-out validation sets and the preprocessing they define."""
+
+    train: ImageDataset
+    val: ImageDataset | None
+    spec: PreprocessingSpec
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names, in label order."""
+        return list(self.train.classes)
+
+
+def load_train_data(cfg: DataConfig, seed: int) -> TrainData:
+    """Load the training split, hold out ``val_fraction`` of it, and compute preprocessing."""
+    size = (cfg.image_size, cfg.image_size) if cfg.image_size else None
+    full = load_dataset(
+        cfg.name,
+        "train",
+        data_dir=cfg.data_dir,
+        limit=cfg.limit,
+        image_size=size,
+        skip_bad_images=cfg.skip_bad_images,
+        seed=seed,
+    )
+    if cfg.val_fraction > 0:
+        train, val = split_train_val(full, cfg.val_fraction, seed=seed)
+    else:
+        train, val = full, None
+    return TrainData(train, val, compute_preprocessing(train))
+
+
+def augment_spec(cfg: TrainConfig, dataset: ImageDataset) -> AugmentSpec:
+    """The augmentation of ``cfg``; flips only where the dataset allows them (not digits)."""
+    a = cfg.augment
+    return AugmentSpec(
+        crop_padding=a.crop_padding,
+        hflip=a.hflip and dataset.allows_hflip,
+        erase_prob=a.erase_prob,
+        mixup_alpha=a.mixup_alpha,
+        cutmix_alpha=a.cutmix_alpha,
+        mix_prob=a.mix_prob,
+    )
+
+
+def model_kwargs(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
+    """The model's keyword arguments: the recipe's, plus classes and channels from the data."""
+    kwargs = dict(cfg.model.kwargs)
+    kwargs.setdefault("num_classes", data.train.num_classes)
+    if cfg.model.arch != "resnet_tabular":
+        kwargs.setdefault("in_chans", data.spec.channels)
+    if cfg.grad_checkpointing:
+        kwargs["grad_checkpointing"] = True
+    return kwargs
+
+
+def build_model(cfg: TrainConfig, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
+    """Create the model, load ``init_from`` if given, apply ``freeze``, move it to ``device``."""
+    model = create_model(cfg.model.arch, **kwargs)
+    if cfg.init_from:
+        # The loader adapts conv1 to in_chans and drops a classifier of another size.
+        load_pretrained(model, cfg.init_from, strict=True)
+    apply_freeze(model, cfg.freeze)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def apply_freeze(model: nn.Module, mode: str) -> None:
+    """Freeze ``backbone`` (all but the classifier) or ``bn`` (norm layers) or nothing.
+
+    Raises:
+        ConfigError: for an unknown mode.
+    """
+    if mode not in FREEZE_MODES:
+        raise ConfigError(f"freeze {mode!r} is not known; use one of {', '.join(FREEZE_MODES)}")
+    if mode == "backbone":
+        head = {id(p) for p in model.get_submodule("fc").parameters()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in head)
+    elif mode == "bn":
+        for m in model.modules():
+            if isinstance(m, _NORMS):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+
+
+def set_train_mode(model: nn.Module, freeze: str) -> None:
+    """``model.train()``, except that frozen BatchNorm layers stay in eval mode."""
+    model.train()
+    if freeze in ("backbone", "bn"):
+        for m in model.modules():
+            if isinstance(m, _NORMS) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()

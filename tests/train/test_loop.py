@@ -1,0 +1,201 @@
+"""The training loop as users rely on it: reproducible, resumable, guarded, complete."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resnetkit.config import OptimConfig, TrainConfig, to_dict
+from resnetkit.errors import ConfigError, TrainingError
+from resnetkit.models import load_model
+from resnetkit.train import load_checkpoint, train
+from resnetkit.train.loop import Trainer
+
+from .conftest import tiny_config
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def _metrics(run_dir: Path) -> list[dict[str, float]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _losses(run_dir: Path) -> list[tuple[float, float]]:
+    return [(m["train_loss"], m["val_loss"]) for m in _metrics(run_dir)]
+
+
+def test_run_directory_holds_everything_later_stages_read(tmp_path: Path) -> None:
+    result = train(tiny_config(), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ["config.toml", "metrics.jsonl", "model.safetensors", "model.json"]:
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "latest.pt").is_file()
+    assert (run / "checkpoints" / "best.pt").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and len(summary["dataset"]["fingerprint"]) == 64
+    model, card = load_model(run)
+    assert card.labels[0] == "T-shirt/top" and card.preprocessing["channels"] == 1
+    assert card.extra["profile"]["params"] == sum(p.numel() for p in model.parameters())
+    drift = load_file(str(run / "drift_reference.safetensors"))
+    assert drift["embeddings"].shape == (64, model.num_features)
+    torch.testing.assert_close(drift["probabilities"].sum(1), torch.ones(64))
+    assert result.epochs_run == 2 and len(_metrics(run)) == 2
+
+
+def test_same_seed_gives_the_same_loss_curve_bit_for_bit(tmp_path: Path) -> None:
+    train(tiny_config(), tmp_path / "a")
+    train(tiny_config(), tmp_path / "b")
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    _assert_same_weights(tmp_path / "a", tmp_path / "b")
+    train(tiny_config(seed=1), tmp_path / "c")
+    assert _losses(tmp_path / "c") != _losses(tmp_path / "a")
+
+
+_KILLABLE = textwrap.dedent(
+    """
+    import json, sys
+    from resnetkit.config import TrainConfig, from_dict
+    from resnetkit.train import train
+    cfg = from_dict(TrainConfig, json.loads(sys.argv[1]))
+    train(cfg, sys.argv[2])
+    """
+)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=3, checkpoint_every_steps=3, ema_decay=0.9)
+    train(cfg, tmp_path / "uninterrupted")
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLABLE, json.dumps(to_dict(cfg)), str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    latest = run / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 240
+    position = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if latest.is_file():
+            position = load_checkpoint(latest)["position"]
+            if position["epoch"] == 1 and position["step"] > 0:  # mid-way through epoch 2
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert position is not None and position["step"] > 0
+    assert not (run / "model.safetensors").exists()
+
+    train(cfg, run, resume=True)
+    _assert_same_weights(tmp_path / "uninterrupted", run)
+    assert _losses(tmp_path / "uninterrupted") == _losses(run)
+
+
+def test_non_finite_loss_stops_with_step_and_intact_checkpoint(tmp_path: Path) -> None:
+    cfg = tiny_config(
+        optim=OptimConfig(lr=1e12, warmup_epochs=0.0, schedule="constant"),
+        precision="fp32",
+        checkpoint_every_steps=1,
+        epochs=3,
+    )
+    with pytest.raises(TrainingError, match=r"diverged at epoch \d+ step \d+.*latest.pt"):
+        train(cfg, tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_the_same_config(tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=1)
+    train(cfg, tmp_path / "run")
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match="batch_size"):
+        train(dataclasses.replace(cfg, batch_size=64), tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+def test_early_stopping_ends_a_run_that_no_longer_improves(tmp_path: Path) -> None:
+    cfg = tiny_config(
+        epochs=6,
+        early_stop_patience=1,
+        optim=OptimConfig(lr=1e-12, schedule="constant", warmup_epochs=0.0),
+    )
+    result = train(cfg, tmp_path / "run")
+    assert result.stopped_early and result.epochs_run == 2
+
+
+def test_frozen_backbone_trains_only_the_head_and_keeps_bn_statistics(tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=1)
+    train(cfg, tmp_path / "source")
+    frozen = tiny_config(
+        epochs=1, init_from=str(tmp_path / "source" / "model.safetensors"), freeze="backbone"
+    )
+    train(frozen, tmp_path / "frozen")
+    before, after = _weights(tmp_path / "source"), _weights(tmp_path / "frozen")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"fc.weight", "fc.bias"}
+
+
+def test_init_from_another_head_size_keeps_the_backbone(tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=1)
+    train(cfg, tmp_path / "source")
+    transfer = dataclasses.replace(
+        tiny_config(init_from=str(tmp_path / "source" / "model.safetensors")),
+        model=dataclasses.replace(cfg.model, kwargs={"width": 0.5, "num_classes": 4}),
+    )
+    trainer = Trainer(transfer, tmp_path / "transfer")
+    source = _weights(tmp_path / "source")
+    own = trainer.model.state_dict()
+    assert own["fc.weight"].shape == (4, 32)
+    assert torch.equal(own["layer1.0.conv1.weight"], source["layer1.0.conv1.weight"])
+
+
+def test_ema_weights_are_the_ones_saved(tmp_path: Path) -> None:
+    train(tiny_config(epochs=1, ema_decay=0.5), tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    saved = _weights(tmp_path / "run")
+    assert torch.equal(saved["fc.weight"], state["ema"]["module"]["fc.weight"])
+    assert not torch.equal(saved["fc.weight"], state["model"]["fc.weight"])
+
+
+def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        train(tiny_config(precision="fp16", device="cpu"), tmp_path / "a")
+    with pytest.raises(ConfigError, match="freeze"):
+        train(tiny_config(freeze="everything"), tmp_path / "b")
+    with pytest.raises(ConfigError, match=r"optim\.name"):
+        train(tiny_config(optim=OptimConfig(name="lion")), tmp_path / "c")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_training_with_mixed_precision(tmp_path: Path, precision: str) -> None:
+    cfg = tiny_config(device="cuda", precision=precision, channels_last=True)
+    result = train(cfg, tmp_path / "run")
+    assert result.val_accuracy is not None and result.val_accuracy > 0.3
+    assert isinstance(cfg, TrainConfig)
