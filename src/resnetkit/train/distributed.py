@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from resnetkit.errors import ConfigError
+
 __all__ = ["DistEnv", "all_reduce_sum", "init_distributed", "shutdown_distributed", "wrap_ddp"]
 
 
@@ -62,6 +64,8 @@ def wrap_ddp(model: nn.Module, env: DistEnv, device: torch.device, sync_bn: bool
     """Wrap ``model`` for DDP (optionally converting BatchNorm to SyncBatchNorm)."""
     if not env.enabled:
         return model
+    if sync_bn and device.type != "cuda":
+        raise ConfigError("sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None

@@ -225,19 +225,20 @@ class Trainer:
             self.epoch_sums = [0.0, 0, 0]  # loss * n, correct, n; restored on resume
         self.progress.start_epoch(self.epoch, self.cfg.epochs, steps, self.step)
         every = self.cfg.checkpoint_every_steps
+        tick = time.perf_counter()  # the clock covers fetching the batch too
         for images, labels in self.loader.epoch(self.epoch, start_step=self.step):
-            t0 = time.perf_counter()
             loss, ok = self._train_step(images, labels)
-            self.train_seconds += time.perf_counter() - t0
             n = labels.shape[0]
             sums = self.epoch_sums
             self.epoch_sums = [sums[0] + loss * n, sums[1] + ok, sums[2] + n]
             self.images_seen += n * self.env.world_size
             self.step += 1
             self.global_step += 1
-            self.progress.advance(loss, ok / max(n, 1), self.images_seen / self.train_seconds)
             if every and self.step % every == 0 and self.step < steps:
                 self._save(LATEST)
+            now = time.perf_counter()
+            self.train_seconds, tick = self.train_seconds + (now - tick), now
+            self.progress.advance(loss, ok / max(n, 1), self.images_seen / self.train_seconds)
         totals = torch.tensor(self.epoch_sums, dtype=torch.float64)
         loss_total, correct_total, seen_total = all_reduce_sum(totals, self.env).tolist()
         self._epoch_train = {

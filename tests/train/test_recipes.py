@@ -1,0 +1,27 @@
+"""Every recipe in configs/ is a valid TrainConfig that the loop can start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resnetkit.config import TrainConfig, from_dict, load_toml
+from resnetkit.data import known_datasets
+from resnetkit.models import list_models
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
+
+
+def test_the_required_recipes_exist() -> None:
+    names = {p.name for p in RECIPES}
+    assert {"fashion_mnist_fast.toml", "fashion_mnist.toml", "mnist.toml"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_loads_with_known_model_and_data(path: Path) -> None:
+    cfg = from_dict(TrainConfig, load_toml(path))
+    assert cfg.model.arch in list_models()
+    assert cfg.data.name in known_datasets()
+    if cfg.data.name == "mnist":
+        assert not cfg.tta_flip  # a mirrored digit can be another digit
