@@ -1,0 +1,372 @@
+"""One inference interface over PyTorch and ONNX Runtime, and how to time it.
+
+Every backend takes a normalised float32 batch ``(B, C, H, W)`` (NumPy or torch) and returns
+float32 logits ``(B, num_classes)`` as NumPy, so evaluation, benchmarks and the server do not
+care which engine runs underneath::
+
+    backend = OnnxBackend("model-int8.onnx", name="onnx-int8", threads=2)
+    logits = backend.predict(batch)            # (B, num_classes)
+    stats = measure_latency(backend, batch)    # p50/p95/p99, images/s
+
+The five backends of the benchmark are :class:`TorchBackend` (eager fp32; BN-folded with
+``channels_last``; bf16 autocast) and :class:`OnnxBackend` (an fp32 or an int8 file). BN
+folding lives in :mod:`resnetkit.compress`, which this stage may not import: hand
+:class:`TorchBackend` the folded model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from resnetkit.errors import ConfigError, ExportError
+from resnetkit.export.onnx import INPUT_NAME, OUTPUT_NAME
+
+__all__ = [
+    "BackendBenchmark",
+    "InferenceBackend",
+    "LatencyStats",
+    "OnnxBackend",
+    "TorchBackend",
+    "benchmark_backend",
+    "default_threads",
+    "measure_latency",
+    "peak_rss_delta",
+    "timed_load",
+]
+
+Batch = np.ndarray | torch.Tensor
+B = TypeVar("B", bound="InferenceBackend")
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """What every backend offers."""
+
+    name: str
+    device: str
+    load_time_s: float
+    size_bytes: int
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """Logits ``(B, num_classes)`` float32 for a normalised batch ``(B, C, H, W)``."""
+        ...
+
+
+def default_threads() -> int:
+    """Threads to use when none are given: the CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    ref = next(model.parameters(), None)
+    return ref.device if ref is not None else torch.device("cpu")
+
+
+class TorchBackend:
+    """A PyTorch module behind the backend interface.
+
+    Args:
+        model: the module to run (eval mode is set on it). For the "folded + channels_last"
+            backend pass ``resnetkit.compress.fold_batchnorm(model, channels_last=True)``.
+        name: e.g. ``torch-eager``, ``torch-folded-cl``, ``torch-bf16``.
+        device: where to run; default: where the model's parameters are.
+        channels_last: feed inputs as NHWC (match a ``channels_last`` model).
+        autocast_dtype: e.g. ``torch.bfloat16`` to run under ``torch.autocast``; logits
+            come back as float32.
+        threads: intra-op threads (``torch.set_num_threads`` is process-wide, so it is
+            applied before each call when it differs).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: str = "torch-eager",
+        device: str | torch.device | None = None,
+        channels_last: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        threads: int | None = None,
+    ) -> None:
+        start = time.perf_counter()
+        self.name = name
+        self._device = _resolve_device(model, device)
+        self.device = str(self._device)
+        self.model = model.to(self._device).eval()
+        self.channels_last = channels_last
+        self.autocast_dtype = autocast_dtype
+        self.threads = threads or default_threads()
+        self.size_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        self.load_time_s = time.perf_counter() - start
+
+    def _input(self, batch: Batch) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(batch)) if not isinstance(batch, torch.Tensor) else batch
+        x = x.to(self._device, torch.float32, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """Logits ``(B, num_classes)`` float32."""
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        x = self._input(batch)
+        autocast: contextlib.AbstractContextManager[Any] = (
+            torch.autocast(self._device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            logits = self.model(x)
+        return logits.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """An ONNX file under ONNX Runtime, with explicit threads and full graph optimisation.
+
+    Args:
+        path: an ``.onnx`` file from :func:`~resnetkit.export.export_onnx` (or its int8
+            version from :func:`~resnetkit.compress.quantize_onnx`).
+        name: e.g. ``onnx-fp32``, ``onnx-int8``.
+        device: ``cpu`` or ``cuda`` (the CUDA execution provider when ONNX Runtime has it;
+            otherwise a warning and the CPU).
+        threads: intra-op threads; inter-op is 1 (one graph, run sequentially).
+
+    Raises:
+        ExportError: onnxruntime is missing or cannot load the file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str = "onnx-fp32",
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        start = time.perf_counter()
+        ort = _import_ort()
+        self.name = name
+        self.path = Path(path)
+        self.threads = threads or default_threads()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        providers = _providers(ort, torch.device(device))
+        self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime's own exception types
+            raise ExportError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
+        self.size_bytes = self.path.stat().st_size
+        self.load_time_s = time.perf_counter() - start
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """Logits ``(B, num_classes)`` float32."""
+        if isinstance(batch, torch.Tensor):
+            batch = batch.detach().cpu().numpy()
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        out: np.ndarray = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        return out
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ExportError("ONNX backends need onnxruntime: pip install onnxruntime") from exc
+    return ort
+
+
+def _providers(ort: Any, device: torch.device) -> list[str]:
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type != "cuda":
+        raise ConfigError(f"ONNX Runtime runs on cpu or cuda, not {device.type!r}")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    warnings.warn(
+        "device cuda asked for, but this onnxruntime has no CUDAExecutionProvider "
+        "(install onnxruntime-gpu); running on the CPU",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return ["CPUExecutionProvider"]
+
+
+def timed_load(factory: Callable[[], B]) -> B:
+    """Call ``factory`` and record its whole wall time (reading, folding, session) as
+    the backend's ``load_time_s``."""
+    start = time.perf_counter()
+    backend = factory()
+    backend.load_time_s = time.perf_counter() - start
+    return backend
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one backend at one batch size, after warm-up."""
+
+    batch_size: int
+    iterations: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    @property
+    def throughput(self) -> float:
+        """Images per second at the median latency."""
+        return self.batch_size / (self.p50_ms / 1e3) if self.p50_ms > 0 else 0.0
+
+
+def _percentile(sorted_ms: list[float], q: float) -> float:
+    # Nearest-rank percentile: a p99 over 50 runs is the slowest run, not an interpolation.
+    rank = max(1, min(len(sorted_ms), round(q / 100 * len(sorted_ms) + 0.5)))
+    return sorted_ms[rank - 1]
+
+
+def measure_latency(
+    backend: InferenceBackend,
+    batch: Batch,
+    *,
+    warmup: int = 3,
+    min_iterations: int = 10,
+    max_iterations: int = 200,
+    min_time_s: float = 1.0,
+) -> LatencyStats:
+    """Time ``backend.predict(batch)``: ``warmup`` untimed calls, then at least
+    ``min_iterations`` and ``min_time_s`` of timed ones (at most ``max_iterations``)."""
+    for _ in range(warmup):
+        backend.predict(batch)
+    times_ms: list[float] = []
+    started = time.perf_counter()
+    while len(times_ms) < max_iterations and (
+        len(times_ms) < min_iterations or time.perf_counter() - started < min_time_s
+    ):
+        t0 = time.perf_counter()
+        backend.predict(batch)
+        times_ms.append((time.perf_counter() - t0) * 1e3)
+    times_ms.sort()
+    return LatencyStats(
+        batch_size=int(batch.shape[0]),
+        iterations=len(times_ms),
+        p50_ms=statistics.median(times_ms),
+        p95_ms=_percentile(times_ms, 95),
+        p99_ms=_percentile(times_ms, 99),
+    )
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def peak_rss_delta() -> Iterator[dict[str, int | None]]:
+    """Measure the peak resident memory added inside the ``with`` block (Linux).
+
+    Resets the kernel's high-water mark (``/proc/self/clear_refs``), so each block is
+    measured on its own; yields a dict whose ``"bytes"`` is set on exit (``None`` where the
+    kernel offers no way to measure).
+    """
+    result: dict[str, int | None] = {"bytes": None}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _rss_kib("VmRSS")
+    except OSError:
+        base = None
+    try:
+        yield result
+    finally:
+        peak = _rss_kib("VmHWM")
+        if base is not None and peak is not None:
+            result["bytes"] = max(0, peak - base) * 1024
+
+
+@dataclass(frozen=True)
+class BackendBenchmark:
+    """Everything measured for one backend: load, size, memory and latency per batch size."""
+
+    name: str
+    device: str
+    load_time_s: float
+    size_bytes: int
+    peak_rss_bytes: int | None
+    latencies: tuple[LatencyStats, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json`` output."""
+        return {
+            "name": self.name,
+            "device": self.device,
+            "load_time_s": self.load_time_s,
+            "size_bytes": self.size_bytes,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "latencies": [
+                {
+                    "batch_size": s.batch_size,
+                    "iterations": s.iterations,
+                    "p50_ms": s.p50_ms,
+                    "p95_ms": s.p95_ms,
+                    "p99_ms": s.p99_ms,
+                    "throughput": s.throughput,
+                }
+                for s in self.latencies
+            ],
+        }
+
+
+def benchmark_backend(
+    factory: Callable[[], InferenceBackend],
+    input_size: tuple[int, ...],
+    batch_sizes: tuple[int, ...] = (1, 8, 32),
+    *,
+    warmup: int = 3,
+    min_time_s: float = 1.0,
+    seed: int = 0,
+) -> BackendBenchmark:
+    """Load a backend (timed) and measure it at each batch size, with peak memory added.
+
+    Inputs are seeded standard-normal batches: latency does not depend on pixel values.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with peak_rss_delta() as rss:
+        backend = timed_load(factory)
+        stats = tuple(
+            measure_latency(
+                backend,
+                torch.randn((b, *input_size), generator=gen).numpy(),
+                warmup=warmup,
+                min_time_s=min_time_s,
+            )
+            for b in batch_sizes
+        )
+    return BackendBenchmark(
+        name=backend.name,
+        device=backend.device,
+        load_time_s=backend.load_time_s,
+        size_bytes=backend.size_bytes,
+        peak_rss_bytes=rss["bytes"],
+        latencies=stats,
+    )
