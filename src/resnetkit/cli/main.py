@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from resnetkit import __version__
+from resnetkit.cli import compress as compress_cli
 from resnetkit.cli import evaluate as evaluate_cli
 from resnetkit.cli import export as export_cli
 from resnetkit.cli import models as models_cli
@@ -20,7 +21,7 @@ from resnetkit.cli import registry as registry_cli
 from resnetkit.cli import train as train_cli
 from resnetkit.errors import ResNetKitError
 
-COMMAND_GROUPS = (models_cli, train_cli, registry_cli, evaluate_cli, export_cli)
+COMMAND_GROUPS = (models_cli, train_cli, registry_cli, evaluate_cli, export_cli, compress_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,16 +84,18 @@ class BasicBlock(ResidualBlock):
         drop_path: float = 0.0,
         se_ratio: float = 0.0,
         dropout: float = 0.0,
+        inner: int | None = None,
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ConfigError("BasicBlock supports only groups=1 and base_width=64")
         conv = conv_nd(dims)
-        self.conv1 = conv(in_chs, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = make_norm(norm, planes, dims)
+        mid = inner or planes  # fewer after structured pruning
+        self.conv1 = conv(in_chs, mid, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = make_norm(norm, mid, dims)
         self.relu = make_act(act)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = conv(planes, planes, 3, padding=1, bias=False)
+        self.conv2 = conv(mid, planes, 3, padding=1, bias=False)
         self.bn2 = make_norm(norm, planes, dims)
         self.se, self.drop_path = _block_tail(planes, se_ratio, drop_path, act, dims)
         self.act2 = make_act(act)
@@ -130,10 +132,11 @@ class BottleneckBlock(ResidualBlock):
         drop_path: float = 0.0,
         se_ratio: float = 0.0,
         dropout: float = 0.0,
+        inner: int | None = None,
     ) -> None:
         super().__init__()
         conv = conv_nd(dims)
-        width = int(planes * (base_width / 64.0)) * groups  # torchvision's ResNeXt width rule
+        width = inner or int(planes * (base_width / 64.0)) * groups  # torchvision's ResNeXt rule
         out_chs = planes * self.expansion
         self.conv1 = conv(in_chs, width, 1, bias=False)
         self.bn1 = make_norm(norm, width, dims)
@@ -184,6 +187,7 @@ class PreActBasicBlock(ResidualBlock):
         drop_path: float = 0.0,
         se_ratio: float = 0.0,
         dropout: float = 0.0,
+        inner: int | None = None,
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
@@ -191,11 +195,12 @@ class PreActBasicBlock(ResidualBlock):
         conv = conv_nd(dims)
         self.bn1 = make_norm(norm, in_chs, dims)
         self.relu = make_act(act)
-        self.conv1 = conv(in_chs, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = make_norm(norm, planes, dims)
+        mid = inner or planes  # fewer after structured pruning
+        self.conv1 = conv(in_chs, mid, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = make_norm(norm, mid, dims)
         self.act2 = make_act(act)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = conv(planes, planes, 3, padding=1, bias=False)
+        self.conv2 = conv(mid, planes, 3, padding=1, bias=False)
         self.se, self.drop_path = _block_tail(planes, se_ratio, drop_path, act, dims)
         self.downsample = downsample
 
@@ -232,10 +237,11 @@ class PreActBottleneckBlock(ResidualBlock):
         drop_path: float = 0.0,
         se_ratio: float = 0.0,
         dropout: float = 0.0,
+        inner: int | None = None,
     ) -> None:
         super().__init__()
         conv = conv_nd(dims)
-        width = int(planes * (base_width / 64.0)) * groups
+        width = inner or int(planes * (base_width / 64.0)) * groups
         out_chs = planes * self.expansion
         self.bn1 = make_norm(norm, in_chs, dims)
         self.relu = make_act(act)

@@ -68,6 +68,8 @@ class ResNet(ClassifierModel):
         drop_rate: dropout before the classifier; ``block_dropout`` inside blocks (WRN).
         grad_checkpointing: recompute each block's activations in backward to save memory.
         dims: 2 for images, 1 for sequences.
+        inner_widths: inner channels of every block in order (what structured pruning
+            leaves); by default each block's own rule.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class ResNet(ClassifierModel):
         block_dropout: float = 0.0,
         grad_checkpointing: bool = False,
         dims: int = 2,
+        inner_widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         block_cls = self._resolve_block(block)
@@ -114,6 +117,14 @@ class ResNet(ClassifierModel):
             )
         for i, n in enumerate(layers):
             check_positive(f"layers[{i}]", n)
+        if inner_widths is not None:
+            if len(inner_widths) != sum(layers):
+                raise ConfigError(
+                    f"inner_widths needs one entry per block ({sum(layers)}), "
+                    f"got {len(inner_widths)}"
+                )
+            for i, w in enumerate(inner_widths):
+                check_positive(f"inner_widths[{i}]", w)
         strides = tuple(strides) if strides is not None else (1,) + (2,) * (len(layers) - 1)
         if len(strides) != len(layers):
             raise ConfigError(f"strides {strides} must have one entry per stage ({len(layers)})")
@@ -168,6 +179,7 @@ class ResNet(ClassifierModel):
                         drop_path=dpr,
                         se_ratio=se_ratio,
                         dropout=block_dropout,
+                        inner=inner_widths[done] if inner_widths is not None else None,
                     )
                 )
                 in_chs, done = out_chs, done + 1

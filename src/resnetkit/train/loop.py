@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetkit.config import TrainConfig, from_dict, to_dict
-from resnetkit.data import BatchLoader, ImageDataset, augment_batch, normalize
+from resnetkit.data import AugmentedBatch, BatchLoader, ImageDataset, augment_batch, normalize
 from resnetkit.errors import ConfigError, TrainingError
 from resnetkit.models import ClassifierModel
 from resnetkit.train import rundir
@@ -72,8 +72,19 @@ class TrainResult:
     stopped_early: bool
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    trainer: type[Trainer] | None = None,
+    **options: Any,
+) -> TrainResult:
     """Train ``cfg`` into ``run_dir``; with ``resume``, continue from its latest checkpoint.
+
+    Args:
+        trainer: a :class:`Trainer` subclass with another loss (e.g. distillation);
+            ``options`` are passed on to it.
 
     Raises:
         ConfigError: for invalid settings, or resuming with a different config.
@@ -82,7 +93,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> Tra
     """
     threads = torch.get_num_threads()
     try:
-        return Trainer(cfg, Path(run_dir), resume=resume).fit()
+        return (trainer or Trainer)(cfg, Path(run_dir), resume=resume, **options).fit()
     finally:
         torch.set_num_threads(threads)  # cfg.num_threads applies to this run only
         shutdown_distributed()
@@ -149,6 +160,7 @@ class Trainer:
         self.bad_epochs = 0
         self.train_seconds, self.images_seen = 0.0, 0
         self.epoch_sums: list[float] = [0.0, 0, 0]
+        self.term_sums: dict[str, float] = {}
         self.progress = TrainProgress(enabled=cfg.progress and self.env.is_main)
         if resume:
             self._resume()
@@ -156,7 +168,15 @@ class Trainer:
             rundir.start(run_dir, cfg)
 
     # --- one step ----------------------------------------------------------------------
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    def compute_loss(
+        self, logits: torch.Tensor, batch: AugmentedBatch, inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss, plus named terms to log (subclasses add e.g. distillation)."""
+        return batch.cross_entropy(logits, self.cfg.optim.label_smoothing), {}
+
+    def _train_step(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[float, int, dict[str, float]]:
         batch = augment_batch(images, labels, self.augment, self.data.spec, self.generator)
         x = batch.images
         if self.cfg.channels_last and x.ndim == 4:
@@ -165,7 +185,7 @@ class Trainer:
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
         ):
             logits = self.ddp_model(x)  # (B, num_classes)
-        loss = batch.cross_entropy(logits.float(), self.cfg.optim.label_smoothing)
+        loss, terms = self.compute_loss(logits.float(), batch, x)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -183,7 +203,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         correct = int((logits.argmax(dim=1) == batch.targets).sum())
-        return loss_value, correct
+        return loss_value, correct, {k: float(v) for k, v in terms.items()}
 
     def _diverged(self, what: str) -> None:
         latest = self.run_dir / "checkpoints" / LATEST
@@ -223,14 +243,17 @@ class Trainer:
         steps = len(self.loader)
         if self.step == 0:
             self.epoch_sums = [0.0, 0, 0]  # loss * n, correct, n; restored on resume
+            self.term_sums = {}
         self.progress.start_epoch(self.epoch, self.cfg.epochs, steps, self.step)
         every = self.cfg.checkpoint_every_steps
         tick = time.perf_counter()  # the clock covers fetching the batch too
         for images, labels in self.loader.epoch(self.epoch, start_step=self.step):
-            loss, ok = self._train_step(images, labels)
+            loss, ok, terms = self._train_step(images, labels)
             n = labels.shape[0]
             sums = self.epoch_sums
             self.epoch_sums = [sums[0] + loss * n, sums[1] + ok, sums[2] + n]
+            for name, value in terms.items():
+                self.term_sums[name] = self.term_sums.get(name, 0.0) + value * n
             self.images_seen += n * self.env.world_size
             self.step += 1
             self.global_step += 1
@@ -245,6 +268,9 @@ class Trainer:
             "train_loss": loss_total / max(seen_total, 1),
             "train_acc": correct_total / max(seen_total, 1),
         }
+        # Extra loss terms (e.g. distillation) are logged as this rank saw them.
+        local_seen = max(self.epoch_sums[2], 1)
+        self._epoch_train.update({f"train_{k}": v / local_seen for k, v in self.term_sums.items()})
 
     def _end_epoch(self) -> bool:
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step}
@@ -293,6 +319,7 @@ class Trainer:
                 "step": self.step,
                 "global_step": self.global_step,
                 "epoch_sums": self.epoch_sums,
+                "term_sums": self.term_sums,
             },
             "config": to_dict(self.cfg),
             "history": self.history,
@@ -328,6 +355,7 @@ class Trainer:
         pos = state["position"]
         self.epoch, self.step, self.global_step = pos["epoch"], pos["step"], pos["global_step"]
         self.epoch_sums = list(pos["epoch_sums"])
+        self.term_sums = dict(pos["term_sums"])
         self.history = list(state["history"])
         self.best_acc, self.bad_epochs = state["best_acc"], state["bad_epochs"]
         self.train_seconds = state["clock"]["train_seconds"]

@@ -1,0 +1,51 @@
+"""``resnetkit prune`` and ``resnetkit distill`` from a trained run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resnetkit.cli.main import main
+from resnetkit.config import DataConfig
+from resnetkit.models import load_model, profile
+from resnetkit.train import train
+
+from ..train.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("source") / "run"
+    train(tiny_config(data=DataConfig(limit=1088, val_fraction=0.0588, test_limit=500)), run)
+    return run
+
+
+def test_prune_fine_tunes_a_smaller_model(source_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pruned"
+    assert main(["prune", str(source_run), "--ratio", "0.5", "--epochs", "1", "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    model, card = load_model(out / "run")
+    original, _ = load_model(source_run)
+    size = (1, 28, 28)
+    assert profile(model, size).macs < 0.6 * profile(original, size).macs
+    assert len(card.kwargs["inner_widths"]) == 3
+    assert "test_accuracy" in json.loads((out / "run" / "summary.json").read_text())
+
+
+def test_distill_trains_the_student_named(source_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "student"
+    assert main(["distill", "--teacher", str(source_run), "--student", "resnet8", "--epochs", "1",
+                 "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    _, card = load_model(out)
+    assert card.arch == "resnet8" and card.kwargs["in_chans"] == 1
+
+
+def test_missing_teacher_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["distill", "--teacher", str(tmp_path / "nope"), "--student", "resnet8",
+                 "--out", str(tmp_path / "s")])  # fmt: skip
+    assert code == 1
+    assert "does not exist" in capsys.readouterr().err
