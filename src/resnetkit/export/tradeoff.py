@@ -119,6 +119,7 @@ def plot_tradeoff(rows: list[TradeoffRow], out_png: str | os.PathLike[str]) -> P
         label = f"{row.name}\n{row.size_bytes / 1e6:.2f} MB, {row.macs / 1e6:.0f}M MACs"
         point = (row.p95_ms_batch1, 100 * row.top1)
         ax.annotate(label, point, fontsize=7, xytext=(6, 6), textcoords="offset points")
+    ax.margins(0.18)  # room for the labels beside the markers
     ax.set_xlabel("p95 latency at batch 1 (ms)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("accuracy against latency (marker area: size on disk)")
