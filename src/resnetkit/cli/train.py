@@ -198,9 +198,10 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, out, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 alone evaluates and reports
-    summary = {} if args.no_eval else evaluate_run(out, cfg)
+    # evaluate_run already merges its test metrics into summary.json and returns the whole.
+    summary = read_summary(out) if args.no_eval else evaluate_run(out, cfg)
     wall_s = time.perf_counter() - start
-    summary = read_summary(out) | summary | {"wall_seconds": round(wall_s, 2)}
+    summary["wall_seconds"] = round(wall_s, 2)
     write_summary(out, summary)
     _print_summary(result, summary, wall_s)
     return 0
