@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from resnetkit.cli.main import main
-from tests.registry.rundirs import make_run_dir
+from tests.registry.rundirs import int8_metadata, make_onnx_file, make_run_dir
 
 
 @pytest.fixture
@@ -130,3 +130,11 @@ def test_registry_url_flag_overrides_the_environment(cli, runs: list[Path], tmp_
     _json(cli, "register", str(runs[0]), "--name", "fashion", "--registry", other)
     assert _json(cli, "list") == []
     assert len(_json(cli, "list", "--registry", other)) == 1
+
+
+def test_a_rejected_int8_model_needs_allow_rejected(cli, tmp_path: Path) -> None:
+    int8 = make_onnx_file(tmp_path / "int8.onnx", int8_metadata(accepted=False))
+    status, _, err = cli("register", str(int8), "--name", "fashion-int8")
+    assert status == 1 and "int8 accuracy check failed" in err and "Traceback" not in err
+    info = _json(cli, "register", str(int8), "--name", "fashion-int8", "--allow-rejected")
+    assert info["metrics"]["quantization_drop_points"] == 7.0

@@ -61,3 +61,39 @@ def make_large_run_dir(path: Path, *, megabytes: int = 8) -> Path:
         {"fc.weight": torch.arange(elements, dtype=torch.float32)}, str(path / "model.safetensors")
     )
     return path
+
+
+def make_onnx_file(path: Path, metadata: dict[str, object] | None = None) -> Path:
+    """A real (one Identity node) ONNX model with ``resnetkit.*`` metadata, as export writes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["logits"])],
+        "tiny",
+        [value("input", TensorProto.FLOAT, ["batch", len(LABELS)])],
+        [value("logits", TensorProto.FLOAT, ["batch", len(LABELS)])],
+    )
+    proto = helper.make_model(graph)
+    for key, item in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key = f"resnetkit.{key}"
+        entry.value = item if isinstance(item, str) else json.dumps(item)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path))
+    return path
+
+
+def int8_metadata(*, accepted: bool) -> dict[str, object]:
+    """Metadata of a quantized export: model.json's fields plus the quantization verdict."""
+    report = {"method": "percentile", "fp32_top1": 0.92, "budget_points": 1.0}
+    report |= {"int8_top1": 0.918 if accepted else 0.85, "drop_points": 0.2 if accepted else 7.0}
+    return {
+        "arch": "resnet20",
+        "kwargs": {"num_classes": len(LABELS), "in_chans": 1},
+        "labels": LABELS,
+        "preprocessing": {"size": [28, 28], "channels": 1, "mean": [0.286], "std": [0.353]},
+        "quantization_report": report,
+        "quantization_accepted": accepted,
+    }

@@ -11,7 +11,7 @@ import pytest
 
 from resnetkit.errors import RegistryError
 from resnetkit.registry.sources import read_source
-from tests.registry.rundirs import make_run_dir
+from tests.registry.rundirs import LABELS, int8_metadata, make_onnx_file, make_run_dir
 
 
 def test_a_run_directory_yields_its_artifacts_metrics_and_lineage(tmp_path: Path) -> None:
@@ -48,11 +48,33 @@ def test_the_git_commit_is_the_code_version_when_the_run_does_not_say(tmp_path: 
     assert read_source(run).code_version == head.stdout.strip()
 
 
-def test_an_onnx_file_without_sidecars_is_accepted(tmp_path: Path) -> None:
-    onnx = tmp_path / "net.onnx"
-    onnx.write_bytes(b"onnx")
+def test_an_onnx_file_without_sidecars_or_metadata_is_accepted(tmp_path: Path) -> None:
+    onnx = make_onnx_file(tmp_path / "net.onnx")
     spec = read_source(onnx)
     assert (spec.kind, spec.files, spec.model_json) == ("onnx", {"model.onnx": onnx}, {})
+    assert spec.rejected is None
+
+
+def test_an_onnx_file_describes_itself_through_its_metadata(tmp_path: Path) -> None:
+    spec = read_source(make_onnx_file(tmp_path / "int8.onnx", int8_metadata(accepted=True)))
+    assert spec.model_json["arch"] == "resnet20"
+    assert spec.model_json["labels"] == LABELS
+    assert spec.model_json["preprocessing"]["size"] == [28, 28]
+    assert spec.metrics["quantization_int8_top1"] == 0.918
+    assert spec.metrics["quantization_method"] == "percentile"
+    assert spec.rejected is None
+
+
+def test_an_int8_file_that_failed_its_budget_is_read_as_rejected(tmp_path: Path) -> None:
+    spec = read_source(make_onnx_file(tmp_path / "int8.onnx", int8_metadata(accepted=False)))
+    assert spec.rejected is not None
+    assert "7.00 points, budget 1" in spec.rejected
+
+
+def test_a_file_that_is_not_onnx_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "net.onnx").write_bytes(b"\xff not a protobuf")
+    with pytest.raises(RegistryError, match="not a readable ONNX model"):
+        read_source(tmp_path / "net.onnx")
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from safetensors.torch import load as load_safetensors
 from resnetkit.errors import ConfigError, IntegrityError, RegistryError
 from resnetkit.registry import RegistrationOptions, RegistryStore, open_registry
 from tests.registry.conftest import PostgresServer
-from tests.registry.rundirs import LABELS, make_run_dir
+from tests.registry.rundirs import LABELS, int8_metadata, make_onnx_file, make_run_dir
 
 
 def test_register_records_every_field_of_an_immutable_version(
@@ -158,12 +158,32 @@ def test_path_references_load_a_run_directory_directly(store: RegistryStore, run
 def test_an_onnx_file_with_a_sidecar_registers(store: RegistryStore, tmp_path: Path) -> None:
     folder = tmp_path / "export"
     folder.mkdir()
-    (folder / "model.onnx").write_bytes(b"\x08\x07onnx-bytes")
+    onnx = make_onnx_file(folder / "model.onnx")
     (folder / "model.json").write_text(json.dumps({"arch": "resnet20", "labels": ["a", "b"]}))
-    info = store.register(folder / "model.onnx", "fashion-onnx")
+    info = store.register(onnx, "fashion-onnx")
     assert info.source_kind == "onnx"
     assert {a.filename for a in info.artifacts} == {"model.onnx", "model.json"}
-    assert store.load("fashion-onnx").weights == b"\x08\x07onnx-bytes"
+    assert store.load("fashion-onnx").weights == onnx.read_bytes()
+
+
+def test_an_int8_model_over_its_accuracy_budget_is_not_registered_silently(
+    store: RegistryStore, tmp_path: Path
+) -> None:
+    rejected = make_onnx_file(tmp_path / "bad" / "int8.onnx", int8_metadata(accepted=False))
+    with pytest.raises(RegistryError, match=r"int8 accuracy check failed.*--allow-rejected"):
+        store.register(rejected, "fashion-int8")
+    assert store.list_models() == []
+    info = store.register(rejected, "fashion-int8", RegistrationOptions(allow_rejected=True))
+    assert info.metrics["quantization_drop_points"] == 7.0
+
+
+def test_an_accepted_int8_model_registers_with_its_report(
+    store: RegistryStore, tmp_path: Path
+) -> None:
+    good = make_onnx_file(tmp_path / "good" / "int8.onnx", int8_metadata(accepted=True))
+    info = store.register(good, "fashion-int8")
+    assert info.metrics["quantization_int8_top1"] == 0.918
+    assert info.model_json["labels"] == LABELS
 
 
 def test_a_directory_without_weights_is_not_a_run(store: RegistryStore, tmp_path: Path) -> None:

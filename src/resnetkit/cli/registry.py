@@ -90,6 +90,11 @@ def _add_register(sub: Any) -> None:
     reg.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="a tag")
     reg.add_argument("--code-version", help="code version (default: from the run, or git)")
     reg.add_argument("--who", help="who registers (default: $RESNETKIT_USER or login)")
+    reg.add_argument(
+        "--allow-rejected",
+        action="store_true",
+        help="register an int8 model even though it failed its accuracy budget",
+    )
 
 
 def _add_aliasing(sub: Any) -> None:
@@ -224,6 +229,7 @@ def run_register(store: RegistryStore, args: argparse.Namespace) -> int:
         tags=_parse_tags(args.tag),
         created_by=args.who,
         code_version=args.code_version,
+        allow_rejected=args.allow_rejected,
     )
     info = store.register(args.source, args.name, opts)
     if args.json:

@@ -3,11 +3,15 @@
 A run directory must hold ``model.safetensors`` and ``model.json``; ``summary.json``
 (final metrics), ``config.toml``, ``metrics.jsonl`` and a drift reference (``drift*``) are
 taken when present. An ``.onnx`` file may have ``model.json``/``summary.json`` sidecars
-(``<stem>.json`` is accepted for ``model.json``).
+(``<stem>.json`` is accepted for ``model.json``); without them, the ``resnetkit.*`` metadata
+that ``resnetkit export`` and ``resnetkit quantize`` write into the file stands in. An int8
+file whose accuracy check failed (``resnetkit.quantization_accepted`` false) is read with
+``rejected`` set, so the store can refuse it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -25,6 +29,8 @@ SUMMARY_JSON = "summary.json"
 CONFIG_TOML = "config.toml"
 METRICS_JSONL = "metrics.jsonl"
 ONNX_FILE = "model.onnx"
+ONNX_METADATA_PREFIX = "resnetkit."
+_ONNX_MODEL_KEYS = ("arch", "kwargs", "labels", "preprocessing")
 
 _LINEAGE_KEYS = ("dataset_fingerprint", "run_id", "code_version", "git_commit")
 
@@ -42,6 +48,7 @@ class VersionSource:
     run_id: str | None = None
     dataset_fingerprint: str | None = None
     code_version: str | None = None
+    rejected: str | None = None  # why the artifact failed its own acceptance check
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
@@ -107,9 +114,50 @@ def _read_run_dir(folder: Path) -> VersionSource:
     return _build(folder, "run_dir", files, model_json, summary)
 
 
+def _onnx_metadata(path: Path) -> dict[str, Any]:
+    """The file's ``resnetkit.*`` metadata (prefix removed, JSON values decoded)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...
+        raise RegistryError(f"{path} is not a readable ONNX model: {exc}") from exc
+    found: dict[str, Any] = {}
+    for prop in proto.metadata_props:
+        key = prop.key.removeprefix(ONNX_METADATA_PREFIX)
+        if key != prop.key:
+            try:
+                found[key] = json.loads(prop.value)
+            except json.JSONDecodeError:
+                found[key] = prop.value
+    return found
+
+
+def _quantization_verdict(metadata: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Metrics from an int8 file's quantization report, and why it was rejected (if it was)."""
+    report = metadata.get("quantization_report")
+    metrics = {}
+    if isinstance(report, dict):
+        metrics = {
+            f"quantization_{k}": v
+            for k, v in report.items()
+            if k in ("method", "fp32_top1", "int8_top1", "drop_points", "budget_points")
+        }
+    if metadata.get("quantization_accepted") is not False:
+        return metrics, None
+    drop = metrics.get("quantization_drop_points")
+    budget = metrics.get("quantization_budget_points")
+    detail = f"top-1 dropped {drop:.2f} points, budget {budget:g}" if drop is not None else ""
+    return metrics, f"its int8 accuracy check failed ({detail or 'no report'})"
+
+
 def _read_onnx(path: Path) -> VersionSource:
     files = {ONNX_FILE: path}
+    metadata = _onnx_metadata(path)
     model_json: dict[str, Any] = {}
+    if "arch" in metadata:
+        described = {k: metadata[k] for k in _ONNX_MODEL_KEYS if k in metadata}
+        model_json = check_model_json(described, path)
     for candidate in (path.with_suffix(".json"), path.parent / MODEL_JSON):
         if candidate.is_file():
             model_json = check_model_json(_read_json_object(candidate), candidate)
@@ -119,7 +167,9 @@ def _read_onnx(path: Path) -> VersionSource:
     if (path.parent / SUMMARY_JSON).is_file():
         files[SUMMARY_JSON] = path.parent / SUMMARY_JSON
         summary = _read_json_object(files[SUMMARY_JSON])
-    return _build(path, "onnx", files, model_json, summary)
+    quantization, rejected = _quantization_verdict(metadata)
+    source = _build(path, "onnx", files, model_json, {**summary, **quantization})
+    return dataclasses.replace(source, rejected=rejected)
 
 
 def _build(

@@ -95,6 +95,7 @@ class RegistrationOptions:
     tags: Mapping[str, str] = field(default_factory=dict)
     created_by: str | None = None
     code_version: str | None = None
+    allow_rejected: bool = False  # register an artifact that failed its own acceptance check
 
 
 def _artifact_root(engine: Engine, url: str, artifacts: str | os.PathLike[str] | None) -> Path:
@@ -195,6 +196,11 @@ class RegistryStore:
         for key in opts.tags:
             validate_name(key, kind="tag key")
         spec = read_source(source)
+        if spec.rejected and not opts.allow_rejected:
+            raise RegistryError(
+                f"refusing to register {spec.path}: {spec.rejected}; requantize with another "
+                "--method or more --calib images, or pass --allow-rejected to register it anyway"
+            )
         stored = self._store_files(spec, progress)
         version_id = run_write(
             self.engine, lambda conn: self._record(conn, name, spec, stored, opts, progress)
