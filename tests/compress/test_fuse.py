@@ -135,3 +135,17 @@ def test_channels_last_folded_model_matches_and_leaves_the_original_alone(
 def test_channels_last_on_a_model_without_2d_convolutions_is_refused() -> None:
     with pytest.raises(ConfigError, match="channels_last"):
         fold_batchnorm(build("resnet_tabular"), channels_last=True)
+
+
+def test_resnet9_folds_through_the_max_pool_only_where_every_scale_is_positive(
+    fashion: torch.Tensor,
+) -> None:
+    x = real_input("resnet9_s", fashion[:8])
+    model = with_real_statistics(build("resnet9_s"), x)
+    assert plan_folding(model).kept == {}
+    with torch.no_grad():
+        model.stages[1].bn.weight[3] = -0.5  # max(s * x) != s * max(x) for s < 0
+    plan = plan_folding(model)
+    assert list(plan.kept) == ["stages.1.bn"]
+    assert "max-pool" in plan.kept["stages.1.bn"]
+    assert_agree(model, fold_batchnorm(model), x)

@@ -23,14 +23,20 @@ REFERENCE_PARAMS = {
     "resnet101": 44_549_160,
     "resnet152": 60_192_808,
 }
-# Published sizes (He et al. 2015, Zagoruyko & Komodakis 2016), in millions, to 2 digits.
-APPROX_PARAMS_M = {"resnet20": 0.27, "resnet56": 0.85, "resnet110": 1.7, "wrn_28_10": 36.5}
+# Published sizes (He et al. 2015, Zagoruyko & Komodakis 2016, Page 2018), in millions.
+APPROX_PARAMS_M = {
+    "resnet9": 6.5,
+    "resnet20": 0.27,
+    "resnet56": 0.85,
+    "resnet110": 1.7,
+    "wrn_28_10": 36.5,
+}
 
 
 def test_zoo_lists_every_family() -> None:
     families = {get_entry(n).family for n in ALL}
     assert {"resnet", "resnet-cifar", "preact", "wide", "resnext", "resnet-d", "se"} <= families
-    assert {"hybrid", "1d", "tabular"} <= families
+    assert {"hybrid", "1d", "tabular", "resnet9"} <= families
     for name in ["resnet8", "resnet44", "wrn_16_4", "preact_resnet18", "resnext50_32x4d"]:
         assert name in ALL
 

@@ -17,6 +17,10 @@ What is folded, by block type (the pairs are data, in :data:`OUTPUT_SIDE_PAIRS`)
   it from ``conv1`` (folding into a following layer is only exact with no non-linearity and
   no zero padding between). The same holds for ``final_norm``. These norms stay, and
   :func:`plan_folding` lists them with the reason.
+* **ResNet-9**: ``conv -> norm`` in the stem and residual pairs (``nn.Sequential``). In a
+  conv-pool stage a 2x2 max-pool sits between ``conv`` and ``bn``; max commutes with
+  ``s * x + t`` only where ``s > 0``, so ``bn`` folds when every channel's scale is positive
+  (the usual case) and stays, with that reason, otherwise.
 * **tabular residual MLP**: ``norm -> fc1`` has nothing between, and a linear layer has no
   padding, so the norm folds into ``fc1``'s *input* side: ``W' = W * s``, ``b' = b + W t``.
 
@@ -41,6 +45,7 @@ from resnetkit.models import (
     PreActBottleneckBlock,
     ResNet,
 )
+from resnetkit.models.resnet9 import ConvPoolStage
 from resnetkit.models.tabular import ResidualMLPBlock
 
 __all__ = ["OUTPUT_SIDE_PAIRS", "FoldPair", "FoldPlan", "fold_batchnorm", "plan_folding"]
@@ -56,6 +61,11 @@ OUTPUT_SIDE_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
     BottleneckBlock: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
     PreActBasicBlock: (("conv1", "bn2"),),
     PreActBottleneckBlock: (("conv1", "bn2"), ("conv2", "bn3")),
+}
+
+#: ``(layer, norm)`` pairs with a max-pool between: foldable when every scale is positive.
+THROUGH_MAX_POOL_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
+    ConvPoolStage: (("conv", "bn"),),
 }
 
 #: ``(norm, layer)`` pairs where ``layer`` reads only ``norm``'s output with nothing between.
@@ -108,6 +118,11 @@ def _declared_pairs(name: str, module: nn.Module) -> list[FoldPair]:
         norm = getattr(module, norm_attr)
         if found and isinstance(found[1], _CONVS) and _foldable_norm(norm) is None:
             pairs.append(FoldPair(found[0], _qualify(name, norm_attr), "output"))
+    for layer_attr, norm_attr in THROUGH_MAX_POOL_PAIRS.get(type(module), ()):
+        layer, norm = getattr(module, layer_attr), getattr(module, norm_attr)
+        foldable = isinstance(layer, _CONVS) and _foldable_norm(norm) is None
+        if foldable and bool((_norm_affine(norm)[0] > 0).all()):
+            pairs.append(FoldPair(_qualify(name, layer_attr), _qualify(name, norm_attr), "output"))
     for norm_attr, layer_attr in INPUT_SIDE_PAIRS.get(type(module), ()):
         layer, norm = getattr(module, layer_attr), getattr(module, norm_attr)
         if isinstance(layer, nn.Linear) and _foldable_norm(norm) is None:
@@ -125,6 +140,8 @@ def _keep_reason(name: str, model: nn.Module) -> str:
     parent = model.get_submodule(parent_name)
     if isinstance(parent, (PreActBasicBlock, PreActBottleneckBlock)) and attr == "bn1":
         return "pre-activation: normalises the residual sum and a ReLU precedes conv1"
+    if isinstance(parent, ConvPoolStage) and attr == "bn" and _foldable_norm(parent.bn) is None:
+        return "a max-pool precedes it and some channels' scales are not positive"
     if attr == "final_norm":
         return "normalises the residual sum and a ReLU precedes the classifier"
     reason = _foldable_norm(model.get_submodule(name))

@@ -105,7 +105,10 @@ def prune_model(
             criterion.
     """
     if not isinstance(model, ResNet):
-        raise ConfigError(f"structured pruning needs a ResNet, got {type(model).__name__}")
+        raise ConfigError(
+            f"structured pruning works on the ResNet class (basic, bottleneck and "
+            f"pre-activation blocks), not on {type(model).__name__}"
+        )
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"ratio must be in [0, 1), got {ratio}")
     if criterion not in CRITERIA:

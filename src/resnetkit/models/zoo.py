@@ -19,6 +19,7 @@ from torch import nn
 from resnetkit.errors import ConfigError, ModelNotFoundError
 from resnetkit.models.hybrid import ResNetHybrid
 from resnetkit.models.resnet import ResNet
+from resnetkit.models.resnet9 import ResNet9
 from resnetkit.models.tabular import ResidualMLP
 
 __all__ = ["ModelEntry", "create_model", "get_entry", "list_models", "register_model"]
@@ -182,6 +183,19 @@ for _name, (_family, _cfg) in _IMAGENET_MODELS.items():
 for _name, (_family, _cfg) in _CIFAR_MODELS.items():
     register_model(_name, family=_family, input_size=_CIFAR, **_cfg)(ResNet)
 
+register_model(
+    "resnet9",
+    family="resnet9",
+    input_size=_CIFAR,
+    description="Page's DAWNBench ResNet-9: conv-pool stages, residual pairs, 64-512 wide",
+)(ResNet9)
+register_model(
+    "resnet9_s",
+    family="resnet9",
+    input_size=_CIFAR,
+    description="narrow ResNet-9 (16-128 wide): the fast Fashion-MNIST recipe's model",
+    widths=(16, 32, 64, 128),
+)(ResNet9)
 register_model(
     "resnet_hybrid",
     family="hybrid",
