@@ -118,6 +118,7 @@ class TrainConfig:
     device: str = "auto"
     num_threads: int | None = None
     tta_flip: bool = False
+    tta_shift: int = 0  # pixels; also average test predictions over shifted views
     progress: bool = True
 
 

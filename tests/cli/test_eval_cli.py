@@ -55,10 +55,12 @@ def test_json_output_with_options_and_another_out_dir(
     model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out_dir = tmp_path / "eval-out"
-    args = ("--limit", "100", "--batch-size", "32", "--tta-flip", "--device", "cpu")
+    args = ("--limit", "100", "--batch-size", "32", "--tta-flip", "--tta-shift", "1")
+    args += ("--device", "cpu", "--amp")
     assert _eval(str(model_dir / "model.json"), *args, "--out", str(out_dir), "--json") == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["tta_flip"] is True and printed["num_samples"] == 100
+    assert printed["tta_shift"] == 1 and printed["precision"] == "bfloat16"
     assert printed["per_class"][9]["label"] == "Ankle boot"
     assert json.loads((out_dir / "eval.json").read_text()) == printed
     assert (out_dir / "plots" / "confusion_matrix.png").is_file()

@@ -20,6 +20,7 @@ from resnetkit.data import (
     random_crop,
     random_erasing,
     random_hflip,
+    translate,
 )
 from resnetkit.errors import ConfigError
 
@@ -172,3 +173,17 @@ def test_cuda_batch_with_a_cpu_generator_matches_cpu(fashion_train: ImageDataset
     assert gpu.images.device.type == "cuda"
     assert torch.allclose(gpu.images.cpu(), cpu.images, atol=1e-5)
     assert torch.equal(gpu.partner_targets.cpu(), cpu.partner_targets)
+
+
+@settings(max_examples=40, deadline=None)
+@given(dy=st.integers(-3, 3), dx=st.integers(-3, 3))
+def test_translate_moves_every_pixel_and_fills_the_edge(dy: int, dx: int) -> None:
+    images = torch.arange(2 * 1 * 6 * 7, dtype=torch.int64).view(2, 1, 6, 7) + 1
+    out = translate(images, dy, dx)
+    assert out.shape == images.shape
+    for y in range(6):
+        for x in range(7):
+            source_y, source_x = y - dy, x - dx
+            inside = 0 <= source_y < 6 and 0 <= source_x < 7
+            expected = images[:, :, source_y, source_x] if inside else torch.zeros(2, 1)
+            assert torch.equal(out[:, :, y, x], expected)

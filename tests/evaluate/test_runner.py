@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnetkit.data import ImageDataset, PreprocessingSpec, normalize
+from resnetkit.data import ImageDataset, PreprocessingSpec, normalize, translate
 from resnetkit.errors import ConfigError
 from resnetkit.evaluate import EVAL_JSON, evaluate_model, predict_log_probs
 from resnetkit.models import create_model
@@ -115,6 +115,23 @@ def test_flip_tta_averages_the_two_softmaxes_only_when_asked(
     assert not torch.allclose(plain, tta, atol=1e-3)
     report = evaluate_model(model, test_images.subset(range(32)), spec, tta_flip=True)
     assert report.tta_flip and report.to_dict()["tta_flip"] is True
+
+
+def test_shift_tta_averages_the_shifted_views_of_the_raw_images(
+    model_and_spec: tuple[nn.Module, PreprocessingSpec], test_images: ImageDataset
+) -> None:
+    model, spec = model_and_spec
+    images = test_images.images[:16]
+    tta = predict_log_probs(model, images, spec, tta_flip=True, tta_shift=1)
+    views = [images, images.flip(-1)]
+    views += [translate(v, d, d) for v in list(views) for d in (1, -1)]
+    with torch.no_grad():
+        probs = [model(normalize(v, spec)).softmax(1) for v in views]
+    torch.testing.assert_close(tta, (sum(probs) / 6).log(), rtol=0, atol=1e-5)
+    report = evaluate_model(model, test_images.subset(range(16)), spec, tta_shift=1)
+    assert report.to_dict()["tta_shift"] == 1
+    with pytest.raises(ConfigError, match="tta_shift"):
+        predict_log_probs(model, images, spec, tta_shift=-1)
 
 
 def test_flip_tta_on_digits_is_refused(

@@ -189,6 +189,8 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
         train(tiny_config(freeze="everything"), tmp_path / "b")
     with pytest.raises(ConfigError, match=r"optim\.name"):
         train(tiny_config(optim=OptimConfig(name="lion")), tmp_path / "c")
+    with pytest.raises(ConfigError, match="tta_shift"):
+        train(tiny_config(tta_shift=-1), tmp_path / "d")  # refused before training, not after
 
 
 @pytest.mark.gpu

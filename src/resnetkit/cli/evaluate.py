@@ -34,6 +34,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
     parser.add_argument("--tta-flip", action="store_true", help="average with mirrored images")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast on CPU, as `resnetkit train` evaluates a bf16 run (CUDA: always)",
+    )
+    parser.add_argument(
+        "--tta-shift", type=int, default=0, metavar="PX", help="also average shifted images"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: best)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: the run)")
@@ -98,6 +106,8 @@ def run_eval(args: argparse.Namespace) -> int:
         device=device,
         batch_size=args.batch_size,
         tta_flip=args.tta_flip,
+        tta_shift=args.tta_shift,
+        amp=True if args.amp else None,
         progress=not args.json and sys.stderr.isatty(),
     )
     written = report.save(args.out if args.out is not None else directory)
@@ -125,6 +135,7 @@ def summary_table(report: EvalReport, *, title: str) -> Table:
         ("images", f"{report.num_samples:,}"),
         ("images/s", f"{report.images_per_s:,.0f}"),
         ("flip TTA", "yes" if report.tta_flip else "no"),
+        ("shift TTA", f"{report.tta_shift} px" if report.tta_shift else "no"),
         ("precision / device", f"{report.precision} / {report.device}"),
     ]
     for name, value in rows:

@@ -25,6 +25,7 @@ from resnetkit.data.augment import (
     random_crop,
     random_erasing,
     random_hflip,
+    translate,
 )
 from resnetkit.data.cifar import load_cifar
 from resnetkit.data.dataset import BadImage, ImageDataset, split_train_val
@@ -68,4 +69,5 @@ __all__ = [
     "random_hflip",
     "read_image",
     "split_train_val",
+    "translate",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "random_crop",
     "random_erasing",
     "random_hflip",
+    "translate",
 ]
 
 
@@ -70,6 +71,20 @@ def random_crop(
     index = index[:, None, :].expand(batch, channels, height * width)
     flat = padded.reshape(batch, channels, -1).gather(2, index)
     return flat.view(batch, channels, height, width)
+
+
+def translate(images: torch.Tensor, dy: int, dx: int, fill: int = 0) -> torch.Tensor:
+    """Shift every image ``dy`` pixels down and ``dx`` right, filling the edge with ``fill``.
+
+    The deterministic counterpart of :func:`random_crop`, for test-time augmentation.
+    """
+    if dy == 0 and dx == 0:
+        return images
+    pad_y, pad_x = abs(dy), abs(dx)
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (pad_x, pad_x, pad_y, pad_y), value=fill)
+    top, left = pad_y - dy, pad_x - dx
+    return padded[..., top : top + height, left : left + width]
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:

@@ -33,7 +33,7 @@ from rich.progress import (
 from torch import nn
 
 from resnetkit.config import atomic_write
-from resnetkit.data import ImageDataset, PreprocessingSpec, normalize
+from resnetkit.data import ImageDataset, PreprocessingSpec, normalize, translate
 from resnetkit.errors import ConfigError
 from resnetkit.evaluate.metrics import (
     CalibrationBins,
@@ -125,16 +125,30 @@ def _progress_bar(enabled: bool) -> Progress:
     )
 
 
-def _forward_log_probs(model: nn.Module, x: torch.Tensor, tta_flip: bool) -> torch.Tensor:
-    logits = model(x)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ConfigError("the model must return logits of shape (batch, classes)")
-    log_probs = torch.log_softmax(logits.float(), dim=1)  # (B, C)
-    if not tta_flip:
-        return log_probs
-    flipped = torch.log_softmax(model(x.flip(-1)).float(), dim=1)
-    # Mean of the two softmax outputs, computed in log space: log((p + q) / 2).
-    return torch.logaddexp(log_probs, flipped) - math.log(2.0)
+def tta_views(images: torch.Tensor, tta_flip: bool, tta_shift: int) -> list[torch.Tensor]:
+    """The test-time views of a batch of raw (not yet normalised) images.
+
+    The batch itself, its mirror image with ``tta_flip``, and with ``tta_shift = s`` each of
+    those shifted by ``(+s, +s)`` and ``(-s, -s)`` pixels, the edge filled with black pixels
+    as the training crops pad: 1, 2, 3 or 6 views.
+    """
+    views = [images, images.flip(-1)] if tta_flip else [images]
+    if tta_shift:
+        views += [translate(v, d, d) for v in list(views) for d in (tta_shift, -tta_shift)]
+    return views
+
+
+def _forward_log_probs(model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Log of the mean softmax over the views (log-space, so nothing underflows)."""
+    outputs = []
+    for x in views:
+        logits = model(x)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise ConfigError("the model must return logits of shape (batch, classes)")
+        outputs.append(torch.log_softmax(logits.float(), dim=1))  # (B, C)
+    if len(outputs) == 1:
+        return outputs[0]
+    return torch.logsumexp(torch.stack(outputs), dim=0) - math.log(len(outputs))
 
 
 def predict_log_probs(
@@ -145,6 +159,7 @@ def predict_log_probs(
     device: str | torch.device | None = None,
     batch_size: int = 512,
     tta_flip: bool = False,
+    tta_shift: int = 0,
     amp: bool | None = None,
     num_classes: int | None = None,
     progress: bool = False,
@@ -160,7 +175,8 @@ def predict_log_probs(
         spec: the model's preprocessing spec.
         device: where to run; the model's own device by default.
         batch_size: images per forward pass; does not change the result.
-        tta_flip: also run on horizontally flipped images and average the two softmaxes.
+        tta_flip: also run on horizontally flipped images and average the softmaxes.
+        tta_shift: also run on the images shifted by this many pixels (see :func:`tta_views`).
         amp: autocast: None = bf16/fp16 on CUDA and float32 elsewhere, True = bf16 on CPU
             (bf16, or fp16 where unsupported, on CUDA), False = float32.
         num_classes: when given, the model must output this many classes.
@@ -174,6 +190,8 @@ def predict_log_probs(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(tta_shift, bool) or not isinstance(tta_shift, int) or tta_shift < 0:
+        raise ConfigError(f"tta_shift must be a number of pixels >= 0, got {tta_shift!r}")
     target = torch.device(device) if device is not None else _model_device(model)
     dtype = _autocast_dtype(target, amp)
     total = int(images.shape[0])
@@ -188,9 +206,10 @@ def predict_log_probs(
         start = time.perf_counter()
         for begin in range(0, total, batch_size):
             batch = images[begin : begin + batch_size].to(target, non_blocking=True)
-            x = normalize(batch, spec)  # (B, C, H, W) float32 on `target`
+            # Each view is normalised as (B, C, H, W) float32 on `target`.
+            views = [normalize(v, spec) for v in tta_views(batch, tta_flip, tta_shift)]
             with torch.autocast(target.type, dtype=dtype, enabled=dtype is not None):
-                log_probs = _forward_log_probs(model, x, tta_flip)
+                log_probs = _forward_log_probs(model, views)
             if num_classes is not None and log_probs.shape[1] != num_classes:
                 raise ConfigError(
                     f"the model outputs {log_probs.shape[1]} classes but the dataset has "
@@ -249,6 +268,7 @@ class EvalReport:
         images_per_s: ``num_samples / seconds``.
         dataset: dataset name; ``split`` its split.
         tta_flip: whether flip test-time augmentation was used.
+        tta_shift: the test-time shift in pixels (0: none).
         precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         device: where the model ran.
     """
@@ -269,6 +289,7 @@ class EvalReport:
     dataset: str = ""
     split: str = ""
     tta_flip: bool = False
+    tta_shift: int = 0
     precision: str = "float32"
     device: str = "cpu"
 
@@ -300,6 +321,7 @@ class EvalReport:
             "seconds": self.seconds,
             "images_per_s": self.images_per_s,
             "tta_flip": self.tta_flip,
+            "tta_shift": self.tta_shift,
             "precision": self.precision,
             "device": self.device,
         }
@@ -390,6 +412,7 @@ def evaluate_model(
     device: str | torch.device | None = None,
     batch_size: int = 512,
     tta_flip: bool = False,
+    tta_shift: int = 0,
     amp: bool | None = None,
     progress: bool = True,
 ) -> EvalReport:
@@ -405,6 +428,7 @@ def evaluate_model(
         device: where to run; the model's own device by default.
         batch_size: images per forward pass.
         tta_flip: average the softmax over the image and its mirror image.
+        tta_shift: also average over the views shifted by this many pixels.
         amp: mixed precision, as in :func:`predict_log_probs`.
         progress: show a progress bar on stderr.
 
@@ -429,6 +453,7 @@ def evaluate_model(
         device=target,
         batch_size=batch_size,
         tta_flip=tta_flip,
+        tta_shift=tta_shift,
         amp=amp,
         num_classes=dataset.num_classes,
         progress=progress,
@@ -442,6 +467,7 @@ def evaluate_model(
         dataset=dataset.name,
         split=dataset.split,
         tta_flip=tta_flip,
+        tta_shift=tta_shift,
         precision=str(dtype or torch.float32).removeprefix("torch."),
         device=str(target),
     )

@@ -104,6 +104,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"epochs and batch_size must be >= 1, got {cfg.epochs}, {cfg.batch_size}")
     if cfg.checkpoint_every_steps is not None and cfg.checkpoint_every_steps < 1:
         raise ConfigError("checkpoint_every_steps must be >= 1 when set")
+    if cfg.tta_shift < 0:
+        raise ConfigError(f"tta_shift is a number of pixels >= 0, got {cfg.tta_shift}")
 
 
 class Trainer:
