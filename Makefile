@@ -28,9 +28,9 @@ QUICKSTART_RUN ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
 quickstart: $(VENV)/.installed system-deps
 	$(BIN)/resnetkit train --config configs/fashion_mnist_fast.toml --out $(QUICKSTART_RUN)
-	$(BIN)/resnetkit registry register $(QUICKSTART_RUN) --name fashion-mnist-resnet20 \
+	$(BIN)/resnetkit registry register $(QUICKSTART_RUN) --name fashion-mnist \
 		--alias production --reason "make quickstart"
-	$(BIN)/resnetkit registry show fashion-mnist-resnet20@production
+	$(BIN)/resnetkit registry show fashion-mnist@production
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench scripts

@@ -74,11 +74,16 @@ class ModelEMA:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         own = self.module.state_dict()
+        averaged: list[torch.Tensor] = []
+        current: list[torch.Tensor] = []
         for key, value in model.state_dict().items():
             if value.dtype.is_floating_point:
-                own[key].lerp_(value.detach(), 1.0 - d)
+                averaged.append(own[key])
+                current.append(value.detach())
             else:
                 own[key].copy_(value)
+        if averaged:  # one fused call instead of a Python loop over every tensor
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume the average exactly."""
