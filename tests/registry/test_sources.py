@@ -69,6 +69,8 @@ def test_an_int8_file_that_failed_its_budget_is_read_as_rejected(tmp_path: Path)
     spec = read_source(make_onnx_file(tmp_path / "int8.onnx", int8_metadata(accepted=False)))
     assert spec.rejected is not None
     assert "7.00 points, budget 1" in spec.rejected
+    bare = read_source(make_onnx_file(tmp_path / "bare.onnx", {"quantization_accepted": False}))
+    assert bare.rejected is not None and "no report" in bare.rejected
 
 
 def test_a_file_that_is_not_onnx_is_refused(tmp_path: Path) -> None:

@@ -147,8 +147,9 @@ def _quantization_verdict(metadata: dict[str, Any]) -> tuple[dict[str, Any], str
         return metrics, None
     drop = metrics.get("quantization_drop_points")
     budget = metrics.get("quantization_budget_points")
-    detail = f"top-1 dropped {drop:.2f} points, budget {budget:g}" if drop is not None else ""
-    return metrics, f"its int8 accuracy check failed ({detail or 'no report'})"
+    known = isinstance(drop, (int, float)) and isinstance(budget, (int, float))
+    detail = f"top-1 dropped {drop:.2f} points, budget {budget:g}" if known else "no report"
+    return metrics, f"its int8 accuracy check failed ({detail})"
 
 
 def _read_onnx(path: Path) -> VersionSource:
