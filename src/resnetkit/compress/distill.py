@@ -62,14 +62,7 @@ class DistillTrainer(Trainer):
     def compute_loss(
         self, logits: torch.Tensor, batch: AugmentedBatch, inputs: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with (
-            torch.no_grad(),
-            torch.autocast(
-                self.device.type,
-                dtype=self.amp_dtype or torch.float32,
-                enabled=bool(self.amp_dtype),
-            ),
-        ):
+        with torch.no_grad(), self.autocast():
             teacher_logits = self.teacher(inputs).float()
         if teacher_logits.shape != logits.shape:
             raise ConfigError(

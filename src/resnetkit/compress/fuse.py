@@ -140,7 +140,8 @@ def _keep_reason(name: str, model: nn.Module) -> str:
     parent = model.get_submodule(parent_name)
     if isinstance(parent, (PreActBasicBlock, PreActBottleneckBlock)) and attr == "bn1":
         return "pre-activation: normalises the residual sum and a ReLU precedes conv1"
-    if isinstance(parent, ConvPoolStage) and attr == "bn" and _foldable_norm(parent.bn) is None:
+    through_pool = {n for _, n in THROUGH_MAX_POOL_PAIRS.get(type(parent), ())}
+    if attr in through_pool and _foldable_norm(getattr(parent, attr)) is None:
         return "a max-pool precedes it and some channels' scales are not positive"
     if attr == "final_norm":
         return "normalises the residual sum and a ReLU precedes the classifier"

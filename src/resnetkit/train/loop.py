@@ -99,6 +99,10 @@ def train(
         shutdown_distributed()
 
 
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
+    return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype))
+
+
 def _check_config(cfg: TrainConfig) -> None:
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ConfigError(f"epochs and batch_size must be >= 1, got {cfg.epochs}, {cfg.batch_size}")
@@ -170,6 +174,10 @@ class Trainer:
             rundir.start(run_dir, cfg)
 
     # --- one step ----------------------------------------------------------------------
+    def autocast(self) -> torch.autocast:
+        """The run's mixed precision (a no-op context for fp32), for every forward pass."""
+        return _autocast(self.device, self.amp_dtype)
+
     def compute_loss(
         self, logits: torch.Tensor, batch: AugmentedBatch, inputs: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -183,9 +191,7 @@ class Trainer:
         x = batch.images
         if self.cfg.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
-        ):
+        with self.autocast():
             logits = self.ddp_model(x)  # (B, num_classes)
         loss, terms = self.compute_loss(logits.float(), batch, x)
         self.optimizer.zero_grad(set_to_none=True)
@@ -384,9 +390,7 @@ def validate(
             images = dataset.images[start : start + batch_size].to(device)
             labels = dataset.labels[start : start + batch_size].to(device)
             x = normalize(images, data.spec)
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)
-            ):
+            with _autocast(device, amp_dtype):
                 logits = model(x).float()
             loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(dim=1) == labels).sum())
