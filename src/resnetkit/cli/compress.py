@@ -10,26 +10,38 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from resnetkit.cli.export import resolve_ref
 from resnetkit.cli.train import evaluate_run
 from resnetkit.compress.distill import distill
 from resnetkit.compress.prune import CRITERIA, prune_model
+from resnetkit.compress.sparse import magnitude_prune, measure_sparsity, sparse_finetune
 from resnetkit.config import OptimConfig, TrainConfig, atomic_write, from_dict, load_toml
 from resnetkit.data import load_dataset
 from resnetkit.errors import ConfigError
 from resnetkit.export.tradeoff import measure_variant, plot_tradeoff
-from resnetkit.models import load_model, profile, save_model
+from resnetkit.models import ModelCard, load_model, profile, save_model
 from resnetkit.train import train
-from resnetkit.train.rundir import read_summary
+from resnetkit.train.rundir import read_summary, write_summary
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``prune`` and ``distill``."""
     p = subparsers.add_parser("prune", help="remove filters structurally, then fine-tune")
     p.add_argument("ref", metavar="REF", help="run directory or name@alias")
-    p.add_argument("--ratio", type=float, default=0.5, help="share of inner filters to remove")
-    p.add_argument("--criterion", choices=CRITERIA, default="l1")
+    p.add_argument(
+        "--ratio",
+        type=float,
+        default=0.5,
+        help="share of inner filters to remove (of weights to zero with --unstructured)",
+    )
+    p.add_argument("--criterion", choices=CRITERIA, help="filter ranking (default: l1)")
+    p.add_argument(
+        "--unstructured",
+        action="store_true",
+        help="zero the smallest weights instead: no faster on dense kernels",
+    )
     _common(p)
     p.set_defaults(func=run_prune)
     d = subparsers.add_parser("distill", help="train a small student from a teacher's outputs")
@@ -83,7 +95,10 @@ def run_prune(args: argparse.Namespace) -> int:
         model, card = load_model(source)
         cfg = _recipe(args, source)
         before = read_summary(source).get("test_accuracy")
-    pruned = prune_model(model, card.arch, card.kwargs, args.ratio, args.criterion)
+    if args.unstructured:
+        return _prune_unstructured(args, model, card, cfg, before)
+    criterion = args.criterion or "l1"
+    pruned = prune_model(model, card.arch, card.kwargs, args.ratio, criterion)
     init = out / "pruned-init"
     save_model(
         pruned.model,
@@ -97,15 +112,54 @@ def run_prune(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, model=model_cfg, init_from=str(init / "model.safetensors"))
     train(cfg, out / "run")
     summary = evaluate_run(out / "run", cfg)
-    size = (card.preprocessing["channels"], *card.preprocessing["size"])
+    size = _input_size(card)
     _report(
-        f"pruned {args.ratio:.0%} of inner filters ({args.criterion})",
+        f"pruned {args.ratio:.0%} of inner filters ({criterion})",
         [
             ("original", profile(model, size), before),
             ("pruned + fine-tuned", profile(pruned.model, size), summary["test_accuracy"]),
         ],
     )
     return 0
+
+
+def _prune_unstructured(
+    args: argparse.Namespace, model: nn.Module, card: ModelCard, cfg: TrainConfig, before: Any
+) -> int:
+    if args.criterion is not None:
+        raise ConfigError("--criterion ranks filters; --unstructured ranks single weights")
+    out = Path(args.out)
+    original_size = profile(model, _input_size(card))
+    sparsity = magnitude_prune(model, args.ratio)
+    init = out / "pruned-init"
+    save_model(
+        model, init, arch=card.arch, kwargs=card.kwargs, labels=card.labels,
+        preprocessing=card.preprocessing,
+    )  # fmt: skip
+    cfg = dataclasses.replace(cfg, init_from=str(init / "model.safetensors"))
+    sparse_finetune(cfg, out / "run")
+    summary = evaluate_run(out / "run", cfg)
+    tuned, _ = load_model(out / "run")
+    kept = measure_sparsity(tuned)
+    summary["sparsity"] = kept.ratio
+    write_summary(out / "run", summary)
+    _report(
+        f"zeroed {sparsity.ratio:.0%} of conv and linear weights (global magnitude)",
+        [
+            ("original", original_size, before),
+            ("sparse + fine-tuned", profile(tuned, _input_size(card)), summary["test_accuracy"]),
+        ],
+    )
+    Console().print(
+        f"{kept.zeros:,} of {kept.total:,} weights are zero ({kept.ratio:.1%}). Unstructured "
+        "sparsity saves no time on dense kernels: same shapes, same MACs, same latency and "
+        "file size. Use structured pruning (without --unstructured) for a faster model."
+    )
+    return 0
+
+
+def _input_size(card: ModelCard) -> tuple[int, ...]:
+    return (card.preprocessing["channels"], *card.preprocessing["size"])
 
 
 def run_distill(args: argparse.Namespace) -> int:
@@ -121,7 +175,7 @@ def run_distill(args: argparse.Namespace) -> int:
     distill(cfg, out, teacher, alpha=args.alpha, temperature=args.temperature)
     summary = evaluate_run(out, cfg)
     student, _ = load_model(out)
-    size = (card.preprocessing["channels"], *card.preprocessing["size"])
+    size = _input_size(card)
     _report(
         f"distilled {card.arch} into {args.student} (alpha {args.alpha}, T {args.temperature})",
         [

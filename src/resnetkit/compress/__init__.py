@@ -5,9 +5,10 @@
 * :func:`quantize_onnx` / :func:`quantize_with_budget` make a static int8 (QDQ, s8
   per-channel weights, u8 activations) ONNX model and check its accuracy on real test data.
 
-Structured pruning (``prune.py``) and distillation (``distill.py``) build on the training
-loop and come next; they will return plain ``nn.Module`` objects that the functions here
-accept unchanged.
+Structured pruning (``prune.py``: fewer filters, a smaller dense model), unstructured
+magnitude pruning (``sparse.py``: zeroed weights, same shapes, no faster on dense kernels)
+and distillation (``distill.py``) build on the training loop; they give plain ``nn.Module``
+objects that the functions here accept unchanged.
 """
 
 from resnetkit.compress.fuse import FoldPair, FoldPlan, fold_batchnorm, plan_folding

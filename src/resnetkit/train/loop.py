@@ -83,8 +83,8 @@ def train(
     """Train ``cfg`` into ``run_dir``; with ``resume``, continue from its latest checkpoint.
 
     Args:
-        trainer: a :class:`Trainer` subclass with another loss (e.g. distillation);
-            ``options`` are passed on to it.
+        trainer: a :class:`Trainer` subclass with another loss (e.g. distillation) or
+            another step (e.g. sparse fine-tuning); ``options`` are passed on to it.
 
     Raises:
         ConfigError: for invalid settings, or resuming with a different config.
@@ -184,6 +184,9 @@ class Trainer:
         """The training loss, plus named terms to log (subclasses add e.g. distillation)."""
         return batch.cross_entropy(logits, self.cfg.optim.label_smoothing), {}
 
+    def after_step(self) -> None:
+        """Called after every optimiser step, before the EMA update (e.g. to re-apply masks)."""
+
     def _train_step(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[float, int, dict[str, float]]:
@@ -208,6 +211,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self.after_step()
         if self.ema is not None:
             self.ema.update(self.model)
         correct = int((logits.argmax(dim=1) == batch.targets).sum())
