@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from resnetkit import ConfigError, create_model, profile
-from resnetkit.compress.sparse import magnitude_prune, measure_sparsity, sparse_finetune
+from resnetkit.compress.sparse import (
+    SparseTrainer,
+    magnitude_prune,
+    measure_sparsity,
+    sparse_finetune,
+)
 from resnetkit.models import load_model, save_model
 from resnetkit.train import load_checkpoint
 
@@ -75,7 +80,8 @@ def test_fine_tuning_keeps_the_zeros_and_moves_the_rest(tmp_path: Path) -> None:
     magnitude_prune(model, 0.6)
     save_model(model, tmp_path / "init", arch="resnet8", kwargs={"width": 0.5, "in_chans": 1})
     init = tmp_path / "init" / "model.safetensors"
-    sparse_finetune(dataclasses.replace(cfg, init_from=str(init)), tmp_path / "run")
+    cfg = dataclasses.replace(cfg, init_from=str(init))
+    sparse_finetune(cfg, tmp_path / "run")
     tuned, _ = load_model(tmp_path / "run")  # the EMA weights: averaged after the masks
     start, end = _weights(model), _weights(tuned)
     assert torch.equal(end == 0, start == 0)
@@ -83,6 +89,8 @@ def test_fine_tuning_keeps_the_zeros_and_moves_the_rest(tmp_path: Path) -> None:
     live = create_model("resnet8", width=0.5, in_chans=1, num_classes=10)
     live.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["model"])
     assert torch.equal(_weights(live) == 0, start == 0)  # the live weights, not only the EMA
+    resumed = SparseTrainer(cfg, tmp_path / "run", resume=True)  # masks rebuilt from the checkpoint
+    assert torch.equal(torch.cat([m.flatten() for m in resumed._masks]) == 0, start == 0)
 
 
 def test_sparse_fine_tuning_needs_a_starting_model(tmp_path: Path) -> None:
