@@ -193,17 +193,23 @@ def test_se_adds_squeeze_excitation_to_every_block() -> None:
     assert all(hasattr(blk.se, "fc1") for s in se.stages for blk in s)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet_hybrid", "resnet_tabular"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet9_s", "resnet_hybrid", "resnet_tabular"])
 def test_gradient_checkpointing_gives_the_same_gradients(name: str) -> None:
     torch.manual_seed(0)
     x = tiny_batch(name, batch=4)
-    grads = []
+    grads, layer_calls = [], []
     for enable in (False, True):
         torch.manual_seed(1)
         model = create_model(name, grad_checkpointing=enable, num_classes=5)
         model.train()
+        calls: list[int] = []
+        for m in model.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d):
+                m.register_forward_hook(lambda *_, c=calls: c.append(1))
         model(x).sum().backward()
+        layer_calls.append(len(calls))
         grads.append([p.grad.clone() for p in model.parameters()])
+    assert layer_calls[1] > layer_calls[0]  # checkpointed layers run again during backward
     for g0, g1 in zip(*grads, strict=True):
         torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)
 

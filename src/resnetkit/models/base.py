@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from resnetkit.errors import ConfigError
 
@@ -41,6 +42,7 @@ class ClassifierModel(nn.Module):
     num_classes: int
     fc: nn.Linear
     feature_info: list[dict[str, Any]]
+    grad_checkpointing: bool = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Features before pooling."""
@@ -74,3 +76,9 @@ class ClassifierModel(nn.Module):
             if m is not self and isinstance(m, ClassifierModel):
                 m.set_grad_checkpointing(enable)
         self.grad_checkpointing = enable
+
+    def run_checkpointed(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``module(x)``; with grad checkpointing on while training, recomputed in backward."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, x, use_reentrant=False)
+        return module(x)

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from resnetkit.errors import ConfigError
 from resnetkit.models.base import ClassifierModel, check_positive
@@ -154,10 +153,7 @@ class ResNetHybrid(ClassifierModel):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = x + self._pos_embed(h, w)
         for blk in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
+            x = self.run_checkpointed(blk, x)
         return self.norm(x)  # (B, T, D)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from resnetkit.errors import ConfigError
 from resnetkit.models.base import ClassifierModel, check_positive, check_rate
@@ -226,11 +225,9 @@ class ResNet(ClassifierModel):
         return [getattr(self, name) for name in self.stage_names]
 
     def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            for blk in stage:
-                x = checkpoint(blk, x, use_reentrant=False)
-            return x
-        return stage(x)
+        for blk in stage:  # block by block, so that checkpointing can wrap each one
+            x = self.run_checkpointed(blk, x)
+        return x
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """Stem only: ``(B, C, H, W) -> (B, stem_width, H/4, W/4)`` (``H`` for cifar)."""

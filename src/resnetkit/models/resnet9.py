@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from resnetkit.errors import ConfigError
 from resnetkit.models.base import ClassifierModel, check_positive, check_rate
@@ -160,18 +159,13 @@ class ResNet9(ClassifierModel):
         if min(x.shape[-2:]) < 8:
             raise ConfigError(f"resnet9 needs images of at least 8x8, got {tuple(x.shape[-2:])}")
 
-    def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
-
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The output of each of the three stages."""
         self._check_input(x)
         x = self.stem(x)
         outputs = []
         for stage in self.stages:
-            x = self._run(stage, x)
+            x = self.run_checkpointed(stage, x)
             outputs.append(x)
         return outputs
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from resnetkit.models.base import ClassifierModel, check_positive, check_rate
 from resnetkit.models.layers import ActSpec, DropPath, NormSpec, make_act, make_norm
@@ -111,17 +110,12 @@ class ResidualMLP(ClassifierModel):
                 nn.init.zeros_(blk.fc2.weight)
                 nn.init.zeros_(blk.fc2.bias)
 
-    def _run(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(blk, x, use_reentrant=False)
-        return blk(x)
-
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The residual stream after each block, each ``(B, D)``."""
         x = self.stem(x)
         outputs = []
         for blk in self.blocks:
-            x = self._run(blk, x)
+            x = self.run_checkpointed(blk, x)
             outputs.append(x)
         return outputs
 
@@ -129,7 +123,7 @@ class ResidualMLP(ClassifierModel):
         """``(B, F) -> (B, D)``."""
         x = self.stem(x)
         for blk in self.blocks:
-            x = self._run(blk, x)
+            x = self.run_checkpointed(blk, x)
         return self.final_act(self.final_norm(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
