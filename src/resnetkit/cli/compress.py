@@ -99,17 +99,9 @@ def run_prune(args: argparse.Namespace) -> int:
         return _prune_unstructured(args, model, card, cfg, before)
     criterion = args.criterion or "l1"
     pruned = prune_model(model, card.arch, card.kwargs, args.ratio, criterion)
-    init = out / "pruned-init"
-    save_model(
-        pruned.model,
-        init,
-        arch=card.arch,
-        kwargs=pruned.kwargs,
-        labels=card.labels,
-        preprocessing=card.preprocessing,
-    )
     model_cfg = dataclasses.replace(cfg.model, arch=card.arch, kwargs=pruned.kwargs)
-    cfg = dataclasses.replace(cfg, model=model_cfg, init_from=str(init / "model.safetensors"))
+    init = _save_start(pruned.model, card, pruned.kwargs, out)
+    cfg = dataclasses.replace(cfg, model=model_cfg, init_from=init)
     train(cfg, out / "run")
     summary = evaluate_run(out / "run", cfg)
     size = _input_size(card)
@@ -131,12 +123,7 @@ def _prune_unstructured(
     out = Path(args.out)
     original_size = profile(model, _input_size(card))
     sparsity = magnitude_prune(model, args.ratio)
-    init = out / "pruned-init"
-    save_model(
-        model, init, arch=card.arch, kwargs=card.kwargs, labels=card.labels,
-        preprocessing=card.preprocessing,
-    )  # fmt: skip
-    cfg = dataclasses.replace(cfg, init_from=str(init / "model.safetensors"))
+    cfg = dataclasses.replace(cfg, init_from=_save_start(model, card, card.kwargs, out))
     sparse_finetune(cfg, out / "run")
     summary = evaluate_run(out / "run", cfg)
     tuned, _ = load_model(out / "run")
@@ -156,6 +143,16 @@ def _prune_unstructured(
         "file size. Use structured pruning (without --unstructured) for a faster model."
     )
     return 0
+
+
+def _save_start(model: nn.Module, card: ModelCard, kwargs: dict[str, Any], out: Path) -> str:
+    """Save the pruned model where its fine-tuning starts; return the weights file."""
+    init = out / "pruned-init"
+    save_model(
+        model, init, arch=card.arch, kwargs=kwargs, labels=card.labels,
+        preprocessing=card.preprocessing,
+    )  # fmt: skip
+    return str(init / "model.safetensors")
 
 
 def _input_size(card: ModelCard) -> tuple[int, ...]:
