@@ -72,6 +72,7 @@ class AugmentConfig:
 
     crop_padding: int = 2
     hflip: bool = True
+    alternate_flips: bool = False  # flip each image every other epoch instead of at random
     erase_prob: float = 0.0
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0

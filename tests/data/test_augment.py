@@ -12,6 +12,7 @@ from resnetkit.data import (
     AugmentSpec,
     ImageDataset,
     PreprocessingSpec,
+    alternating_flips,
     augment_batch,
     compute_preprocessing,
     cutmix,
@@ -187,3 +188,38 @@ def test_translate_moves_every_pixel_and_fills_the_edge(dy: int, dx: int) -> Non
             inside = 0 <= source_y < 6 and 0 <= source_x < 7
             expected = images[:, :, source_y, source_x] if inside else torch.zeros(2, 1)
             assert torch.equal(out[:, :, y, x], expected)
+
+
+@given(
+    st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=50),
+    st.integers(0, 50),
+    st.integers(0, 2**31 - 1),
+)
+def test_alternating_flips_show_each_image_both_ways_in_consecutive_epochs(
+    indices: list[int], epoch: int, seed: int
+) -> None:
+    idx = torch.tensor(indices)
+    now, after, later = (alternating_flips(idx, e, seed) for e in (epoch, epoch + 1, epoch + 2))
+    assert now.dtype == torch.bool and now.shape == idx.shape
+    assert torch.equal(after, ~now)
+    assert torch.equal(later, now)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345])
+def test_alternating_flips_flip_about_half_of_any_run_of_indices(seed: int) -> None:
+    flips = alternating_flips(torch.arange(10_000), 0, seed)
+    assert 0.45 < flips.float().mean() < 0.55
+    for block in flips.view(100, 100):  # also within small blocks, e.g. one sorted class
+        assert 0.25 < block.float().mean() < 0.75
+    assert not torch.equal(flips, alternating_flips(torch.arange(10_000), 0, seed + 1))
+
+
+def test_augment_batch_flips_exactly_the_images_it_is_told_to() -> None:
+    images = _batch((4, 1, 6, 6), torch.uint8)
+    spec = PreprocessingSpec(size=(6, 6), channels=1, mean=(0.0,), std=(1.0,))
+    flips = torch.tensor([True, False, False, True])
+    batch = augment_batch(
+        images, torch.zeros(4, dtype=torch.long), AugmentSpec(hflip=True), spec, _gen(0), flips
+    )
+    expected = torch.where(flips[:, None, None, None], images.flip(3), images)
+    torch.testing.assert_close(batch.images, expected.float() / 255)

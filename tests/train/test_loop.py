@@ -21,6 +21,8 @@ from resnetkit.errors import ConfigError, TrainingError
 from resnetkit.models import load_model
 from resnetkit.train import load_checkpoint, train
 from resnetkit.train.loop import Trainer
+from resnetkit.train.rundir import drift_reference
+from resnetkit.train.setup import build_model, load_train_data, model_kwargs
 
 from .conftest import tiny_config
 
@@ -63,6 +65,20 @@ def test_run_directory_holds_everything_later_stages_read(tmp_path: Path) -> Non
     assert result.epochs_run == 2 and len(_metrics(run)) == 2
 
 
+def test_drift_reference_without_validation_split_is_a_bounded_sample_of_every_class() -> None:
+    cfg = tiny_config(data=dataclasses.replace(tiny_config().data, val_fraction=0.0))
+    data = load_train_data(cfg.data, cfg.seed)
+    ordered = torch.argsort(data.train.labels, stable=True)  # as an ImageFolder stores it
+    by_class = dataclasses.replace(
+        data, train=dataclasses.replace(data.train, images=data.train.images[ordered],
+                                        labels=data.train.labels[ordered])
+    )
+    model = build_model(cfg, model_kwargs(cfg, data), torch.device("cpu"), data)
+    reference = drift_reference(model, by_class, max_samples=100)
+    assert reference["embeddings"].shape == (100, model.num_features)
+    assert reference["labels"].unique().tolist() == list(range(10))
+
+
 def test_same_seed_gives_the_same_loss_curve_bit_for_bit(tmp_path: Path) -> None:
     train(tiny_config(), tmp_path / "a")
     train(tiny_config(), tmp_path / "b")
@@ -85,7 +101,10 @@ _KILLABLE = textwrap.dedent(
 
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
+    # Alternating flips depend on the epoch and the samples' indices: resuming mid-epoch
+    # must recompute them, where random crops come from the restored generator.
     cfg = tiny_config(epochs=3, checkpoint_every_steps=3, ema_decay=0.9)
+    cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, alternate_flips=True))
     train(cfg, tmp_path / "uninterrupted")
 
     run = tmp_path / "killed"
@@ -112,6 +131,23 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     train(cfg, run, resume=True)
     _assert_same_weights(tmp_path / "uninterrupted", run)
     assert _losses(tmp_path / "uninterrupted") == _losses(run)
+
+
+def test_whitening_stem_is_fitted_to_the_training_data_and_saved(tmp_path: Path) -> None:
+    model_cfg = dataclasses.replace(
+        tiny_config().model, arch="resnet9_s", kwargs={"width": 0.5, "stem": "whiten"}
+    )
+    train(tiny_config(model=model_cfg, epochs=1), tmp_path / "a")
+    train(tiny_config(model=model_cfg, epochs=1), tmp_path / "b")
+    _assert_same_weights(tmp_path / "a", tmp_path / "b")
+    filters = _weights(tmp_path / "a")["stem.0.weight"]  # fixed: the fit, not trained
+    assert filters.shape == (8, 1, 2, 2)
+    rows = filters[:4].reshape(4, 4)  # eigenvectors / sqrt(eigenvalue): orthogonal rows
+    gram = rows @ rows.T
+    assert gram.diagonal().amin() > 0
+    torch.testing.assert_close(gram, torch.diag(gram.diagonal()), atol=1e-4, rtol=0)
+    model, _ = load_model(tmp_path / "a")
+    torch.testing.assert_close(model.stem[0].weight, filters)
 
 
 def test_non_finite_loss_stops_with_step_and_intact_checkpoint(tmp_path: Path) -> None:

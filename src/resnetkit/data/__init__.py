@@ -19,6 +19,7 @@ Example::
 from resnetkit.data.augment import (
     AugmentedBatch,
     AugmentSpec,
+    alternating_flips,
     augment_batch,
     cutmix,
     mixup,
@@ -49,6 +50,7 @@ __all__ = [
     "BatchLoader",
     "ImageDataset",
     "PreprocessingSpec",
+    "alternating_flips",
     "augment_batch",
     "compute_preprocessing",
     "cutmix",

@@ -22,6 +22,7 @@ from resnetkit.errors import ConfigError
 __all__ = [
     "AugmentSpec",
     "AugmentedBatch",
+    "alternating_flips",
     "augment_batch",
     "cutmix",
     "mixup",
@@ -91,6 +92,28 @@ def random_hflip(images: torch.Tensor, generator: torch.Generator, p: float = 0.
     """Flip each image left-right with probability ``p``."""
     flip = _uniform(images.shape[0], generator, images.device) < p
     return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def alternating_flips(indices: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+    """Which samples to flip in ``epoch`` with derandomised flips (Jordan, 2024, airbench).
+
+    Each sample's flip in epoch 0 is a fixed coin toss from ``(seed, index)``; every later
+    epoch flips exactly the samples the epoch before did not. Over any two consecutive epochs
+    the network sees each image both ways, where random flips show a quarter of the images
+    the same way twice. Stateless, so resumed and distributed runs agree.
+
+    Args:
+        indices: dataset indices of the batch's samples, ``(B,)`` integers.
+        epoch: the epoch, from 0.
+        seed: the run's seed.
+
+    Returns:
+        ``(B,)`` booleans on the indices' device.
+    """
+    # Knuth's multiplicative hash; the top bit of a 32-bit product is a well-mixed coin.
+    key = (indices.long() + seed * 1_000_003) % 2**31
+    coin = ((key * 2_654_435_761) % 2**32) >> 31
+    return (coin + epoch) % 2 == 1
 
 
 def random_erasing(
@@ -201,6 +224,9 @@ class AugmentSpec:
     Attributes:
         crop_padding: random-crop padding in pixels (0: no crop).
         hflip: random horizontal flips; only for datasets that allow them.
+        alternate_flips: with ``hflip``, flip each image in every other epoch instead of
+            at random (:func:`alternating_flips`); the caller passes the flips to
+            :func:`augment_batch`, since only it knows the samples' indices and the epoch.
         erase_prob: probability of random erasing per image (0: off).
         mixup_alpha: Beta parameter of mixup (0: off).
         cutmix_alpha: Beta parameter of cutmix (0: off). With both on, each batch uses one
@@ -210,6 +236,7 @@ class AugmentSpec:
 
     crop_padding: int = 0
     hflip: bool = False
+    alternate_flips: bool = False
     erase_prob: float = 0.0
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -262,6 +289,7 @@ def augment_batch(
     spec: AugmentSpec,
     preprocessing: PreprocessingSpec,
     generator: torch.Generator,
+    flips: torch.Tensor | None = None,
 ) -> AugmentedBatch:
     """Augment and normalise one training batch: crop, flip, normalise, erase, mix.
 
@@ -271,9 +299,13 @@ def augment_batch(
         spec: which augmentations to apply.
         preprocessing: the normalisation to apply.
         generator: the one source of randomness; the same state gives the same batch.
+        flips: with ``spec.hflip``, which images to flip (``(B,)`` booleans, e.g. from
+            :func:`alternating_flips`) instead of random ones.
     """
     images = random_crop(images, spec.crop_padding, generator)
-    if spec.hflip:
+    if spec.hflip and flips is not None:
+        images = torch.where(flips.to(images.device)[:, None, None, None], images.flip(3), images)
+    elif spec.hflip:
         images = random_hflip(images, generator)
     x = normalize(images, preprocessing)
     if spec.erase_prob > 0:

@@ -1,11 +1,12 @@
 """Layer helpers shared by every model: norm and activation factories, stochastic depth,
-squeeze-and-excitation. Each factory accepts a string or a class, as in timm."""
+squeeze-and-excitation, patch whitening. Each factory accepts a string or a class, as in timm."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from resnetkit.errors import ConfigError
@@ -14,6 +15,7 @@ __all__ = [
     "ActSpec",
     "DropPath",
     "NormSpec",
+    "PatchWhitening",
     "SqueezeExcite",
     "conv_nd",
     "make_act",
@@ -139,3 +141,53 @@ class SqueezeExcite(nn.Module):
         scale = x.mean(spatial, keepdim=True)  # (B, C, 1, 1)
         scale = self.fc2(self.act(self.fc1(scale)))
         return x * scale.sigmoid()
+
+
+class PatchWhitening(nn.Module):
+    """A fixed convolution that whitens the image's ``patch x patch`` patches (airbench's stem).
+
+    Keller Jordan's CIFAR-10 speed records start with a conv whose filters are the
+    eigenvectors of the training patches' covariance, each scaled by ``1 / sqrt(eigenvalue)``,
+    and their negatives (so that a following activation keeps both signs): the first layer
+    starts decorrelated and needs no training, and the next layer sees fewer, more useful
+    channels. The filters are a buffer, set from data by :meth:`fit` (the trainer calls it
+    before the first step) and saved in the state dict; only the bias is trained. The conv has
+    no padding, so the output is ``patch - 1`` pixels smaller than the input.
+
+    Args:
+        in_chans: input channels.
+        patch: patch size; the output has ``2 * in_chans * patch**2`` channels.
+        eps: added to the eigenvalues, so that near-constant directions are not blown up.
+    """
+
+    def __init__(self, in_chans: int, patch: int = 2, eps: float = 1e-2) -> None:
+        super().__init__()
+        self.in_chans, self.patch, self.eps = in_chans, patch, eps
+        self.out_chans = 2 * in_chans * patch * patch
+        self.register_buffer("weight", torch.zeros(self.out_chans, in_chans, patch, patch))
+        self.bias = nn.Parameter(torch.zeros(self.out_chans))
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> None:
+        """Set the filters from normalised training images ``(B, in_chans, H, W)``."""
+        if images.ndim != 4 or images.shape[1] != self.in_chans:
+            raise ConfigError(
+                f"patch whitening needs images (batch, {self.in_chans}, height, width), "
+                f"got {tuple(images.shape)}"
+            )
+        k = self.patch
+        # (B, C, H', W', k, k) -> one row per patch, in the conv weight's (C, k, k) order.
+        patches = images.double().unfold(2, k, 1).unfold(3, k, 1)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, self.in_chans * k * k)
+        patches = patches - patches.mean(dim=0)
+        covariance = patches.T @ patches / max(patches.shape[0] - 1, 1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = eigenvectors.T / (eigenvalues.clamp(min=0) + self.eps).sqrt()[:, None]
+        filters = filters.reshape(-1, self.in_chans, k, k)
+        self.weight.copy_(torch.cat([filters, -filters]).to(self.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_chans}, {self.out_chans}, patch={self.patch}, eps={self.eps}"

@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetkit.config import TrainConfig, from_dict, to_dict
-from resnetkit.data import AugmentedBatch, BatchLoader, ImageDataset, augment_batch, normalize
+from resnetkit.data import (
+    AugmentedBatch,
+    BatchLoader,
+    ImageDataset,
+    alternating_flips,
+    augment_batch,
+    normalize,
+)
 from resnetkit.errors import ConfigError, TrainingError
 from resnetkit.models import ClassifierModel
 from resnetkit.train import rundir
@@ -129,7 +136,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.data: TrainData = load_train_data(cfg.data, cfg.seed)
         self.kwargs = model_kwargs(cfg, self.data)
-        self.model = build_model(cfg, self.kwargs, self.device)
+        self.model = build_model(cfg, self.kwargs, self.device, self.data)
         self.ddp_model = wrap_ddp(self.model, self.env, self.device, cfg.sync_bn)
         self.loader = BatchLoader(
             self.data.train.images,
@@ -188,9 +195,11 @@ class Trainer:
         """Called after every optimiser step, before the EMA update (e.g. to re-apply masks)."""
 
     def _train_step(
-        self, images: torch.Tensor, labels: torch.Tensor
+        self, images: torch.Tensor, labels: torch.Tensor, flips: torch.Tensor | None
     ) -> tuple[float, int, dict[str, float]]:
-        batch = augment_batch(images, labels, self.augment, self.data.spec, self.generator)
+        batch = augment_batch(
+            images, labels, self.augment, self.data.spec, self.generator, flips=flips
+        )
         x = batch.images
         if self.cfg.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -259,8 +268,13 @@ class Trainer:
         self.progress.start_epoch(self.epoch, self.cfg.epochs, steps, self.step)
         every = self.cfg.checkpoint_every_steps
         tick = time.perf_counter()  # the clock covers fetching the batch too
+        order = self.loader.order(self.epoch)
         for images, labels in self.loader.epoch(self.epoch, start_step=self.step):
-            loss, ok, terms = self._train_step(images, labels)
+            flips = None
+            if self.augment.alternate_flips:
+                indices = self.loader.indices(self.epoch, self.step, order)
+                flips = alternating_flips(indices, self.epoch, self.cfg.seed)
+            loss, ok, terms = self._train_step(images, labels, flips)
             n = labels.shape[0]
             sums = self.epoch_sums
             self.epoch_sums = [sums[0] + loss * n, sums[1] + ok, sums[2] + n]

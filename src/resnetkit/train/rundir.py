@@ -42,6 +42,9 @@ __all__ = [
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 DRIFT_REFERENCE = "drift_reference.safetensors"
+# Enough reference samples for the drift tests; the whole of a large training set (used when
+# there is no validation split) would cost more time than a training epoch.
+DRIFT_SAMPLES = 5000
 # Settings that may change between a run and its resumption without changing the result.
 _RESUMABLE = {"progress", "num_threads", "device"}
 
@@ -121,22 +124,31 @@ def _code_version() -> str | None:
 
 @torch.inference_mode()
 def drift_reference(
-    model: ClassifierModel, data: TrainData, batch_size: int = 1024
+    model: ClassifierModel,
+    data: TrainData,
+    batch_size: int = 1024,
+    max_samples: int = DRIFT_SAMPLES,
 ) -> dict[str, torch.Tensor]:
-    """Pre-logits embeddings ``(N, D)`` and softmax outputs ``(N, K)`` on held-out data."""
+    """Pre-logits embeddings ``(N, D)`` and softmax outputs ``(N, K)`` on held-out data.
+
+    The validation split, or the training set when there is none; at most ``max_samples``
+    of it, evenly spaced so that a dataset stored class by class keeps every class.
+    """
     dataset = data.val if data.val is not None else data.train
+    picked = torch.linspace(0, len(dataset) - 1, min(len(dataset), max_samples)).long()
+    images, labels = dataset.images[picked], dataset.labels[picked]
     device = next(model.parameters()).device
     model.eval()
     embeddings, probs = [], []
-    for start in range(0, len(dataset), batch_size):
-        x = normalize(dataset.images[start : start + batch_size].to(device), data.spec)
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start : start + batch_size].to(device), data.spec)
         feats = model.forward_features(x)
         embeddings.append(model.forward_head(feats, pre_logits=True).float().cpu())
         probs.append(model.forward_head(feats).float().softmax(dim=1).cpu())
     return {
         "embeddings": torch.cat(embeddings),
         "probabilities": torch.cat(probs),
-        "labels": dataset.labels.clone(),
+        "labels": labels.clone(),
     }
 
 

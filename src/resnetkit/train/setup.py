@@ -15,6 +15,7 @@ from resnetkit.data import (
     PreprocessingSpec,
     compute_preprocessing,
     load_dataset,
+    normalize,
     split_train_val,
 )
 from resnetkit.errors import ConfigError
@@ -113,6 +114,7 @@ def augment_spec(cfg: TrainConfig, dataset: ImageDataset) -> AugmentSpec:
     return AugmentSpec(
         crop_padding=a.crop_padding,
         hflip=a.hflip and dataset.allows_hflip,
+        alternate_flips=a.alternate_flips,
         erase_prob=a.erase_prob,
         mixup_alpha=a.mixup_alpha,
         cutmix_alpha=a.cutmix_alpha,
@@ -131,9 +133,20 @@ def model_kwargs(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(cfg: TrainConfig, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
-    """Create the model, load ``init_from`` if given, apply ``freeze``, move it to ``device``."""
+# Images used to fit data-dependent layers: enough patches for a stable covariance, cheap.
+_FIT_IMAGES = 5000
+
+
+def build_model(
+    cfg: TrainConfig, kwargs: dict[str, Any], device: torch.device, data: TrainData
+) -> nn.Module:
+    """Create the model, fit it to ``data`` where it asks to be (``fit_to_data``, e.g. a
+    whitening stem), load ``init_from`` if given, apply ``freeze``, move it to ``device``."""
     model = create_model(cfg.model.arch, **kwargs)
+    fit_to_data = getattr(model, "fit_to_data", None)
+    if callable(fit_to_data):
+        # The first images of the training split: the same on every rank and on resume.
+        fit_to_data(normalize(data.train.images[:_FIT_IMAGES], data.spec))
     if cfg.init_from:
         # The loader adapts conv1 to in_chans and drops a classifier of another size.
         load_pretrained(model, cfg.init_from, strict=True)
