@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from resnetkit.errors import ConfigError
-from resnetkit.models import create_model
-from resnetkit.models import load_model, save_model
+from resnetkit.models import create_model, load_model, save_model
 from resnetkit.models.layers import PatchWhitening
 from resnetkit.models.resnet9 import ResidualPair
 

@@ -70,8 +70,10 @@ def test_drift_reference_without_validation_split_is_a_bounded_sample_of_every_c
     data = load_train_data(cfg.data, cfg.seed)
     ordered = torch.argsort(data.train.labels, stable=True)  # as an ImageFolder stores it
     by_class = dataclasses.replace(
-        data, train=dataclasses.replace(data.train, images=data.train.images[ordered],
-                                        labels=data.train.labels[ordered])
+        data,
+        train=dataclasses.replace(
+            data.train, images=data.train.images[ordered], labels=data.train.labels[ordered]
+        ),
     )
     model = build_model(cfg, model_kwargs(cfg, data), torch.device("cpu"), data)
     reference = drift_reference(model, by_class, max_samples=100)
