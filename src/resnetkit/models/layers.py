@@ -160,6 +160,8 @@ class PatchWhitening(nn.Module):
         eps: added to the eigenvalues, so that near-constant directions are not blown up.
     """
 
+    weight: torch.Tensor
+
     def __init__(self, in_chans: int, patch: int = 2, eps: float = 1e-2) -> None:
         super().__init__()
         self.in_chans, self.patch, self.eps = in_chans, patch, eps
