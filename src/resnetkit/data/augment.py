@@ -90,8 +90,12 @@ def translate(images: torch.Tensor, dy: int, dx: int, fill: int = 0) -> torch.Te
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
     """Flip each image left-right with probability ``p``."""
-    flip = _uniform(images.shape[0], generator, images.device) < p
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+    return flip_where(images, _uniform(images.shape[0], generator, images.device) < p)
+
+
+def flip_where(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Flip left-right the images of ``(B, C, H, W)`` whose ``(B,)`` boolean ``flips`` is set."""
+    return torch.where(flips.to(images.device)[:, None, None, None], images.flip(3), images)
 
 
 def alternating_flips(indices: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
@@ -304,7 +308,7 @@ def augment_batch(
     """
     images = random_crop(images, spec.crop_padding, generator)
     if spec.hflip and flips is not None:
-        images = torch.where(flips.to(images.device)[:, None, None, None], images.flip(3), images)
+        images = flip_where(images, flips)
     elif spec.hflip:
         images = random_hflip(images, generator)
     x = normalize(images, preprocessing)
