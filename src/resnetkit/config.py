@@ -73,6 +73,8 @@ class AugmentConfig:
     crop_padding: int = 2
     hflip: bool = True
     alternate_flips: bool = False  # flip each image every other epoch instead of at random
+    small_crop: int | None = None  # side of the crops in the first small_crop_epochs epochs
+    small_crop_epochs: int = 0
     erase_prob: float = 0.0
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0

@@ -58,6 +58,35 @@ def test_crop_keeps_shape_dtype_and_takes_a_window_of_the_padded_image(
         assert any(windows)
 
 
+@given(batches, st.integers(0, 3), st.integers(1, 12), st.integers(0, 2**31))
+def test_crop_of_a_given_size_takes_a_window_of_that_size_of_the_padded_image(
+    shape: tuple[int, int, int, int], padding: int, size: int, seed: int
+) -> None:
+    x = _batch(shape, torch.uint8)
+    _, _, h, w = x.shape
+    if size > min(h, w) + 2 * padding:
+        with pytest.raises(ConfigError, match="does not fit"):
+            random_crop(x, padding, _gen(seed), size=size)
+        return
+    out = random_crop(x, padding, _gen(seed), size=size)
+    assert out.shape == (*x.shape[:2], size, size)
+    padded = F.pad(x, (padding,) * 4)
+    for i in range(x.shape[0]):
+        assert any(
+            torch.equal(out[i], padded[i, :, dy : dy + size, dx : dx + size])
+            for dy in range(h + 2 * padding - size + 1)
+            for dx in range(w + 2 * padding - size + 1)
+        )
+
+
+def test_augment_batch_crops_to_the_spec_crop_size(fashion_train: ImageDataset) -> None:
+    spec = AugmentSpec(crop_padding=2, crop_size=20, hflip=True)
+    batch = augment_batch(
+        fashion_train.images[:8], fashion_train.labels[:8], spec, _spec(), _gen(0)
+    )
+    assert batch.images.shape == (8, 1, 20, 20)
+
+
 @given(batches, dtypes, st.integers(0, 2**31))
 def test_flip_keeps_shape_and_each_image_is_itself_or_its_mirror(
     shape: tuple[int, int, int, int], dtype: torch.dtype, seed: int
@@ -155,7 +184,14 @@ def test_mixed_loss_weights_both_targets() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"crop_padding": -1}, {"erase_prob": 1.5}, {"mixup_alpha": -0.1}, {"mix_prob": 2}]
+    "kwargs",
+    [
+        {"crop_padding": -1},
+        {"crop_size": 0},
+        {"erase_prob": 1.5},
+        {"mixup_alpha": -0.1},
+        {"mix_prob": 2},
+    ],
 )
 def test_invalid_augment_specs_are_config_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):

@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from resnetkit.config import OptimConfig, TrainConfig, to_dict
+from resnetkit.config import AugmentConfig, OptimConfig, TrainConfig, to_dict
+from resnetkit.data import AugmentedBatch
 from resnetkit.errors import ConfigError, TrainingError
 from resnetkit.models import load_model
 from resnetkit.train import load_checkpoint, train
@@ -105,8 +106,12 @@ _KILLABLE = textwrap.dedent(
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     # Alternating flips depend on the epoch and the samples' indices: resuming mid-epoch
     # must recompute them, where random crops come from the restored generator.
+    # Small crops in the first two epochs: the resumed epoch must still use them.
     cfg = tiny_config(epochs=3, checkpoint_every_steps=3, ema_decay=0.9)
-    cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, alternate_flips=True))
+    augment = dataclasses.replace(
+        cfg.augment, alternate_flips=True, small_crop=22, small_crop_epochs=2
+    )
+    cfg = dataclasses.replace(cfg, augment=augment)
     train(cfg, tmp_path / "uninterrupted")
 
     run = tmp_path / "killed"
@@ -212,6 +217,26 @@ def test_init_from_another_head_size_keeps_the_backbone(tmp_path: Path) -> None:
     assert torch.equal(own["layer1.0.conv1.weight"], source["layer1.0.conv1.weight"])
 
 
+class _InputSizes(Trainer):
+    """Records the side of the training inputs in each epoch."""
+
+    sizes: frozenset[tuple[int, int]] = frozenset()
+
+    def compute_loss(
+        self, logits: torch.Tensor, batch: AugmentedBatch, inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.sizes = self.sizes | {(self.epoch, inputs.shape[-1])}
+        return super().compute_loss(logits, batch, inputs)
+
+
+def test_small_crops_train_the_first_epochs_and_full_size_the_rest(tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=3)
+    augment = dataclasses.replace(cfg.augment, small_crop=20, small_crop_epochs=2)
+    trainer = _InputSizes(dataclasses.replace(cfg, augment=augment), tmp_path / "run")
+    trainer.fit()
+    assert trainer.sizes == {(0, 20), (1, 20), (2, 28)}
+
+
 def test_ema_weights_are_the_ones_saved(tmp_path: Path) -> None:
     train(tiny_config(epochs=1, ema_decay=0.5), tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
@@ -229,6 +254,10 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
         train(tiny_config(optim=OptimConfig(name="lion")), tmp_path / "c")
     with pytest.raises(ConfigError, match="tta_shift"):
         train(tiny_config(tta_shift=-1), tmp_path / "d")  # refused before training, not after
+    with pytest.raises(ConfigError, match=r"small_crop = 40 does not fit .* use 1 to 32"):
+        train(tiny_config(augment=AugmentConfig(small_crop=40)), tmp_path / "e")
+    with pytest.raises(ConfigError, match="small_crop_epochs"):
+        train(tiny_config(augment=AugmentConfig(small_crop_epochs=-1)), tmp_path / "f")
 
 
 @pytest.mark.gpu

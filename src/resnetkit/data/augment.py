@@ -47,31 +47,46 @@ def random_crop(
     padding: int,
     generator: torch.Generator,
     fill: int = 0,
+    size: int | None = None,
 ) -> torch.Tensor:
-    """Pad each image by ``padding`` pixels with ``fill``, then crop it back at a random offset.
+    """Pad each image by ``padding`` pixels with ``fill``, then crop it at a random offset.
 
     Args:
         images: ``(B, C, H, W)`` of any dtype.
-        padding: pixels added on every side; 0 returns the batch unchanged.
+        padding: pixels added on every side.
         generator: source of the offsets.
         fill: value of the padding.
+        size: side of the square crops; ``None`` crops back to ``(H, W)`` (and with no
+            padding returns the batch unchanged). Smaller crops make cheaper steps, as in
+            progressive resizing.
+
+    Raises:
+        ConfigError: ``size`` is not positive or larger than the padded images.
     """
-    if padding == 0:
-        return images
     batch, channels, height, width = images.shape
+    if size is None:
+        if padding == 0:
+            return images
+        out_h, out_w = height, width
+    else:
+        if size < 1 or size > min(height, width) + 2 * padding:
+            raise ConfigError(
+                f"crop size {size} does not fit {height}x{width} images padded by {padding}"
+            )
+        out_h = out_w = size
     padded = F.pad(images, (padding, padding, padding, padding), value=fill)
-    padded_width = width + 2 * padding
+    padded_height, padded_width = height + 2 * padding, width + 2 * padding
     device = images.device
-    dy = _randint(2 * padding + 1, batch, generator, device)
-    dx = _randint(2 * padding + 1, batch, generator, device)
+    dy = _randint(padded_height - out_h + 1, batch, generator, device)
+    dx = _randint(padded_width - out_w + 1, batch, generator, device)
     # One gather over the flattened padded images: the window's top-left pixel is at
     # dy * padded_width + dx, and the other pixels keep their offsets from it.
-    rows = torch.arange(height, device=device)[:, None] * padded_width
-    window = (rows + torch.arange(width, device=device)).view(1, -1)  # (1, H*W)
-    index = window + (dy * padded_width + dx)[:, None]  # (B, H*W)
-    index = index[:, None, :].expand(batch, channels, height * width)
+    rows = torch.arange(out_h, device=device)[:, None] * padded_width
+    window = (rows + torch.arange(out_w, device=device)).view(1, -1)  # (1, h*w)
+    index = window + (dy * padded_width + dx)[:, None]  # (B, h*w)
+    index = index[:, None, :].expand(batch, channels, out_h * out_w)
     flat = padded.reshape(batch, channels, -1).gather(2, index)
-    return flat.view(batch, channels, height, width)
+    return flat.view(batch, channels, out_h, out_w)
 
 
 def translate(images: torch.Tensor, dy: int, dx: int, fill: int = 0) -> torch.Tensor:
@@ -227,6 +242,8 @@ class AugmentSpec:
 
     Attributes:
         crop_padding: random-crop padding in pixels (0: no crop).
+        crop_size: side of the random crops (``None``: the image size); the trainer sets it
+            for the first epochs of a recipe with ``small_crop``.
         hflip: random horizontal flips; only for datasets that allow them.
         alternate_flips: with ``hflip``, flip each image in every other epoch instead of
             at random (:func:`alternating_flips`); the caller passes the flips to
@@ -239,6 +256,7 @@ class AugmentSpec:
     """
 
     crop_padding: int = 0
+    crop_size: int | None = None
     hflip: bool = False
     alternate_flips: bool = False
     erase_prob: float = 0.0
@@ -249,6 +267,8 @@ class AugmentSpec:
     def __post_init__(self) -> None:
         if self.crop_padding < 0 or self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise ConfigError("crop_padding, mixup_alpha and cutmix_alpha must not be negative")
+        if self.crop_size is not None and self.crop_size < 1:
+            raise ConfigError(f"crop_size must be a positive number of pixels: {self.crop_size}")
         if not (0.0 <= self.erase_prob <= 1.0 and 0.0 <= self.mix_prob <= 1.0):
             raise ConfigError("erase_prob and mix_prob must be probabilities in [0, 1]")
 
@@ -306,7 +326,9 @@ def augment_batch(
         flips: with ``spec.hflip``, which images to flip (``(B,)`` booleans, e.g. from
             :func:`alternating_flips`) instead of random ones.
     """
-    images = random_crop(images, spec.crop_padding, generator)
+    images = random_crop(images, spec.crop_padding, generator, size=spec.crop_size)
+    if spec.crop_size is not None:  # the crops are smaller than the images the spec describes
+        preprocessing = dataclasses.replace(preprocessing, size=(spec.crop_size, spec.crop_size))
     if spec.hflip and flips is not None:
         images = flip_where(images, flips)
     elif spec.hflip:

@@ -261,6 +261,7 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         set_train_mode(self.ddp_model, self.cfg.freeze)
+        self.augment = augment_spec(self.cfg, self.data.train, self.epoch)
         steps = len(self.loader)
         if self.step == 0:
             self.epoch_sums = [0.0, 0, 0]  # loss * n, correct, n; restored on resume

@@ -108,11 +108,33 @@ def load_train_data(cfg: DataConfig, seed: int) -> TrainData:
     return TrainData(train, val, compute_preprocessing(train))
 
 
-def augment_spec(cfg: TrainConfig, dataset: ImageDataset) -> AugmentSpec:
-    """The augmentation of ``cfg``; flips only where the dataset allows them (not digits)."""
+def augment_spec(cfg: TrainConfig, dataset: ImageDataset, epoch: int = 0) -> AugmentSpec:
+    """The augmentation of ``cfg`` in ``epoch``; flips only where the dataset allows them.
+
+    With ``augment.small_crop``, the first ``augment.small_crop_epochs`` epochs train on
+    random crops of that side (cheaper steps while the network learns coarse features);
+    the rest on crops of the full image size.
+
+    Raises:
+        ConfigError: a negative ``small_crop_epochs``, or crops that do not fit the images.
+    """
     a = cfg.augment
+    if a.small_crop_epochs < 0:
+        raise ConfigError(f"augment.small_crop_epochs must be >= 0, got {a.small_crop_epochs}")
+    crop_size = None
+    if a.small_crop is not None:
+        side = min(dataset.image_size) + 2 * a.crop_padding
+        if not 1 <= a.small_crop <= side:
+            raise ConfigError(
+                f"augment.small_crop = {a.small_crop} does not fit {dataset.name}'s "
+                f"{dataset.image_size[0]}x{dataset.image_size[1]} images padded by "
+                f"{a.crop_padding}; use 1 to {side}"
+            )
+        if epoch < a.small_crop_epochs:
+            crop_size = a.small_crop
     return AugmentSpec(
         crop_padding=a.crop_padding,
+        crop_size=crop_size,
         hflip=a.hflip and dataset.allows_hflip,
         alternate_flips=a.alternate_flips,
         erase_prob=a.erase_prob,
