@@ -26,6 +26,18 @@ def test_an_epoch_serves_every_index_exactly_once(
     assert len(list(loader.epoch(epoch))) == len(loader)
 
 
+@given(st.integers(1, 300), st.integers(1, 64), st.integers(0, 9), st.integers(0, 3))
+def test_batches_name_the_dataset_indices_of_what_they_serve(
+    n: int, batch: int, epoch: int, start: int
+) -> None:
+    loader = _loader(n, batch, seed=1)
+    start = min(start, len(loader))
+    batches = list(loader.batches(epoch, start))
+    assert len(batches) == len(loader) - start
+    for indices, _, labels in batches:  # labels are the indices here (see _loader)
+        assert torch.equal(indices, labels)
+
+
 @given(st.integers(1, 300), st.integers(1, 64))
 def test_drop_last_serves_only_full_batches(n: int, batch: int) -> None:
     if n < batch:

@@ -113,14 +113,24 @@ class BatchLoader:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield this rank's ``(images, labels)`` for steps ``start_step ..`` of ``epoch``."""
+        for _, images, labels in self.batches(epoch, start_step):
+            yield images, labels
+
+    def batches(
+        self, epoch: int, start_step: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """As :meth:`epoch`, with each batch's dataset indices first: ``(indices, images,
+        labels)``, the indices on the CPU (for per-sample augmentation such as flips)."""
         if not 0 <= start_step <= len(self):
             raise ConfigError(f"start_step {start_step} outside an epoch of {len(self)} steps")
         order = self.order(epoch)
         non_blocking = self.device.type == "cuda"
         for step in range(start_step, len(self)):
-            idx = self.indices(epoch, step, order).to(self.images.device)
-            images, labels = self.images[idx], self.labels[idx]  # gathered while still uint8
+            idx = self.indices(epoch, step, order)
+            on_images = idx.to(self.images.device)
+            images, labels = self.images[on_images], self.labels[on_images]  # still uint8
             yield (
+                idx,
                 images.to(self.device, non_blocking=non_blocking),
                 labels.to(self.device, non_blocking=non_blocking),
             )

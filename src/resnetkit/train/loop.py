@@ -269,11 +269,9 @@ class Trainer:
         self.progress.start_epoch(self.epoch, self.cfg.epochs, steps, self.step)
         every = self.cfg.checkpoint_every_steps
         tick = time.perf_counter()  # the clock covers fetching the batch too
-        order = self.loader.order(self.epoch)
-        for images, labels in self.loader.epoch(self.epoch, start_step=self.step):
+        for indices, images, labels in self.loader.batches(self.epoch, start_step=self.step):
             flips = None
             if self.augment.alternate_flips:
-                indices = self.loader.indices(self.epoch, self.step, order)
                 flips = alternating_flips(indices, self.epoch, self.cfg.seed)
             loss, ok, terms = self._train_step(images, labels, flips)
             n = labels.shape[0]
