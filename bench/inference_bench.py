@@ -110,17 +110,12 @@ def _factories(
     calib = torch.randn((16, *size), generator=torch.Generator().manual_seed(0))
     int8 = quantize_onnx(fp32, workdir / f"{name}-int8.onnx", calib, method="minmax")
     folded = fold_batchnorm(model, channels_last=True)
+    torch.set_num_threads(threads)  # torch has one intra-op pool per process: set it once
     factories: dict[str, Callable[[], InferenceBackend]] = {
-        "torch-eager": lambda: TorchBackend(model, threads=threads),
-        "torch-folded-cl": lambda: TorchBackend(
-            folded, name="torch-folded-cl", channels_last=True, threads=threads
-        ),
+        "torch-eager": lambda: TorchBackend(model),
+        "torch-folded-cl": lambda: TorchBackend(folded, name="torch-folded-cl", channels_last=True),
         "torch-bf16": lambda: TorchBackend(
-            folded,
-            name="torch-bf16",
-            channels_last=True,
-            autocast_dtype=torch.bfloat16,
-            threads=threads,
+            folded, name="torch-bf16", channels_last=True, autocast_dtype=torch.bfloat16
         ),
         "onnx-fp32": lambda: OnnxBackend(fp32, name="onnx-fp32", threads=threads),
         "onnx-int8": lambda: OnnxBackend(int8, name="onnx-int8", threads=threads),

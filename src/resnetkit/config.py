@@ -14,14 +14,14 @@ import math
 import os
 import re
 import sys
-import tempfile
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from resnetkit.errors import ConfigError
+from resnetkit.fileio import atomic_write
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +34,6 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
-    "atomic_write",
     "dumps_toml",
     "from_dict",
     "load_toml",
@@ -249,27 +248,6 @@ def dumps_toml(data: Mapping[str, Any], _path: tuple[str, ...] = ()) -> str:
     for key, table in tables:
         text += "\n\n" + dumps_toml(table, (*_path, key)).rstrip("\n")
     return text.strip() + "\n"
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then rename it over.
-
-    A reader sees the old file or the new one, never half of one, even if the process is
-    killed mid-write.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_toml(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:

@@ -14,8 +14,15 @@ and what to do. Third-party exceptions are translated where they cross into the 
     ├── RegistryError          the model registry refused or failed an operation
     │   └── IntegrityError     an artifact whose bytes do not match its digest
     ├── ServeError             a request the server cannot answer
-    │   ├── InvalidInput       the request itself is wrong (HTTP 4xx)
-    │   └── QueueFull          backpressure: try again later (HTTP 503)
+    │   ├── InvalidInput       the request itself is wrong (HTTP 400)
+    │   │   ├── PayloadTooLarge       a body or an image over the limit (HTTP 413)
+    │   │   └── UnsupportedMediaType  a content type the route does not take (HTTP 415)
+    │   ├── ModelNotServed     no loaded model has that name or version (HTTP 404)
+    │   ├── NotReady           the model is loading or warming up (HTTP 503)
+    │   ├── QueueFull          backpressure: try again later (HTTP 503)
+    │   ├── DeadlineExceeded   the request waited past its deadline (HTTP 504)
+    │   ├── Unauthenticated    no or malformed credentials (HTTP 401)
+    │   └── PermissionDenied   credentials given but wrong (HTTP 403)
     └── DriftError             drift detection could not run on the data given
 """
 
@@ -25,16 +32,23 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DeadlineExceeded",
     "DriftError",
     "ExportError",
     "IntegrityError",
     "InvalidInput",
     "ModelNotFoundError",
+    "ModelNotServed",
+    "NotReady",
+    "PayloadTooLarge",
+    "PermissionDenied",
     "QueueFull",
     "RegistryError",
     "ResNetKitError",
     "ServeError",
     "TrainingError",
+    "Unauthenticated",
+    "UnsupportedMediaType",
 ]
 
 
@@ -86,12 +100,40 @@ class InvalidInput(ServeError):
     """A request is malformed or its input does not fit the model."""
 
 
+class PayloadTooLarge(InvalidInput):
+    """A request body or a decoded image is over the configured limit."""
+
+
+class UnsupportedMediaType(InvalidInput):
+    """The request's content type is not one the route accepts."""
+
+
+class ModelNotServed(ServeError):
+    """No loaded model (or version) has the requested name."""
+
+
+class NotReady(ServeError):
+    """The model exists but is still loading or warming up."""
+
+
 class QueueFull(ServeError):
     """The request queue is full; the client should retry later."""
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(ServeError):
+    """The request waited past its deadline and was dropped before inference."""
+
+
+class Unauthenticated(ServeError):
+    """A protected route was called without (well-formed) credentials."""
+
+
+class PermissionDenied(ServeError):
+    """A protected route was called with credentials that are not valid."""
 
 
 class DriftError(ResNetKitError):

@@ -26,12 +26,12 @@ def test_prune_fine_tunes_a_smaller_model(source_run: Path, tmp_path: Path) -> N
     out = tmp_path / "pruned"
     assert main(["prune", str(source_run), "--ratio", "0.5", "--epochs", "1", "--out", str(out),
                  "--no-progress"]) == 0  # fmt: skip
-    model, card = load_model(out / "run")
+    model, card = load_model(out)
     original, _ = load_model(source_run)
     size = (1, 28, 28)
     assert profile(model, size).macs < 0.6 * profile(original, size).macs
     assert len(card.kwargs["inner_widths"]) == 3
-    assert "test_accuracy" in json.loads((out / "run" / "summary.json").read_text())
+    assert "test_accuracy" in json.loads((out / "summary.json").read_text())
 
 
 def test_unstructured_prune_keeps_the_zeros_and_says_it_saves_no_time(
@@ -42,11 +42,11 @@ def test_unstructured_prune_keeps_the_zeros_and_says_it_saves_no_time(
                  "--out", str(out), "--no-progress"]) == 0  # fmt: skip
     text = " ".join(capsys.readouterr().out.split())  # as read, without rich's line breaks
     assert "saves no time on dense kernels" in text and "sparse + fine-tuned" in text
-    model, card = load_model(out / "run")
+    model, card = load_model(out)
     original, source_card = load_model(source_run)
     assert card.kwargs == source_card.kwargs  # the same dense shapes
     assert profile(model, (1, 28, 28)).macs == profile(original, (1, 28, 28)).macs
-    summary = json.loads((out / "run" / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["sparsity"] == pytest.approx(0.7, abs=1e-4)
     assert "test_accuracy" in summary
 

@@ -75,7 +75,7 @@ def test_a_bad_path_is_one_line_and_exit_status_1(tmp_path: Path) -> None:
         check=False,
     )  # fmt: skip
     assert proc.returncode == 1
-    assert proc.stderr.startswith("error: ") and "no such run or model directory" in proc.stderr
+    assert proc.stderr.startswith("error: ") and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -86,7 +86,7 @@ def test_a_directory_without_a_model_is_a_clear_error(
     (tmp_path / "checkpoints").mkdir()
     assert _eval(str(tmp_path)) == 1
     err = capsys.readouterr().err
-    assert "no model.json here" in err and len(err.strip().splitlines()) == 1
+    assert "not a run directory" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_model_for_other_images_is_refused_before_evaluating(
@@ -95,7 +95,7 @@ def test_a_model_for_other_images_is_refused_before_evaluating(
     spec = PreprocessingSpec(size=(32, 32), channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
     kwargs = {"in_chans": 3, "num_classes": 10}
     model = create_model("resnet8", **kwargs)
-    save_model(model, tmp_path, arch="resnet8", kwargs=kwargs, preprocessing=spec.to_dict())
+    save_model(model, tmp_path, arch="resnet8", kwargs=kwargs, preprocessing=spec)
     assert _eval(str(tmp_path), "--limit", "10") == 1
     err = capsys.readouterr().err
     assert "1x28x28 images but the model expects 3x32x32" in err

@@ -59,3 +59,34 @@ def test_unknown_command_names_the_choices(capsys: pytest.CaptureFixture[str]) -
 def test_no_command_prints_help_and_exit_status_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_debug_works_after_the_command_too(capsys: pytest.CaptureFixture[str]) -> None:
+    from resnetkit.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError):  # --debug shows the traceback: the error escapes
+        main(["models", "info", "resnet05", "--debug"])
+
+
+def test_help_loads_no_heavy_module() -> None:
+    code = (
+        "import sys\n"
+        "from resnetkit.cli.main import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('TORCH', 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "TORCH False" in proc.stdout and "registry" in proc.stdout
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    proc = subprocess.run(
+        f"{sys.executable} -m resnetkit.cli.main models list --json | head -c 10",
+        shell=True, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

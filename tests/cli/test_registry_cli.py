@@ -128,8 +128,76 @@ def test_card_writes_markdown(cli, runs: list[Path], tmp_path: Path) -> None:
 def test_registry_url_flag_overrides_the_environment(cli, runs: list[Path], tmp_path: Path) -> None:
     other = f"sqlite:///{tmp_path / 'other.db'}"
     _json(cli, "register", str(runs[0]), "--name", "fashion", "--registry", other)
-    assert _json(cli, "list") == []
+    status, _, err = cli("list")  # the environment's registry was never created
+    assert status == 1 and "no registry at" in err
     assert len(_json(cli, "list", "--registry", other)) == 1
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "x:1"], ["verify"], ["history", "x"]])
+def test_reading_a_registry_that_does_not_exist_creates_nothing(
+    cli, tmp_path: Path, command: list[str]
+) -> None:
+    status, _, err = cli(*command)
+    assert status == 1 and err.startswith("error: no registry at")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (lambda run: (run / "model.safetensors").write_bytes(b"\x00" * 64), "safetensors"),
+        (lambda run: (run / "model.safetensors").write_bytes(b""), "empty"),
+        (
+            lambda run: (run / "model.json").write_text(
+                (run / "model.json").read_text().replace("resnet20", "resnet56")
+            ),
+            "do not fit the model card",
+        ),
+        (
+            lambda run: (run / "model.json").write_text(
+                (run / "model.json").read_text().replace('"Coat"', '"Coat", "Hat"')
+            ),
+            "6 labels but the head has num_classes=5",
+        ),
+    ],
+    ids=["random-bytes", "empty-weights", "wrong-arch", "labels-disagree"],
+)
+def test_a_version_that_cannot_be_loaded_is_never_registered(
+    cli, runs: list[Path], break_it, message: str
+) -> None:
+    break_it(runs[0])
+    status, _, err = cli("register", str(runs[0]), "--name", "fashion")
+    assert status == 1 and message in err and "Traceback" not in err
+    assert "\n" not in err.strip()  # one line
+    assert cli("list", "--json")[1].strip() in ("[]", "")
+
+
+def test_an_empty_onnx_file_is_refused(cli, tmp_path: Path) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"")
+    status, _, err = cli("register", str(tmp_path / "m.onnx"), "--name", "x")
+    assert status == 1 and "empty" in err
+
+
+def test_registering_the_same_weights_twice_needs_allow_duplicate(cli, runs: list[Path]) -> None:
+    _json(cli, "register", str(runs[0]), "--name", "fashion")
+    status, _, err = cli("register", str(runs[0]), "--name", "fashion")
+    assert status == 1 and "fashion:1 already holds these exact weights" in err
+    info = _json(cli, "register", str(runs[0]), "--name", "fashion", "--allow-duplicate")
+    assert info["version"] == 2
+
+
+def test_alias_moves_need_a_reason_and_a_move_to_the_same_version_is_not_logged(
+    cli, runs: list[Path]
+) -> None:
+    _json(cli, "register", str(runs[0]), "--name", "fashion")
+    status, _, err = cli("alias", "fashion", "production", "1", "--reason", "  ")
+    assert status == 1 and "--reason" in err
+    status, _, err = cli("register", str(runs[1]), "--name", "fashion", "--reason", "why")
+    assert status == 1 and "--alias" in err
+    _json(cli, "alias", "fashion", "production", "1", "--reason", "first")
+    again = _json(cli, "alias", "fashion", "production", "1", "--reason", "again")
+    assert again["moved"] is False
+    assert len(_json(cli, "history", "fashion")) == 1
 
 
 def test_a_rejected_int8_model_needs_allow_rejected(cli, tmp_path: Path) -> None:

@@ -62,6 +62,13 @@ def test_training_leaves_a_run_evaluated_on_the_test_split(
         (["--resume"], "--resume needs --out RUN_DIR"),
         (["--model", "resnet05"], "resnet05"),
         (["--config", "no/such/recipe.toml"], "recipe.toml"),
+        (["--num-threads", "0"], "num_threads must be >= 1"),
+        (["--early-stop-patience", "-1"], "early_stop_patience must be >= 1"),
+        (["--test-limit", "0"], "data.test_limit must be >= 1"),
+        (["--val-fraction", "1.5"], "data.val_fraction must be in [0, 1)"),
+        (["--model", "resnet_tabular"], "resnet_tabular takes vector input"),
+        (["--resume", "--out", "somewhere", "--epochs", "3"], "--epochs, --batch-size would"),
+        (["--device", "cuda:7"], "cuda"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_1(
@@ -70,3 +77,27 @@ def test_bad_input_is_one_line_and_exit_status_1(
     assert main(["train", *_TINY, "--epochs", "1", *argv]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_an_output_that_is_a_file_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    assert main(["train", *_TINY, "--epochs", "1", "--out", str(target)]) == 1
+    assert "is a file" in capsys.readouterr().err and target.read_text() == "keep me"
+
+
+def test_a_data_path_makes_a_run_name_without_slashes() -> None:
+    from resnetkit.cli.train import _default_out
+    from resnetkit.config import DataConfig, TrainConfig
+
+    out = _default_out(TrainConfig(data=DataConfig(name="/tmp/some/photos")))
+    assert out.parent == Path("runs") and "/" not in out.name and "photos" in out.name
+
+
+def test_resume_of_a_finished_or_empty_run_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--resume", "--out", str(tmp_path)]) == 1
+    assert "no checkpoint to resume from" in capsys.readouterr().err

@@ -12,8 +12,9 @@ from onnx import TensorProto
 from resnetkit.compress import evaluate_onnx_top1, quantize_onnx, quantize_with_budget
 from resnetkit.data import PreprocessingSpec, load_dataset, normalize
 from resnetkit.errors import ConfigError
-from resnetkit.export import export_onnx, read_onnx_metadata
+from resnetkit.export import export_onnx
 from resnetkit.models import load_model
+from resnetkit.onnxio import read_metadata
 from tests.export.rundir import trained_run_dir
 
 
@@ -22,7 +23,7 @@ def fp32(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PreprocessingS
     model, card = load_model(trained_run_dir(str(tmp_path_factory.getbasetemp())))
     path = tmp_path_factory.mktemp("q") / "fp32.onnx"
     export_onnx(model, path, input_size=(1, 28, 28), metadata={"labels": card.labels})
-    return path, PreprocessingSpec.from_dict(card.preprocessing)
+    return path, card.spec()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_int8_top1_stays_within_budget_on_real_test_images(
     assert report.fp32_top1 > 0.5  # a trained model, not chance (10%)
     assert report.accepted and abs(report.drop_points) <= 1.0
     assert report.int8_size_bytes < report.fp32_size_bytes / 2
-    meta = read_onnx_metadata(tmp_path / "int8.onnx")
+    meta = read_metadata(tmp_path / "int8.onnx")
     assert meta["quantization_accepted"] is True
     assert meta["quantization"]["calibration_method"] == method
     assert len(meta["labels"]) == 10  # the fp32 metadata travels to the int8 file
@@ -97,7 +98,7 @@ def test_a_drop_beyond_the_budget_is_flagged_not_accepted(
         method="minmax", budget_points=-50.0,  # int8 would have to gain 50 points
     )  # fmt: skip
     assert not report.accepted and report.to_dict()["accepted"] is False
-    assert read_onnx_metadata(tmp_path / "int8.onnx")["quantization_accepted"] is False
+    assert read_metadata(tmp_path / "int8.onnx")["quantization_accepted"] is False
 
 
 def test_evaluate_onnx_top1_matches_torch(

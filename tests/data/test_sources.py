@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from resnetkit.data import ImageDataset, known_datasets, load_dataset
 from resnetkit.data.sources import DATA_ENV_VAR, FASHION_MNIST_CLASSES
 from resnetkit.errors import ConfigError, DataError
 
-from .helpers import needs_mnist_wheel
+from .helpers import needs_mnist_wheel, save_image
 
 
 def test_fashion_mnist_from_the_default_directory(
@@ -94,3 +95,46 @@ def test_synthetic_through_the_entry_point_honours_limit_and_seed() -> None:
     assert torch.equal(
         a.images, load_dataset("synthetic", limit=32, seed=2, image_size=16, channels=3).images
     )
+
+
+def _image_folder(fashion: ImageDataset, root: Path, per_class: int) -> Path:
+    """``root/<class>/`` with ``per_class`` real Fashion-MNIST images of three classes."""
+    for label, name in ((0, "shirt"), (1, "trouser"), (7, "sneaker")):
+        picks = (fashion.labels == label).nonzero().flatten()[:per_class]
+        for k, i in enumerate(picks.tolist()):
+            save_image(fashion.images[i, 0].numpy(), root / name / f"{k}.png")
+    return root
+
+
+def test_image_folder_test_split_is_held_out_the_way_the_trainer_evaluates(
+    fashion_train: ImageDataset, tmp_path: Path
+) -> None:
+    root = _image_folder(fashion_train, tmp_path / "clothes", 5)
+    # As train/setup.py (with the run's seed) and train/evaluation.py (without one) call it.
+    train = load_dataset("image-folder", "train", data_dir=root, image_size=28, seed=7)
+    test = load_dataset("image-folder", "test", data_dir=root, image_size=28)
+    assert train.classes == test.classes == ("shirt", "sneaker", "trouser")
+    assert (len(train), len(test)) == (12, 3) and not set(train.files) & set(test.files)
+    again = load_dataset(str(root), "test", image_size=28, seed=3, limit=2)
+    assert set(again.files) <= set(test.files) and again.labels.tolist() == [0, 1]
+
+
+def test_image_folder_layout_is_checked_when_the_training_split_loads(
+    fashion_train: ImageDataset, tmp_path: Path
+) -> None:
+    root = tmp_path / "split"
+    _image_folder(fashion_train, root / "train", 2)
+    _image_folder(fashion_train, root / "test", 1)
+    shutil.rmtree(root / "test" / "sneaker")
+    with pytest.raises(DataError, match=r"only in train/: \[sneaker\]"):
+        load_dataset("image-folder", "train", data_dir=root, image_size=28)
+
+
+def test_image_folder_error_names_the_cli_flag(fashion_train: ImageDataset, tmp_path: Path) -> None:
+    root = _image_folder(fashion_train, tmp_path / "split" / "train", 2).parent
+    _image_folder(fashion_train, root / "test", 1)
+    (root / "train" / "shirt" / "broken.png").write_bytes(b"")
+    with pytest.raises(DataError, match="--skip-bad-images"):
+        load_dataset(str(root), image_size=28)
+    ds = load_dataset(str(root), image_size=28, skip_bad_images=True)
+    assert [Path(b.path).name for b in ds.skipped] == ["broken.png"] and len(ds) == 6

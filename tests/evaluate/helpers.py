@@ -103,6 +103,6 @@ def write_model_dir(directory: Path) -> Path:
         arch=ARCH,
         kwargs=ARCH_KWARGS,
         labels=fashion_split("test", 16).classes,
-        preprocessing=spec.to_dict(),
+        preprocessing=spec,
     )
     return directory

@@ -149,7 +149,7 @@ def test_bfloat16_autocast_on_cpu_when_asked(
     model, spec = model_and_spec
     data = test_images.subset(range(128))
     fp32 = evaluate_model(model, data, spec, progress=False)
-    bf16 = evaluate_model(model, data, spec, amp=True, progress=False)
+    bf16 = evaluate_model(model, data, spec, precision="bf16", progress=False)
     assert bf16.precision == "bfloat16" and fp32.precision == "float32"
     assert abs(bf16.top1 - fp32.top1) <= 0.05
 
@@ -190,7 +190,7 @@ def test_evaluation_on_cuda_matches_cpu_and_leaves_the_model_where_it_was(
 ) -> None:
     model, spec = model_and_spec
     cpu = predict_log_probs(model, test_images.images, spec)
-    gpu = predict_log_probs(model, test_images.images, spec, device="cuda", amp=False)
+    gpu = predict_log_probs(model, test_images.images, spec, device="cuda", precision="fp32")
     torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-3)
     assert next(model.parameters()).device.type == "cpu"
     report = evaluate_model(model, test_images, spec, device="cuda", progress=False)

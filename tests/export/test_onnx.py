@@ -13,13 +13,17 @@ import torch
 from resnetkit.data import PreprocessingSpec
 from resnetkit.errors import ConfigError, ExportError
 from resnetkit.export import (
-    INPUT_NAME,
-    OUTPUT_NAME,
     check_parity,
     export_onnx,
-    read_onnx_metadata,
 )
 from resnetkit.models import list_models, load_model
+from resnetkit.onnxio import (
+    EMBEDDING_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    card_metadata,
+    read_metadata,
+)
 from tests.compress.test_fuse import build, real_input
 from tests.export.rundir import real_test_images, trained_run_dir
 
@@ -62,15 +66,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     run = trained_run_dir(str(tmp_path_factory.getbasetemp()))
     model, card = load_model(run)
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    meta = {"preprocessing": card.preprocessing, "labels": card.labels, "arch": card.arch}
-    export_onnx(model, path, input_size=(1, 28, 28), metadata=meta)
+    export_onnx(model, path, input_size=(1, 28, 28), metadata=card_metadata(card))
     return run, path
 
 
 def test_export_has_fixed_names_a_dynamic_batch_and_opset_18(exported: tuple[Path, Path]) -> None:
     proto = onnx.load(str(exported[1]))
-    (inp,), (out,) = proto.graph.input, proto.graph.output
-    assert (inp.name, out.name) == (INPUT_NAME, OUTPUT_NAME)
+    (inp,), (out, embedding) = proto.graph.input, proto.graph.output
+    assert (inp.name, out.name, embedding.name) == (INPUT_NAME, OUTPUT_NAME, EMBEDDING_NAME)
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert dims == ["batch", 1, 28, 28]
     assert out.type.tensor_type.shape.dim[0].dim_param == "batch"
@@ -79,8 +82,8 @@ def test_export_has_fixed_names_a_dynamic_batch_and_opset_18(exported: tuple[Pat
 
 def test_metadata_carries_preprocessing_and_labels(exported: tuple[Path, Path]) -> None:
     _, card = load_model(exported[0])
-    meta = read_onnx_metadata(exported[1])
-    assert meta["preprocessing"] == card.preprocessing
+    meta = read_metadata(exported[1])
+    assert card.preprocessing is not None and meta["preprocessing"] == card.preprocessing.to_dict()
     assert meta["labels"] == card.labels and len(meta["labels"]) == 10
     assert (meta["input_name"], meta["output_name"]) == ("input", "logits")
 
@@ -90,13 +93,13 @@ def test_trained_model_parity_at_batch_sizes_other_than_the_export_batch(
 ) -> None:
     run, path = exported
     model, card = load_model(run)
-    images = real_test_images(PreprocessingSpec.from_dict(card.preprocessing), limit=200)
+    images = real_test_images(card.spec(), limit=200)
     report = check_parity(model, path, images, batch_sizes=(1, 7, 64))
     assert report.images == 200 and report.top1_agreement == 1.0
     assert report.max_abs_diff < 1e-4
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 5, 33):  # the export batch was 2
-        (logits,) = session.run(None, {INPUT_NAME: images[:batch].numpy()})
+        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: images[:batch].numpy()})
         assert logits.shape == (batch, 10)
 
 
@@ -105,7 +108,7 @@ def test_parity_check_fails_loudly_when_the_model_differs(exported: tuple[Path, 
     model, card = load_model(run)
     with torch.no_grad():
         model.fc.bias += 0.5  # the ONNX file no longer matches this model
-    images = real_test_images(PreprocessingSpec.from_dict(card.preprocessing), limit=32)
+    images = real_test_images(card.spec(), limit=32)
     with pytest.raises(ExportError, match=r"max abs .* top-1 agreement"):
         check_parity(model, path, images)
 

@@ -25,17 +25,17 @@ from tests.export.rundir import real_test_images, trained_run_dir
 def backends(tmp_path_factory: pytest.TempPathFactory) -> dict[str, InferenceBackend]:
     run = trained_run_dir(str(tmp_path_factory.getbasetemp()))
     model, card = load_model(run)
-    spec = PreprocessingSpec.from_dict(card.preprocessing)
+    spec = card.spec()
     folder = tmp_path_factory.mktemp("backends")
     fp32 = export_onnx(model, folder / "fp32.onnx", input_size=(1, 28, 28))
     calib = real_test_images(spec, limit=64)  # only to calibrate this test model
     int8 = quantize_onnx(fp32, folder / "int8.onnx", calib, method="minmax")
     folded = fold_batchnorm(model, channels_last=True)
     return {
-        "torch-eager": TorchBackend(model, threads=2),
-        "torch-folded-cl": TorchBackend(folded, name="f", channels_last=True, threads=2),
+        "torch-eager": TorchBackend(model),
+        "torch-folded-cl": TorchBackend(folded, name="f", channels_last=True),
         "torch-bf16": TorchBackend(
-            folded, name="b", channels_last=True, autocast_dtype=torch.bfloat16, threads=2
+            folded, name="b", channels_last=True, autocast_dtype=torch.bfloat16
         ),
         "onnx-fp32": OnnxBackend(fp32, threads=2),
         "onnx-int8": OnnxBackend(int8, name="onnx-int8", threads=2),
@@ -87,7 +87,7 @@ def test_benchmark_backend_reports_load_time_memory_and_each_batch_size(
 ) -> None:
     run = trained_run_dir(str(tmp_path_factory.getbasetemp()))
     result = benchmark_backend(
-        lambda: TorchBackend(load_model(run)[0], threads=1), (1, 28, 28), (1, 4), min_time_s=0.02
+        lambda: TorchBackend(load_model(run)[0]), (1, 28, 28), (1, 4), min_time_s=0.02
     )
     assert [s.batch_size for s in result.latencies] == [1, 4]
     assert result.load_time_s > 0 and result.to_dict()["latencies"][1]["throughput"] > 0
@@ -100,13 +100,20 @@ def test_peak_rss_delta_sees_a_large_allocation() -> None:
     assert rss["bytes"] is not None and rss["bytes"] >= 48 * 2**20
 
 
-def test_torch_backend_sets_the_thread_count_it_was_given(
+def test_no_backend_changes_the_process_thread_count(
     backends: dict[str, InferenceBackend], images: torch.Tensor
 ) -> None:
+    # Two models in one process (stable and canary) must not fight over torch's one pool:
+    # backends use it as the process set it, and report it.
     before = torch.get_num_threads()
     try:
-        TorchBackend(torch.nn.Flatten(), threads=1).predict(images[:2])
-        assert torch.get_num_threads() == 1
+        torch.set_num_threads(1)
+        backend = TorchBackend(torch.nn.Flatten())
+        for other in backends.values():
+            other.predict(images[:2])
+        backend.predict(images[:2])
+        assert torch.get_num_threads() == 1 and backend.threads == 1
+        assert backends["onnx-fp32"].threads == 2  # ONNX Runtime: the session's own pool
     finally:
         torch.set_num_threads(before)
 

@@ -8,10 +8,11 @@ import pytest
 
 from resnetkit.cli.main import main
 from resnetkit.data import load_dataset
-from resnetkit.errors import ConfigError
+from resnetkit.errors import CheckpointError
 from resnetkit.export import export_onnx
 from resnetkit.export.tradeoff import measure_variant, plot_tradeoff
 from resnetkit.models import load_model
+from resnetkit.onnxio import card_metadata
 
 from .rundir import trained_run_dir
 
@@ -23,9 +24,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _onnx(run_dir: Path, path: Path) -> Path:
     model, card = load_model(run_dir)
-    meta = {"arch": card.arch, "kwargs": card.kwargs, "labels": card.labels,
-            "preprocessing": card.preprocessing}  # fmt: skip
-    return export_onnx(model, path, input_size=(1, 28, 28), metadata=meta)
+    return export_onnx(model, path, input_size=(1, 28, 28), metadata=card_metadata(card))
 
 
 def test_run_directory_and_its_onnx_agree_on_accuracy_and_size(
@@ -52,5 +51,5 @@ def test_cli_writes_json_and_png(run_dir: Path, tmp_path: Path) -> None:
 def test_onnx_without_metadata_is_refused(run_dir: Path, tmp_path: Path) -> None:
     model, _ = load_model(run_dir)
     bare = export_onnx(model, tmp_path / "bare.onnx", input_size=(1, 28, 28))
-    with pytest.raises(ConfigError, match="no resnetkit metadata"):
+    with pytest.raises(CheckpointError, match="no resnetkit metadata"):
         measure_variant("bare", bare, load_dataset("fashion-mnist", "test", limit=10))

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from resnetkit.models import create_model
+
 LABELS = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat"]
 
 
@@ -16,20 +18,16 @@ def make_run_dir(
     *,
     seed: int = 0,
     accuracy: float = 0.9,
-    width: int = 8,
     profile: bool = True,
 ) -> Path:
-    """Write a run directory like training leaves: weights, model.json, summary, config."""
+    """Write a run directory like training leaves: real resnet20 weights (seeded, untrained),
+    model.json, summary, config, metrics and a drift reference."""
     path.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
-    tensors = {
-        "conv1.weight": torch.randn(width, 1, 3, 3, generator=gen),
-        "bn1.weight": torch.ones(width),
-        "bn1.bias": torch.zeros(width),
-        "fc.weight": torch.randn(len(LABELS), width, generator=gen),
-        "fc.bias": torch.zeros(len(LABELS)),
-    }
-    save_file(tensors, str(path / "model.safetensors"))
+    torch.manual_seed(seed)
+    model = create_model("resnet20", num_classes=len(LABELS), in_chans=1)
+    save_file(dict(model.state_dict()), str(path / "model.safetensors"))
+    width = 64  # the embedding size of resnet20
     model_json = {
         "arch": "resnet20",
         "kwargs": {"num_classes": len(LABELS), "in_chans": 1},
@@ -49,7 +47,8 @@ def make_run_dir(
     (path / "summary.json").write_text(json.dumps(summary))
     (path / "config.toml").write_text('[model]\narch = "resnet20"\n\n[train]\nepochs = 3\n')
     (path / "metrics.jsonl").write_text('{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "loss": 0.4}\n')
-    (path / "drift_reference.npz").write_bytes(b"drift reference bytes " + bytes([seed % 256]))
+    drift = {"embeddings": torch.randn(4, width, generator=gen), "labels": torch.arange(4)}
+    save_file(drift, str(path / "drift_reference.safetensors"))
     return path
 
 

@@ -64,11 +64,21 @@ def test_concurrent_alias_moves_never_lose_an_audit_entry(
     store.set_alias("fashion", "production", 1, reason="initial")
     store.engine.dispose()
     start = CTX.Event()
+    moved = CTX.Value("i", 0)
     moves_per_worker = 25
     procs = [
         CTX.Process(
             target=workers.move_alias_many,
-            args=(registry_url, artifact_root, "fashion", "production", moves_per_worker, w, start),
+            args=(
+                registry_url,
+                artifact_root,
+                "fashion",
+                "production",
+                moves_per_worker,
+                w,
+                start,
+                moved,
+            ),
         )
         for w in range(3)
     ]
@@ -78,9 +88,11 @@ def test_concurrent_alias_moves_never_lose_an_audit_entry(
     _join_all(procs)
 
     events = store.history("fashion", "production")
-    assert len(events) == 1 + 3 * moves_per_worker
+    # Every real move is logged once; a move to where the alias already points is not.
+    assert len(events) == 1 + moved.value
+    assert all(e.from_version != e.to_version for e in events)
     reasons = {e.reason for e in events[1:]}
-    assert reasons == {f"w{w}-{i}" for w in range(3) for i in range(moves_per_worker)}
+    assert reasons <= {f"w{w}-{i}" for w in range(3) for i in range(moves_per_worker)}
     # Each move starts where the previous one left the alias: no interleaved read-then-write.
     for before, after in itertools.pairwise(events):
         assert after.from_version == before.to_version

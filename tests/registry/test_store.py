@@ -40,7 +40,7 @@ def test_register_records_every_field_of_an_immutable_version(
         "summary.json",
         "config.toml",
         "metrics.jsonl",
-        "drift_reference.npz",
+        "drift_reference.safetensors",
     }
     for artifact in info.artifacts:
         assert (
@@ -108,7 +108,7 @@ def test_load_returns_verified_bytes_that_rebuild_the_weights(
     loaded = store.load("fashion@production")
     assert loaded.info is not None and loaded.info.version == 1
     tensors = load_safetensors(loaded.weights)
-    assert tensors["fc.weight"].shape == (len(LABELS), 8)
+    assert tensors["fc.weight"].shape == (len(LABELS), 64)
     assert loaded.model_json["preprocessing"]["channels"] == 1
     assert json.loads(loaded.files["model.json"]) == loaded.model_json
 

@@ -7,6 +7,7 @@ import time
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 from resnetkit.registry import RegistrationOptions, open_registry
 from resnetkit.registry.artifacts import CHUNK_BYTES
@@ -25,16 +26,29 @@ def register_many(
 
 
 def move_alias_many(
-    url: str, artifacts: Path, name: str, alias: str, count: int, worker: int, start: Event
+    url: str,
+    artifacts: Path,
+    name: str,
+    alias: str,
+    count: int,
+    worker: int,
+    start: Event,
+    moved: Any,
 ) -> None:
-    """Point ``name@alias`` at random versions ``count`` times."""
+    """Point ``name@alias`` at random versions ``count`` times; count the real moves in
+    ``moved`` (a shared integer): a move to where the alias already points is not logged."""
     rng = random.Random(worker)
     with open_registry(url, artifacts) as store:
         numbers = [v.version for v in store.list_versions(name)]
         start.wait(30)
         for i in range(count):
             target = rng.choice(numbers)
-            store.set_alias(name, alias, target, reason=f"w{worker}-{i}", actor=f"worker{worker}")
+            event = store.set_alias(
+                name, alias, target, reason=f"w{worker}-{i}", actor=f"worker{worker}"
+            )
+            if event is not None:
+                with moved.get_lock():
+                    moved.value += 1
 
 
 def register_and_hang_at(

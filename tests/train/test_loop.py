@@ -21,8 +21,7 @@ from resnetkit.data import AugmentedBatch
 from resnetkit.errors import ConfigError, TrainingError
 from resnetkit.models import load_model
 from resnetkit.train import load_checkpoint, train
-from resnetkit.train.loop import Trainer
-from resnetkit.train.rundir import drift_reference
+from resnetkit.train.loop import Trainer, drift_reference
 from resnetkit.train.setup import build_model, load_train_data, model_kwargs
 
 from .conftest import tiny_config
@@ -58,7 +57,11 @@ def test_run_directory_holds_everything_later_stages_read(tmp_path: Path) -> Non
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 2 and len(summary["dataset"]["fingerprint"]) == 64
     model, card = load_model(run)
-    assert card.labels[0] == "T-shirt/top" and card.preprocessing["channels"] == 1
+    assert (
+        card.labels[0] == "T-shirt/top"
+        and card.preprocessing is not None
+        and card.preprocessing.channels == 1
+    )
     assert card.extra["profile"]["params"] == sum(p.numel() for p in model.parameters())
     drift = load_file(str(run / "drift_reference.safetensors"))
     assert drift["embeddings"].shape == (64, model.num_features)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resnetkit.errors import ConfigError
-from resnetkit.train.schedule import SCHEDULES, lr_factor
+from resnetkit.train.schedule import MAX_WARMUP_FRACTION, SCHEDULES, lr_factor, warmup_steps
 
 DECAYING = ("cosine", "linear", "onecycle")
 
@@ -75,3 +75,21 @@ def test_constant_holds_the_peak_after_warmup() -> None:
 def test_an_unknown_schedule_names_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="cosine, linear, onecycle, constant"):
         lr_factor(0, 10, kind="step")
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3])
+def test_a_short_run_warms_up_for_a_fraction_of_it_and_ends_annealed(epochs: int) -> None:
+    # The default recipe asks for one epoch of warm-up; a 1-epoch run must still anneal.
+    steps_per_epoch = 222  # Fashion-MNIST, batch 256, 5% held out
+    total = epochs * steps_per_epoch
+    warmup = warmup_steps(1.0, steps_per_epoch, total)
+    assert warmup <= math.ceil(MAX_WARMUP_FRACTION * total)
+    factors = [lr_factor(s, total, warmup_steps=warmup, kind="cosine") for s in range(total)]
+    assert max(factors) == pytest.approx(1.0, abs=1e-6)
+    assert factors[-1] < 0.01  # annealed, not stuck at the peak
+
+
+def test_a_long_run_keeps_the_warmup_it_asked_for() -> None:
+    assert warmup_steps(1.2, 222, 6 * 222) == round(1.2 * 222)  # the quickstart recipe
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        warmup_steps(-1, 10, 100)

@@ -1,10 +1,17 @@
-"""``resnetkit prune``, ``distill`` and ``tradeoff``: smaller models and what they cost."""
+"""``resnetkit prune``, ``distill`` and ``tradeoff``: smaller models and what they cost.
+
+``prune`` and ``distill`` write a new run directory at ``--out`` (the fine-tuned model, its
+``summary.json`` and evaluation), as ``resnetkit train`` does.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +19,23 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from resnetkit.cli.export import resolve_ref
-from resnetkit.cli.train import evaluate_run
+from resnetkit.cli.common import add_registry_flag, check_at_least
 from resnetkit.compress.distill import distill
 from resnetkit.compress.prune import CRITERIA, prune_model
 from resnetkit.compress.sparse import magnitude_prune, measure_sparsity, sparse_finetune
-from resnetkit.config import OptimConfig, TrainConfig, atomic_write, from_dict, load_toml
-from resnetkit.data import load_dataset
+from resnetkit.config import OptimConfig, TrainConfig, from_dict, load_toml
+from resnetkit.contract import CONFIG_TOML, MODEL_WEIGHTS, ModelCard, write_summary
 from resnetkit.errors import ConfigError
+from resnetkit.export import LoadedModel, load_model_ref
 from resnetkit.export.tradeoff import measure_variant, plot_tradeoff
-from resnetkit.models import ModelCard, load_model, profile, save_model
-from resnetkit.train import train
-from resnetkit.train.rundir import read_summary, write_summary
+from resnetkit.fileio import atomic_write, check_output_dir
+from resnetkit.models import load_model, profile, save_model
+from resnetkit.train import check_config, evaluate_run, train
+from resnetkit.train.rundir import has_checkpoint
 
 
 def add_parser(subparsers: Any) -> None:
-    """Register ``prune`` and ``distill``."""
+    """Register ``prune``, ``distill`` and ``tradeoff``."""
     p = subparsers.add_parser("prune", help="remove filters structurally, then fine-tune")
     p.add_argument("ref", metavar="REF", help="run directory or name@alias")
     p.add_argument(
@@ -52,13 +60,14 @@ def add_parser(subparsers: Any) -> None:
     _common(d)
     d.set_defaults(func=run_distill)
     t = subparsers.add_parser("tradeoff", help="accuracy, size and speed of a model's variants")
-    t.add_argument("base", metavar="RUN", help="the original model's run directory")
-    t.add_argument("--int8", help="its int8 ONNX file (from `resnetkit quantize`)")
-    t.add_argument("--pruned", help="run directory of the pruned model (`resnetkit prune`)")
-    t.add_argument("--distilled", help="run directory of the distilled student")
-    t.add_argument("--data", default="fashion-mnist", help="test data")
+    t.add_argument("base", metavar="REF", help="the original model (run directory or name@alias)")
+    t.add_argument("--int8", help="its int8 ONNX file or version (from `resnetkit quantize`)")
+    t.add_argument("--pruned", help="the pruned model (`resnetkit prune`)")
+    t.add_argument("--distilled", help="the distilled student (`resnetkit distill`)")
+    t.add_argument("--data", help="test data (default: the base model's own)")
     t.add_argument("--test-limit", type=int, help="measure accuracy on the first N test images")
-    t.add_argument("--out", required=True, help="folder for tradeoff.json and tradeoff.png")
+    t.add_argument("--out", required=True, type=Path, help="folder for tradeoff.json and .png")
+    add_registry_flag(t)
     t.set_defaults(func=run_tradeoff)
 
 
@@ -67,13 +76,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int)
-    p.add_argument("--out", required=True, help="new run directory")
-    p.add_argument("--registry", help="registry for name@alias references")
+    p.add_argument("--out", required=True, type=Path, help="new run directory")
+    add_registry_flag(p)
     p.add_argument("--no-progress", action="store_true")
 
 
-def _recipe(args: argparse.Namespace, source: Path) -> TrainConfig:
-    path = Path(args.config) if args.config else source / "config.toml"
+def _recipe(args: argparse.Namespace, source: LoadedModel) -> TrainConfig:
+    path = Path(args.config) if args.config else source.folder / CONFIG_TOML
     if not path.is_file():
         raise ConfigError(f"no training recipe: {path} is missing; pass --config")
     cfg = from_dict(TrainConfig, load_toml(path))
@@ -86,55 +95,92 @@ def _recipe(args: argparse.Namespace, source: Path) -> TrainConfig:
             changes[name] = getattr(args, name)
     if args.no_progress:
         changes["progress"] = False
-    return dataclasses.replace(cfg, **changes)
+    cfg = dataclasses.replace(cfg, **changes)
+    check_config(cfg)
+    return cfg
+
+
+def _source(args: argparse.Namespace, ref: str) -> LoadedModel:
+    """The model to start from, with --out checked against it before any work."""
+    check_output_dir(args.out, what="--out")
+    if has_checkpoint(args.out) or (args.out / MODEL_WEIGHTS).exists():
+        raise ConfigError(f"--out {args.out} already holds a run; choose a new folder")
+    loaded = load_model_ref(ref, registry=args.registry)
+    if not loaded.has_weights:
+        raise ConfigError(f"{ref} is an ONNX model; start from its run directory or version")
+    out, src = args.out.resolve(), loaded.folder.resolve()
+    if out == src or src in out.parents:
+        raise ConfigError(
+            f"--out {args.out} is inside the source run {loaded.folder}; choose a new folder"
+        )
+    return loaded
+
+
+@contextlib.contextmanager
+def _new_run(out: Path) -> Iterator[None]:
+    """Remove ``out`` if this command created it and failed before a checkpoint existed."""
+    created = not out.exists()
+    try:
+        yield
+    except BaseException:
+        if created and not has_checkpoint(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _accuracy(loaded: LoadedModel) -> float | None:
+    value = loaded.metrics.get("test_accuracy")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    with resolve_ref(args.ref, args.registry) as source:
-        model, card = load_model(source)
-        cfg = _recipe(args, source)
-        before = read_summary(source).get("test_accuracy")
+    """``resnetkit prune REF --ratio R --out DIR``: prune, fine-tune, evaluate."""
+    if not 0 <= args.ratio < 1:
+        raise ConfigError(f"--ratio must be in [0, 1), got {args.ratio}")
+    source = _source(args, args.ref)
+    cfg = _recipe(args, source)
     if args.unstructured:
-        return _prune_unstructured(args, model, card, cfg, before)
+        return _prune_unstructured(args, source, cfg)
+    model, card = source.module(), source.card
     criterion = args.criterion or "l1"
     pruned = prune_model(model, card.arch, card.kwargs, args.ratio, criterion)
-    model_cfg = dataclasses.replace(cfg.model, arch=card.arch, kwargs=pruned.kwargs)
-    init = _save_start(pruned.model, card, pruned.kwargs, out)
-    cfg = dataclasses.replace(cfg, model=model_cfg, init_from=init)
-    train(cfg, out / "run")
-    summary = evaluate_run(out / "run", cfg)
-    size = _input_size(card)
+    with _new_run(args.out):
+        init = _save_start(pruned.model, card, pruned.kwargs, args.out)
+        model_cfg = dataclasses.replace(cfg.model, arch=card.arch, kwargs=pruned.kwargs)
+        cfg = dataclasses.replace(cfg, model=model_cfg, init_from=init)
+        train(cfg, args.out)
+    summary = evaluate_run(args.out, cfg)
+    size = source.input_size
     _report(
         f"pruned {args.ratio:.0%} of inner filters ({criterion})",
         [
-            ("original", profile(model, size), before),
+            ("original", profile(model, size), _accuracy(source)),
             ("pruned + fine-tuned", profile(pruned.model, size), summary["test_accuracy"]),
         ],
     )
+    Console().print(f"wrote the fine-tuned model to {args.out}")
     return 0
 
 
-def _prune_unstructured(
-    args: argparse.Namespace, model: nn.Module, card: ModelCard, cfg: TrainConfig, before: Any
-) -> int:
+def _prune_unstructured(args: argparse.Namespace, source: LoadedModel, cfg: TrainConfig) -> int:
     if args.criterion is not None:
         raise ConfigError("--criterion ranks filters; --unstructured ranks single weights")
-    out = Path(args.out)
-    original_size = profile(model, _input_size(card))
+    model, card = source.module(), source.card
+    original_size = profile(model, source.input_size)
     sparsity = magnitude_prune(model, args.ratio)
-    cfg = dataclasses.replace(cfg, init_from=_save_start(model, card, card.kwargs, out))
-    sparse_finetune(cfg, out / "run")
-    summary = evaluate_run(out / "run", cfg)
-    tuned, _ = load_model(out / "run")
+    with _new_run(args.out):
+        cfg = dataclasses.replace(cfg, init_from=_save_start(model, card, card.kwargs, args.out))
+        sparse_finetune(cfg, args.out)
+    summary = evaluate_run(args.out, cfg)
+    tuned, _ = load_model(args.out)
     kept = measure_sparsity(tuned)
     summary["sparsity"] = kept.ratio
-    write_summary(out / "run", summary)
+    write_summary(args.out, summary)
     _report(
         f"zeroed {sparsity.ratio:.0%} of conv and linear weights (global magnitude)",
         [
-            ("original", original_size, before),
-            ("sparse + fine-tuned", profile(tuned, _input_size(card)), summary["test_accuracy"]),
+            ("original", original_size, _accuracy(source)),
+            ("sparse + fine-tuned", profile(tuned, source.input_size), summary["test_accuracy"]),
         ],
     )
     Console().print(
@@ -152,34 +198,34 @@ def _save_start(model: nn.Module, card: ModelCard, kwargs: dict[str, Any], out: 
         model, init, arch=card.arch, kwargs=kwargs, labels=card.labels,
         preprocessing=card.preprocessing,
     )  # fmt: skip
-    return str(init / "model.safetensors")
-
-
-def _input_size(card: ModelCard) -> tuple[int, ...]:
-    return (card.preprocessing["channels"], *card.preprocessing["size"])
+    return str(init / MODEL_WEIGHTS)
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    with resolve_ref(args.teacher, args.registry) as source:
-        teacher, card = load_model(source)
-        cfg = _recipe(args, source)
-        before = read_summary(source).get("test_accuracy")
+    """``resnetkit distill --teacher REF --student NAME --out DIR``."""
+    check_at_least("--temperature", args.temperature, 0, strict=True)
+    if not 0 <= args.alpha <= 1:
+        raise ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
+    source = _source(args, args.teacher)
+    cfg = _recipe(args, source)
+    teacher, card = source.module(), source.card
     kwargs = {k: v for k, v in card.kwargs.items() if k in ("num_classes", "in_chans")}
     cfg = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, arch=args.student, kwargs=kwargs)
     )
-    out = Path(args.out)
-    distill(cfg, out, teacher, alpha=args.alpha, temperature=args.temperature)
-    summary = evaluate_run(out, cfg)
-    student, _ = load_model(out)
-    size = _input_size(card)
+    with _new_run(args.out):
+        distill(cfg, args.out, teacher, alpha=args.alpha, temperature=args.temperature)
+    summary = evaluate_run(args.out, cfg)
+    student, _ = load_model(args.out)
+    size = source.input_size
     _report(
         f"distilled {card.arch} into {args.student} (alpha {args.alpha}, T {args.temperature})",
         [
-            ("teacher", profile(teacher, size), before),
+            ("teacher", profile(teacher, size), _accuracy(source)),
             ("student", profile(student, size), summary["test_accuracy"]),
         ],
     )
+    Console().print(f"wrote the student to {args.out}")
     return 0
 
 
@@ -194,15 +240,20 @@ def _report(title: str, rows: list[tuple[str, Any, float | None]]) -> None:
 
 
 def run_tradeoff(args: argparse.Namespace) -> int:
+    """``resnetkit tradeoff REF [--int8 ...] [--pruned ...] [--distilled ...] --out DIR``."""
+    check_output_dir(args.out, what="--out")
+    check_at_least("--test-limit", args.test_limit, 1)
+    base = load_model_ref(args.base, registry=args.registry)
+    test = base.dataset("test", data=args.data, limit=args.test_limit)
     variants = [("original", args.base), ("int8", args.int8), ("pruned", args.pruned)]
     variants.append(("distilled", args.distilled))
-    test = load_dataset(args.data, "test", limit=args.test_limit)
-    rows = [measure_variant(name, path, test) for name, path in variants if path]
-    out = Path(args.out)
+    rows = [
+        measure_variant(name, ref, test, registry=args.registry) for name, ref in variants if ref
+    ]
     text = json.dumps([r.to_dict() for r in rows], indent=2) + "\n"
-    atomic_write(out / "tradeoff.json", lambda p: p.write_text(text, encoding="utf-8"))
-    plot_tradeoff(rows, out / "tradeoff.png")
-    table = Table(title=f"trade-off on {len(test):,} {args.data} test images")
+    atomic_write(args.out / "tradeoff.json", lambda p: p.write_text(text, encoding="utf-8"))
+    plot_tradeoff(rows, args.out / "tradeoff.png")
+    table = Table(title=f"trade-off on {len(test):,} {test.name} test images")
     columns = ("variant", "backend", "top-1", "params", "MACs", "size", "p95 b=1", "img/s b=32")
     for col in columns:
         table.add_column(col, justify="left" if col in ("variant", "backend") else "right")
@@ -219,5 +270,5 @@ def run_tradeoff(args: argparse.Namespace) -> int:
         )
     console = Console(width=max(Console().width, 110))  # eight columns need the room
     console.print(table)
-    console.print(f"wrote {out / 'tradeoff.json'} and {out / 'tradeoff.png'}")
+    console.print(f"wrote {args.out / 'tradeoff.json'} and {args.out / 'tradeoff.png'}")
     return 0

@@ -1,23 +1,22 @@
-"""``resnetkit eval RUN_OR_MODEL_DIR --data NAME``: score a saved model on a test split."""
+"""``resnetkit eval REF``: score a saved model (run, ``.onnx`` or registry version) on a split."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from resnetkit.data import ImageDataset, PreprocessingSpec, load_dataset
+from resnetkit.cli.common import add_registry_flag, check_at_least, print_json
+from resnetkit.data import ImageDataset, has_fixed_shape, load_dataset
 from resnetkit.errors import ConfigError
-from resnetkit.evaluate import EvalReport, check_dataset_fits, evaluate_model
-from resnetkit.models import ModelCard, load_model
-
-_MODEL_FILES = ("model.json", "model.safetensors")
+from resnetkit.evaluate import EvalReport, check_dataset_fits, evaluate_model, resolve_device
+from resnetkit.export import LoadedModel, load_model_ref
+from resnetkit.fileio import check_output_dir
 
 
 def add_parser(subparsers: Any) -> None:
@@ -25,64 +24,67 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="evaluate a trained model: accuracy, per-class F1, calibration, plots",
-        description="Evaluate a run or model directory (model.json + model.safetensors) on a "
-        "dataset split; write eval.json and plots/*.png.",
+        description="Evaluate a model (run directory, .onnx file or registry reference such as "
+        "fashion@production) on a dataset split; write eval.json and plots/*.png.",
     )
-    parser.add_argument("path", metavar="RUN_OR_MODEL_DIR", help="run or model directory")
-    parser.add_argument("--data", required=True, help="dataset name, e.g. fashion-mnist")
+    parser.add_argument("ref", metavar="REF", help="run directory, .onnx file or name@alias")
+    add_registry_flag(parser)
+    parser.add_argument("--data", help="dataset name or folder (default: the model's own data)")
     parser.add_argument("--data-dir", type=Path, default=None, help="where the dataset lives")
-    parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument("--split", default="test", choices=("test", "train"))
     parser.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
     parser.add_argument("--tta-flip", action="store_true", help="average with mirrored images")
     parser.add_argument(
         "--amp",
         action="store_true",
-        help="bf16 autocast on CPU, as `resnetkit train` evaluates a bf16 run (CUDA: always)",
+        help="bf16 autocast (fp16 on older CUDA), as `resnetkit train` evaluates its runs",
     )
     parser.add_argument(
         "--tta-shift", type=int, default=0, metavar="PX", help="also average shifted images"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: best)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
-    parser.add_argument("--out", type=Path, default=None, help="output dir (default: the run)")
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="image folders: skip unreadable files (they are listed) instead of failing",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: the run directory)"
+    )
     parser.add_argument("--json", action="store_true", help="print eval.json to stdout")
     parser.set_defaults(func=run_eval)
 
 
-def _model_dir(path: str) -> Path:
-    """The directory holding ``model.json``; a path to one of the model files is accepted."""
-    p = Path(path)
-    if p.is_file() and p.name in _MODEL_FILES:
-        p = p.parent
-    if not p.is_dir():
-        raise ConfigError(f"{path}: no such run or model directory")
-    if not (p / "model.json").is_file():
+def _default_out(loaded: LoadedModel) -> Path:
+    """The run directory for a path; ``eval-<name>-v<version>`` here for a registry version."""
+    if loaded.identity.version is None:
+        return loaded.folder
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", loaded.identity.name)
+    return Path(f"eval-{name}-v{loaded.identity.version}")
+
+
+def _dataset(args: argparse.Namespace, loaded: LoadedModel) -> ImageDataset:
+    if args.data is None and args.data_dir is None:
+        return loaded.dataset(args.split, limit=args.limit)
+    spec = loaded.spec
+    name = args.data or "image-folder"
+    fixed = has_fixed_shape(name)  # its own size; check_dataset_fits compares it with ours
+    return load_dataset(
+        name, args.split, data_dir=args.data_dir, limit=args.limit,
+        image_size=None if fixed else spec.size, channels=None if fixed else spec.channels,
+        skip_bad_images=args.skip_bad_images,
+    )  # fmt: skip
+
+
+def _check_labels(loaded: LoadedModel, dataset: ImageDataset, console: Console) -> None:
+    labels = loaded.labels
+    if labels and len(labels) != dataset.num_classes:
         raise ConfigError(
-            f"{path}: no model.json here; pass a finished run directory or a model directory "
-            "(model.json + model.safetensors)"
-        )
-    return p
-
-
-def _spec_of(card: ModelCard, directory: Path) -> PreprocessingSpec:
-    if not card.preprocessing:
-        raise ConfigError(f"{directory / 'model.json'} has no preprocessing spec to evaluate with")
-    return PreprocessingSpec.from_dict(card.preprocessing)
-
-
-def _default_device(device: str | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _check_labels(card: ModelCard, dataset: ImageDataset, console: Console) -> None:
-    if card.labels and len(card.labels) != dataset.num_classes:
-        raise ConfigError(
-            f"the model knows {len(card.labels)} classes but {dataset.name} has "
+            f"the model knows {len(labels)} classes but {dataset.name} has "
             f"{dataset.num_classes}; evaluate it on the data it was trained for"
         )
-    if card.labels and tuple(card.labels) != dataset.classes:
+    if labels and tuple(labels) != dataset.classes:
         console.print(
             f"[yellow]warning:[/] the model's labels differ from {dataset.name}'s class names; "
             "reporting the dataset's names"
@@ -91,31 +93,42 @@ def _check_labels(card: ModelCard, dataset: ImageDataset, console: Console) -> N
 
 def run_eval(args: argparse.Namespace) -> int:
     """Load the model and the data, evaluate, print a summary and write the results."""
-    directory = _model_dir(args.path)
-    device = _default_device(args.device)
-    model, card = load_model(directory, device=device)
-    spec = _spec_of(card, directory)
-    dataset = load_dataset(args.data, args.split, data_dir=args.data_dir, limit=args.limit)
-    check_dataset_fits(dataset, spec)
+    check_at_least("--batch-size", args.batch_size, 1)
+    check_at_least("--limit", args.limit, 1)
+    check_at_least("--tta-shift", args.tta_shift, 0)
+    device = resolve_device(args.device)
+    if args.out is not None:
+        check_output_dir(args.out, what="--out")
+    loaded = load_model_ref(args.ref, registry=args.registry)
+    out = args.out if args.out is not None else _default_out(loaded)
+    check_output_dir(out, what="--out")
+    dataset = _dataset(args, loaded)
+    check_dataset_fits(dataset, loaded.spec)
     err = Console(stderr=True)
-    _check_labels(card, dataset, err)
+    _check_labels(loaded, dataset, err)
+    model: Any
+    if loaded.has_weights:
+        model = loaded.module(device)
+    else:
+        model = loaded.backend("onnx", device=str(device)).predict
     report = evaluate_model(
         model,
         dataset,
-        spec,
-        device=device,
+        loaded.spec,
+        device=device if loaded.has_weights else None,
         batch_size=args.batch_size,
         tta_flip=args.tta_flip,
         tta_shift=args.tta_shift,
-        amp=True if args.amp else None,
+        precision="auto" if args.amp else "fp32",
         progress=not args.json and sys.stderr.isatty(),
     )
-    written = report.save(args.out if args.out is not None else directory)
+    written = report.save(out)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print_json(report.to_dict())
         return 0
     console = Console()
-    console.print(summary_table(report, title=f"{card.arch} on {dataset.name} ({dataset.split})"))
+    title = f"{loaded.identity.label} on {dataset.name} ({dataset.split})"
+    console.print(summary_table(report, title=title))
     console.print(per_class_table(report))
     console.print(f"wrote {written['json']} and plots in {written['json'].parent / 'plots'}")
     return 0

@@ -1,16 +1,17 @@
 """``resnetkit export|quantize|bench``: ONNX with parity, int8 with an accuracy budget, speed.
 
-A ``REF`` is a run directory (``model.json`` + ``model.safetensors``), an ``.onnx`` file, or
-a registry reference (``name@alias``, ``name:3``) checked out to a temporary directory.
+A ``REF`` is anything the loader takes (:mod:`resnetkit.export.loading`): a run directory,
+an ``.onnx`` file, or a registry reference (``name@alias``, ``name:3``, ``name``). Real
+images for parity, calibration and accuracy come from the data the model was trained on
+(its ``config.toml``), or ``--data``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import tempfile
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +19,38 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from resnetkit.compress import (
-    CALIBRATION_METHODS,
-    fold_batchnorm,
-    quantize_onnx,
-    quantize_with_budget,
-)
-from resnetkit.data import PreprocessingSpec, load_dataset, normalize
+from resnetkit.cli.common import add_registry_flag, check_at_least, print_json, status
+from resnetkit.compress import CALIBRATION_METHODS, check_quantizable, quantize_with_budget
 from resnetkit.errors import ConfigError
 from resnetkit.export import (
     DEFAULT_OPSET,
     BackendBenchmark,
-    InferenceBackend,
-    OnnxBackend,
-    TorchBackend,
+    LoadedModel,
     benchmark_backend,
+    check_opset,
     check_parity,
     export_onnx,
-    read_onnx_metadata,
+    load_model_ref,
 )
-from resnetkit.models import ModelCard, get_entry, load_model
-from resnetkit.registry import PathRef, open_registry, parse_ref
+from resnetkit.fileio import check_output_file
+from resnetkit.onnxio import card_metadata
+
+#: What ``bench`` measures, by the loader's backend kind.
+BACKENDS = {
+    "torch-eager": "torch",
+    "torch-folded-cl": "torch-folded-cl",
+    "torch-bf16": "torch-bf16",
+    "onnx-fp32": "onnx",
+    "onnx-int8": "onnx-int8",
+}
 
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``export``, ``quantize`` and ``bench`` commands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("ref", metavar="REF", help="run directory, .onnx file or name@alias")
-    common.add_argument("--registry", metavar="URL", help="registry for name@alias references")
-    common.add_argument("--data", default="fashion-mnist", help="dataset for real images")
+    add_registry_flag(common)
+    common.add_argument("--data", help="dataset for real images (default: the model's own)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
     exp = subparsers.add_parser("export", parents=[common], help="export a model to ONNX")
@@ -73,117 +77,95 @@ def add_parser(subparsers: Any) -> None:
     ben.set_defaults(func=run_bench)
 
 
-# -- references -------------------------------------------------------------------------
+def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if args.json:
+        print_json(data)
+    else:
+        print(text)
 
 
 @contextlib.contextmanager
-def resolve_ref(ref: str, registry: str | None) -> Iterator[Path]:
-    """A local path for ``ref``: itself, or a registry version checked out to a temp dir."""
-    parsed = parse_ref(ref)
-    if isinstance(parsed, PathRef):
-        if not parsed.path.exists():
-            raise ConfigError(f"{parsed.path} does not exist")
-        yield parsed.path
-        return
-    with (
-        tempfile.TemporaryDirectory(prefix="resnetkit-ref-") as tmp,
-        open_registry(registry) as store,
-    ):
-        yield store.checkout(ref, tmp)
-
-
-def _spec(card: ModelCard) -> PreprocessingSpec:
-    if not card.preprocessing:
-        raise ConfigError(f"{card.arch}: model.json has no preprocessing spec to normalise with")
-    return PreprocessingSpec.from_dict(card.preprocessing)
-
-
-def _input_size(card: ModelCard) -> tuple[int, ...]:
-    if card.preprocessing:
-        spec = _spec(card)
-        return (spec.channels, *spec.size)
-    return get_entry(card.arch).input_size
-
-
-def _metadata(card: ModelCard) -> dict[str, Any]:
-    return {
-        "arch": card.arch,
-        "kwargs": card.kwargs,
-        "labels": card.labels,
-        "preprocessing": card.preprocessing,
-    }
-
-
-def _test_images(data: str, spec: PreprocessingSpec, limit: int | None) -> Any:
-    test = load_dataset(data, "test", limit=limit)
-    return test, normalize(test.images, spec)
-
-
-def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else text)
+def _staged(output: Path) -> Iterator[Path]:
+    """A hidden file beside ``output`` that becomes ``output`` only if the block succeeds."""
+    stage = output.with_name(f".{output.name}.{os.getpid()}.staged")
+    try:
+        yield stage
+        os.replace(stage, output)
+    finally:
+        stage.unlink(missing_ok=True)
 
 
 # -- export ---------------------------------------------------------------------------------
 
 
-def export_run_dir(
-    run_dir: Path, output: Path, *, opset: int, data: str | None, parity_images: int
-) -> dict[str, Any]:
-    """Export a run directory; check parity on real test images unless ``data`` is None."""
-    model, card = load_model(run_dir)
-    export_onnx(model, output, input_size=_input_size(card), opset=opset, metadata=_metadata(card))
-    result: dict[str, Any] = {"output": str(output), "opset": opset, "parity": None}
-    if data is not None:
-        _, images = _test_images(data, _spec(card), parity_images)
-        report = check_parity(model, output, images)
-        result["parity"] = {**report.__dict__, "summary": report.summary()}
-    return result
+def _weights_model(args: argparse.Namespace, verb: str) -> LoadedModel:
+    if str(args.ref).lower().endswith(".onnx"):
+        raise ConfigError(f"{args.ref} is already ONNX; {verb} takes a run directory or version")
+    loaded = load_model_ref(args.ref, registry=args.registry)
+    if not loaded.has_weights:
+        raise ConfigError(f"{args.ref} is already ONNX; {verb} takes a run directory or version")
+    return loaded
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """``resnetkit export REF -o model.onnx``."""
-    if str(args.ref).lower().endswith(".onnx"):
-        raise ConfigError(f"{args.ref} is already ONNX; export takes a run directory or name@alias")
-    with resolve_ref(args.ref, args.registry) as run_dir:
-        result = export_run_dir(
-            run_dir,
-            args.output,
-            opset=args.opset,
-            data=None if args.no_parity else args.data,
-            parity_images=args.parity_images,
-        )
-    parity = result["parity"]["summary"] if result["parity"] else "parity check skipped"
-    _print(args, result, f"wrote {args.output}\n{parity}")
+    """``resnetkit export REF -o model.onnx``: export, then check parity on real images."""
+    check_opset(args.opset)
+    check_output_file(args.output, what="-o", suffix=".onnx")
+    if not args.no_parity:
+        check_at_least("--parity-images", args.parity_images, 1)
+    loaded = _weights_model(args, "export")
+    model = loaded.module()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    parity = None
+    with _staged(args.output) as stage:
+        with status(f"exporting {loaded.identity.label} to ONNX (opset {args.opset})"):
+            export_onnx(
+                model, stage, input_size=loaded.input_size, opset=args.opset,
+                metadata=card_metadata(loaded.card),
+            )  # fmt: skip
+        if not args.no_parity:
+            test = loaded.dataset("test", data=args.data, limit=args.parity_images)
+            with status(f"checking parity on {len(test)} real test images"):
+                parity = check_parity(model, stage, loaded.normalized(test.images))
+    result = {
+        "output": str(args.output),
+        "opset": args.opset,
+        "parity": None if parity is None else {**parity.__dict__, "summary": parity.summary()},
+    }
+    line = parity.summary() if parity is not None else "parity check skipped"
+    _say(args, result, f"wrote {args.output}\n{line}")
     return 0
 
 
 # -- quantize -------------------------------------------------------------------------------
 
 
-def _calibration(data: str, spec: PreprocessingSpec, n: int, seed: int) -> torch.Tensor:
-    if n < 1:
-        raise ConfigError(f"--calib must be at least 1, got {n}")
-    train = load_dataset(data, "train")
-    gen = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(train), generator=gen)[: min(n, len(train))]
-    return normalize(train.images[index], spec)
-
-
 def run_quantize(args: argparse.Namespace) -> int:
     """``resnetkit quantize REF -o model-int8.onnx --calib N``."""
-    with resolve_ref(args.ref, args.registry) as src, tempfile.TemporaryDirectory() as tmp:
-        if src.suffix.lower() == ".onnx":
-            fp32, spec = src, PreprocessingSpec.from_dict(read_onnx_metadata(src)["preprocessing"])
-        else:
-            fp32 = Path(tmp) / "fp32.onnx"
-            export_run_dir(src, fp32, opset=DEFAULT_OPSET, data=args.data, parity_images=256)
-            spec = _spec(load_model(src)[1])
-        test, _ = _test_images(args.data, spec, args.test_limit)
-        calib = _calibration(args.data, spec, args.calib, args.seed)
+    check_output_file(args.output, what="-o", suffix=".onnx")
+    check_at_least("--calib", args.calib, 1)
+    check_at_least("--budget", args.budget, 0)
+    check_at_least("--test-limit", args.test_limit, 1)
+    loaded = load_model_ref(args.ref, registry=args.registry)
+    if loaded.onnx_file is not None:
+        check_quantizable(loaded.onnx_file)
+    test = loaded.dataset("test", data=args.data, limit=args.test_limit)
+    with status("exporting the float model to ONNX"):
+        fp32 = loaded.onnx_path()
+    if loaded.has_weights:
+        with status("checking its parity"):
+            check_parity(loaded.module(), fp32, loaded.normalized(test.images[:256]))
+    calib = loaded.calibration_images(args.calib, seed=args.seed, data=args.data)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        _staged(args.output) as stage,
+        status(f"calibrating on {len(calib)} images and measuring top-1 on {len(test)}"),
+    ):
         report = quantize_with_budget(
-            fp32, args.output, calib, test.images, test.labels, spec,
+            fp32, stage, calib, test.images, test.labels, loaded.spec,
             method=args.method, budget_points=args.budget,
         )  # fmt: skip
+    data = {**report.to_dict(), "path": str(args.output)}
     verdict = "accepted" if report.accepted else "REJECTED (marked accepted=false in metadata)"
     text = (
         f"wrote {args.output} ({report.method} calibration on {report.calibration_images} "
@@ -193,80 +175,69 @@ def run_quantize(args: argparse.Namespace) -> int:
         f"{report.budget_points:g}): {verdict}\n"
         f"size {report.fp32_size_bytes / 1e6:.2f} MB -> {report.int8_size_bytes / 1e6:.2f} MB"
     )
-    _print(args, report.to_dict(), text)
+    _say(args, data, text)
     return 0 if report.accepted else 1
 
 
 # -- bench ----------------------------------------------------------------------------------
 
-BACKENDS = ("torch-eager", "torch-folded-cl", "torch-bf16", "onnx-fp32", "onnx-int8")
 
-
-def build_backend_factories(
-    run_dir: Path, names: list[str], workdir: Path, *, threads: int | None, data: str
-) -> dict[str, Callable[[], InferenceBackend]]:
-    """A loader per backend; ONNX files (fp32, int8) are made in ``workdir`` first."""
-    model, card = load_model(run_dir)
-    factories: dict[str, Callable[[], InferenceBackend]] = {
-        "torch-eager": lambda: TorchBackend(load_model(run_dir)[0], threads=threads),
-        "torch-folded-cl": lambda: TorchBackend(
-            fold_batchnorm(load_model(run_dir)[0], channels_last=True),
-            name="torch-folded-cl", channels_last=True, threads=threads,
-        ),
-        "torch-bf16": lambda: TorchBackend(
-            fold_batchnorm(load_model(run_dir)[0], channels_last=True),
-            name="torch-bf16", channels_last=True, autocast_dtype=torch.bfloat16,
-            threads=threads,
-        ),
-    }  # fmt: skip
-    fp32, int8 = workdir / "fp32.onnx", workdir / "int8.onnx"
-    if {"onnx-fp32", "onnx-int8"} & set(names):
-        export_onnx(model, fp32, input_size=_input_size(card), metadata=_metadata(card))
-        factories["onnx-fp32"] = lambda: OnnxBackend(fp32, name="onnx-fp32", threads=threads)
-    if "onnx-int8" in names:
-        quantize_onnx(fp32, int8, _calibration(data, _spec(card), 64, seed=0))
-        factories["onnx-int8"] = lambda: OnnxBackend(int8, name="onnx-int8", threads=threads)
-    return {n: factories[n] for n in names}
-
-
-def _parse_list(text: str, known: tuple[str, ...] | None = None) -> list[str]:
+def _parse_list(flag: str, text: str, known: tuple[str, ...] | None = None) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in items if known is not None and t not in known]
     if unknown or not items:
-        raise ConfigError(f"unknown or empty list {text!r}; choose from {', '.join(known or ())}")
+        choices = f"; choose from {', '.join(known)}" if known else ""
+        raise ConfigError(f"{flag}: unknown or empty list {text!r}{choices}")
     return items
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(b) for b in _parse_list("--batch-sizes", text))
+    except ValueError as exc:
+        raise ConfigError(f"--batch-sizes must be integers, got {text!r}") from exc
+    if min(sizes) < 1:
+        raise ConfigError(f"--batch-sizes must all be at least 1, got {text!r}")
+    return sizes
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """``resnetkit bench REF``: a table of latency and throughput per backend and batch."""
-    try:
-        batch_sizes = tuple(int(b) for b in _parse_list(args.batch_sizes))
-    except ValueError as exc:
-        raise ConfigError(f"--batch-sizes must be integers, got {args.batch_sizes!r}") from exc
-    with resolve_ref(args.ref, args.registry) as src, tempfile.TemporaryDirectory() as tmp:
-        if src.suffix.lower() == ".onnx":
-            meta = read_onnx_metadata(src)
-            spec = PreprocessingSpec.from_dict(meta["preprocessing"])
-            name = "onnx-int8" if "quantization" in meta else "onnx-fp32"
-            factories: dict[str, Callable[[], InferenceBackend]] = {
-                name: lambda: OnnxBackend(src, name=name, threads=args.threads)
-            }
-        else:
-            names = _parse_list(args.backends, BACKENDS)
-            factories = build_backend_factories(
-                src, names, Path(tmp), threads=args.threads, data=args.data
+    batch_sizes = _batch_sizes(args.batch_sizes)
+    check_at_least("--threads", args.threads, 1)
+    check_at_least("--min-time", args.min_time, 0, strict=True)
+    names = _parse_list("--backends", args.backends, tuple(BACKENDS))
+    loaded = load_model_ref(args.ref, registry=args.registry)
+    if not loaded.has_weights:  # an ONNX file runs as what it is
+        names = ["onnx-int8" if loaded.is_int8 else "onnx-fp32"]
+    if args.threads:
+        torch.set_num_threads(args.threads)  # torch's one pool, set once for the process
+    results = []
+    for name in names:
+        with status(f"benchmarking {name}", enabled=not args.json):
+            factory = _factory(loaded, name, args.threads)
+            results.append(
+                benchmark_backend(factory, loaded.input_size, batch_sizes, min_time_s=args.min_time)
             )
-            spec = _spec(load_model(src)[1])
-        size = (spec.channels, *spec.size)
-        results = [
-            benchmark_backend(f, size, batch_sizes, min_time_s=args.min_time)
-            for f in factories.values()
-        ]
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print_json([r.to_dict() for r in results])
     else:
         Console().print(bench_table(results))
     return 0
+
+
+def _factory(loaded: LoadedModel, name: str, threads: int | None) -> Any:
+    kind = BACKENDS[name]
+    if kind.startswith("onnx"):
+        # Export or quantize before the clock starts: the load time is the session's.
+        loaded.int8_path() if kind == "onnx-int8" else loaded.onnx_path()
+
+    def build() -> Any:
+        backend = loaded.backend(kind, threads=threads)
+        backend.name = name
+        return backend
+
+    return build
 
 
 def bench_table(results: list[BackendBenchmark]) -> Table:

@@ -46,14 +46,17 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def _leaf(sub: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+def _leaf(
+    sub: Any, name: str, handler: Handler, help_text: str, *, creates: bool = False
+) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, parents=[_common()])
-    parser.set_defaults(func=lambda args: _with_store(handler, args))
+    parser.set_defaults(func=lambda args: _with_store(handler, args, creates))
     return parser
 
 
-def _with_store(handler: Handler, args: argparse.Namespace) -> int:
-    with open_registry(args.registry, args.artifacts) as store:
+def _with_store(handler: Handler, args: argparse.Namespace, creates: bool) -> int:
+    # Only registration creates a registry; reading one that does not exist is an error.
+    with open_registry(args.registry, args.artifacts, create=creates) as store:
         return handler(store, args)
 
 
@@ -81,11 +84,11 @@ def _add_reading(sub: Any) -> None:
 
 
 def _add_register(sub: Any) -> None:
-    reg = _leaf(sub, "register", run_register, "store a run directory or .onnx file")
+    reg = _leaf(sub, "register", run_register, "store a run directory or .onnx file", creates=True)
     reg.add_argument("source", metavar="RUN_DIR", help="run directory or .onnx file")
     reg.add_argument("--name", required=True, help="registered model name")
     reg.add_argument("--alias", action="append", default=[], help="point ALIAS at the new version")
-    reg.add_argument("--reason", default="registered", help="why (for the alias audit log)")
+    reg.add_argument("--reason", help="why --alias points at it (for the alias audit log)")
     reg.add_argument("--description", default="", help="free-form description")
     reg.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="a tag")
     reg.add_argument("--code-version", help="code version (default: from the run, or git)")
@@ -94,6 +97,11 @@ def _add_register(sub: Any) -> None:
         "--allow-rejected",
         action="store_true",
         help="register an int8 model even though it failed its accuracy budget",
+    )
+    reg.add_argument(
+        "--allow-duplicate",
+        action="store_true",
+        help="register weights that an earlier version already holds, as a new version",
     )
 
 
@@ -197,7 +205,7 @@ def run_show(store: RegistryStore, args: argparse.Namespace) -> int:
         ("created", f"{info.created_at} by {info.created_by}"),
         ("source", f"{info.source_kind} {info.source_path}"),
         ("run id", info.run_id),
-        ("dataset", info.dataset_fingerprint),
+        ("dataset", _dataset(info)),
         ("code version", info.code_version),
         ("description", info.description),
         ("tags", ", ".join(f"{k}={v}" for k, v in sorted(info.tags.items()))),
@@ -208,6 +216,15 @@ def run_show(store: RegistryStore, args: argparse.Namespace) -> int:
     files = [(a.filename, a.size_bytes, a.digest) for a in info.artifacts]
     _table("artifacts", ("file", "bytes", "sha256"), files)
     return 0
+
+
+def _dataset(info: VersionInfo) -> str | None:
+    """``name (fingerprint)`` from the run's summary, or the fingerprint alone."""
+    data = info.metrics.get("dataset")
+    name = data.get("name") if isinstance(data, dict) else None
+    if name and info.dataset_fingerprint:
+        return f"{name} (fingerprint {info.dataset_fingerprint[:16]})"
+    return name or info.dataset_fingerprint
 
 
 def _parse_tags(items: Sequence[str]) -> dict[str, str]:
@@ -221,17 +238,24 @@ def _parse_tags(items: Sequence[str]) -> dict[str, str]:
 
 
 def run_register(store: RegistryStore, args: argparse.Namespace) -> int:
-    """``registry register RUN_DIR --name NAME``."""
+    """``registry register RUN_DIR --name NAME``: checked to load before it is stored."""
+    from resnetkit.export import check_loadable  # builds the model: torch, only here
+
+    if args.reason is not None and not args.alias:
+        raise ConfigError("--reason explains an alias move; add --alias NAME or drop --reason")
+    if args.reason is not None and not args.reason.strip():
+        raise ConfigError("--reason must not be empty")
     opts = RegistrationOptions(
         aliases=tuple(args.alias),
-        reason=args.reason,
+        reason=args.reason or "registered",
         description=args.description,
         tags=_parse_tags(args.tag),
         created_by=args.who,
         code_version=args.code_version,
         allow_rejected=args.allow_rejected,
+        allow_duplicate=args.allow_duplicate,
     )
-    info = store.register(args.source, args.name, opts)
+    info = store.register(args.source, args.name, opts, check=check_loadable)
     if args.json:
         _print_json(info.to_dict())
     else:
@@ -252,7 +276,16 @@ def _print_event(event: AliasEvent, as_json: bool) -> None:
 
 def run_alias(store: RegistryStore, args: argparse.Namespace) -> int:
     """``registry alias NAME ALIAS VERSION --reason ...``."""
+    if not args.reason.strip():
+        raise ConfigError("--reason must say why the alias moves (it goes to the audit log)")
     event = store.set_alias(args.name, args.alias, args.version, reason=args.reason, actor=args.who)
+    if event is None:
+        message = f"{args.name}@{args.alias} already points at {args.version}; nothing moved"
+        if args.json:
+            _print_json({"moved": False, "message": message})
+        else:
+            Console().print(escape(message))
+        return 0
     _print_event(event, args.json)
     return 0
 

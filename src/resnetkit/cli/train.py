@@ -1,8 +1,8 @@
 """``resnetkit train``: a config (recipe file + flags) → a run directory, evaluated on test.
 
 The CLI only assembles a :class:`~resnetkit.config.TrainConfig`, calls
-:func:`resnetkit.train.train`, then :func:`resnetkit.evaluate.evaluate_model` on the test
-split (which the training loop never touches) and records the result in ``summary.json``.
+:func:`resnetkit.train.train`, then :func:`resnetkit.train.evaluate_run` on the test split
+(which the training loop never touches), which records the result in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -11,21 +11,20 @@ import argparse
 import ast
 import dataclasses
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from resnetkit.config import TrainConfig, from_dict, load_toml
-from resnetkit.data import PreprocessingSpec, load_dataset
+from resnetkit.contract import CONFIG_TOML, read_summary, write_summary
 from resnetkit.errors import ConfigError
-from resnetkit.evaluate import evaluate_model, plot_training_curves
-from resnetkit.models import load_model
-from resnetkit.train import TrainResult, train
-from resnetkit.train.rundir import read_summary, write_summary
+from resnetkit.fileio import check_output_dir
+from resnetkit.train import TrainResult, check_config, evaluate_run, train
+from resnetkit.train.rundir import has_checkpoint
 
 # flag → (section, field) of TrainConfig; section None means top level.
 _OVERRIDES: dict[str, tuple[str | None, str]] = {
@@ -35,6 +34,7 @@ _OVERRIDES: dict[str, tuple[str | None, str]] = {
     "test_limit": ("data", "test_limit"),
     "val_fraction": ("data", "val_fraction"),
     "skip_bad_images": ("data", "skip_bad_images"),
+    "image_size": ("data", "image_size"),
     "lr": ("optim", "lr"),
     "optimizer": ("optim", "name"),
     "epochs": (None, "epochs"),
@@ -71,7 +71,15 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, help="evaluate on only the first N test images")
     p.add_argument("--val-fraction", type=float, help="share of training data held out")
-    p.add_argument("--skip-bad-images", action="store_true", default=None)
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        default=None,
+        help="image folders: leave unreadable files out (they are listed) instead of failing",
+    )
+    p.add_argument(
+        "--image-size", type=int, help="image folders: resize every image to SIZE x SIZE"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -129,10 +137,30 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(base, **updates)
 
 
+# Flags --resume accepts: they change how a run executes, not what it computes.
+_RESUME_FLAGS = ("out", "resume", "no_eval", "no_progress", "device", "num_threads")
+
+
 def _resume_config(args: argparse.Namespace) -> TrainConfig:
     if not args.out:
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
-    saved = from_dict(TrainConfig, load_toml(Path(args.out) / "config.toml"))
+    out = Path(args.out)
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name, value in vars(args).items()
+        if name not in (*_RESUME_FLAGS, "func", "debug", "command")
+        and value not in (None, False, [])
+    ]
+    if given:
+        raise ConfigError(
+            f"--resume continues {out} with its recorded config; {', '.join(given)} would "
+            "change it (start a new run with another --out instead)"
+        )
+    if not has_checkpoint(out):
+        done = (out / "model.safetensors").is_file()
+        what = "finished: nothing to resume" if done else "has no checkpoint to resume from"
+        raise ConfigError(f"{out} {what}; start a new run without --resume")
+    saved = from_dict(TrainConfig, load_toml(out / CONFIG_TOML))
     changes: dict[str, Any] = {}
     if args.no_progress:
         changes["progress"] = False
@@ -142,45 +170,16 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(saved, **changes)
 
 
-def evaluate_run(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
-    """Evaluate the run's model on the test split; write eval.json, plots and the summary."""
-    model, card = load_model(run_dir)
-    if cfg.channels_last:  # as the run trained: 1.6x faster under bf16 on this CPU
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    spec = PreprocessingSpec.from_dict(card.preprocessing)
-    test = load_dataset(
-        cfg.data.name,
-        "test",
-        data_dir=cfg.data.data_dir,
-        limit=cfg.data.test_limit,
-        image_size=cfg.data.image_size,
-    )
-    device = None if cfg.device == "auto" else cfg.device
-    report = evaluate_model(
-        model,
-        test,
-        spec,
-        tta_flip=cfg.tta_flip,
-        tta_shift=cfg.tta_shift,
-        # At the precision the run trained at: bf16 autocast is 3-4x faster than float32 on
-        # this CPU, which matters once test-time augmentation multiplies the passes.
-        amp=cfg.precision != "fp32",
-        progress=cfg.progress,
-        device=device,
-    )
-    report.save(run_dir)
-    plot_training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training_curves.png")
-    summary = read_summary(run_dir)
-    summary.update(
-        test_accuracy=report.top1,
-        test_top5=report.top5,
-        test_ece=report.ece,
-        test_samples=len(test),
-        tta_flip=cfg.tta_flip,
-        tta_shift=cfg.tta_shift,
-    )
-    write_summary(run_dir, summary)
-    return summary
+def _report_skipped(summary: dict[str, Any]) -> None:
+    skipped = summary.get("dataset", {}).get("skipped") or []
+    if not skipped:
+        return
+    console = Console(stderr=True)
+    console.print(f"[yellow]skipped {len(skipped)} unreadable image(s)[/] (all in summary.json):")
+    for bad in skipped[:10]:
+        console.print(f"  {bad['path']}: {bad['reason']}", markup=False)
+    if len(skipped) > 10:
+        console.print(f"  ... and {len(skipped) - 10} more")
 
 
 def _print_summary(result: TrainResult, summary: dict[str, Any], wall_s: float) -> None:
@@ -192,7 +191,10 @@ def _print_summary(result: TrainResult, summary: dict[str, Any], wall_s: float) 
         ("best val accuracy", _pct(result.best_val_accuracy)),
         ("test accuracy", _pct(summary.get("test_accuracy"))),
         ("test top-5", _pct(summary.get("test_top5"))),
-        ("training images/s", f"{result.images_per_s:,.0f}"),
+        (
+            "training images/s",
+            f"{result.steady_images_per_s:,.0f} (whole run {result.images_per_s:,.0f})",
+        ),
         ("wall time", f"{wall_s:,.1f} s"),
     ]
     for name, value in rows:
@@ -204,12 +206,19 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _default_out(cfg: TrainConfig) -> Path:
+    """``runs/ARCH-DATA-TIME``; a data path contributes only its last part, no slashes."""
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.data.name).name) or "data"
+    return Path(f"runs/{cfg.model.arch}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
 def run(args: argparse.Namespace) -> int:
+    """``resnetkit train``: a run directory, evaluated on the test split."""
     start = time.perf_counter()
     cfg = _resume_config(args) if args.resume else build_config(args)
-    out = Path(
-        args.out or f"runs/{cfg.model.arch}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    check_config(cfg)
+    out = Path(args.out) if args.out else _default_out(cfg)
+    check_output_dir(out, what="--out")
     result = train(cfg, out, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 alone evaluates and reports
@@ -219,4 +228,5 @@ def run(args: argparse.Namespace) -> int:
     summary["wall_seconds"] = round(wall_s, 2)
     write_summary(out, summary)
     _print_summary(result, summary, wall_s)
+    _report_skipped(summary)
     return 0

@@ -15,6 +15,7 @@ from resnetkit.compress.fuse import FoldPair, FoldPlan, fold_batchnorm, plan_fol
 from resnetkit.compress.quantize import (
     CALIBRATION_METHODS,
     QuantizationReport,
+    check_quantizable,
     evaluate_onnx_top1,
     quantize_onnx,
     quantize_with_budget,
@@ -25,6 +26,7 @@ __all__ = [
     "FoldPair",
     "FoldPlan",
     "QuantizationReport",
+    "check_quantizable",
     "evaluate_onnx_top1",
     "fold_batchnorm",
     "plan_folding",

@@ -6,7 +6,9 @@ follows a convolution ``z = W * x + b`` whose output nothing else reads, the two
 one convolution with ``W' = s[:, None, ...] * W`` and ``b' = s * b + t`` ("output side"): one
 layer less to run, one pass over memory less.
 
-What is folded, by block type (the pairs are data, in :data:`OUTPUT_SIDE_PAIRS`):
+What is folded, by block type (each block declares its pairs as data on its class:
+``FOLD_OUTPUT_SIDE``, ``FOLD_THROUGH_MAX_POOL``, ``FOLD_INPUT_SIDE``; see
+``resnetkit.models.blocks.ResidualBlock``), so a new block needs no edit here:
 
 * **basic / bottleneck** (post-activation): every ``convN -> bnN``, the stem ``conv1 -> bn1``
   (the last convolution of a ``deep`` stem), and ``conv -> norm`` inside every
@@ -33,45 +35,23 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from resnetkit.errors import ConfigError
-from resnetkit.models import (
-    BasicBlock,
-    BottleneckBlock,
-    PreActBasicBlock,
-    PreActBottleneckBlock,
-    ResNet,
-)
-from resnetkit.models.resnet9 import ConvPoolStage
-from resnetkit.models.tabular import ResidualMLPBlock
 
-__all__ = ["OUTPUT_SIDE_PAIRS", "FoldPair", "FoldPlan", "fold_batchnorm", "plan_folding"]
+__all__ = ["FoldPair", "FoldPlan", "fold_batchnorm", "plan_folding"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _CONVS = (nn.Conv1d, nn.Conv2d)
 
-#: ``(layer, norm)`` attribute pairs where ``norm`` reads only ``layer``'s output, per exact
-#: module type. Exact types, not ``isinstance``: a subclass may rewire ``forward``.
-OUTPUT_SIDE_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
-    ResNet: (("conv1", "bn1"),),
-    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
-    BottleneckBlock: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
-    PreActBasicBlock: (("conv1", "bn2"),),
-    PreActBottleneckBlock: (("conv1", "bn2"), ("conv2", "bn3")),
-}
 
-#: ``(layer, norm)`` pairs with a max-pool between: foldable when every scale is positive.
-THROUGH_MAX_POOL_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
-    ConvPoolStage: (("conv", "bn"),),
-}
-
-#: ``(norm, layer)`` pairs where ``layer`` reads only ``norm``'s output with nothing between.
-INPUT_SIDE_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
-    ResidualMLPBlock: (("norm", "fc1"),),
-}
+def _declared(module: nn.Module, kind: str) -> Any:
+    """A module's own fold declaration (``FOLD_OUTPUT_SIDE``, ...), never an inherited one:
+    a subclass may rewire ``forward``, so it must declare its pairs itself."""
+    return type(module).__dict__.get(kind, ())
 
 
 @dataclass(frozen=True)
@@ -113,17 +93,17 @@ def _foldable_norm(norm: nn.Module) -> str | None:
 
 def _declared_pairs(name: str, module: nn.Module) -> list[FoldPair]:
     pairs: list[FoldPair] = []
-    for layer_attr, norm_attr in OUTPUT_SIDE_PAIRS.get(type(module), ()):
+    for layer_attr, norm_attr in _declared(module, "FOLD_OUTPUT_SIDE"):
         found = _last_conv(getattr(module, layer_attr), _qualify(name, layer_attr))
         norm = getattr(module, norm_attr)
         if found and isinstance(found[1], _CONVS) and _foldable_norm(norm) is None:
             pairs.append(FoldPair(found[0], _qualify(name, norm_attr), "output"))
-    for layer_attr, norm_attr in THROUGH_MAX_POOL_PAIRS.get(type(module), ()):
+    for layer_attr, norm_attr in _declared(module, "FOLD_THROUGH_MAX_POOL"):
         layer, norm = getattr(module, layer_attr), getattr(module, norm_attr)
         foldable = isinstance(layer, _CONVS) and _foldable_norm(norm) is None
         if foldable and bool((_norm_affine(norm)[0] > 0).all()):
             pairs.append(FoldPair(_qualify(name, layer_attr), _qualify(name, norm_attr), "output"))
-    for norm_attr, layer_attr in INPUT_SIDE_PAIRS.get(type(module), ()):
+    for norm_attr, layer_attr in _declared(module, "FOLD_INPUT_SIDE"):
         layer, norm = getattr(module, layer_attr), getattr(module, norm_attr)
         if isinstance(layer, nn.Linear) and _foldable_norm(norm) is None:
             pairs.append(FoldPair(_qualify(name, layer_attr), _qualify(name, norm_attr), "input"))
@@ -138,13 +118,12 @@ def _declared_pairs(name: str, module: nn.Module) -> list[FoldPair]:
 def _keep_reason(name: str, model: nn.Module) -> str:
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name)
-    if isinstance(parent, (PreActBasicBlock, PreActBottleneckBlock)) and attr == "bn1":
-        return "pre-activation: normalises the residual sum and a ReLU precedes conv1"
-    through_pool = {n for _, n in THROUGH_MAX_POOL_PAIRS.get(type(parent), ())}
+    declared = dict(_declared(parent, "FOLD_KEEP_REASONS"))
+    if attr in declared:
+        return declared[attr]
+    through_pool = {n for _, n in _declared(parent, "FOLD_THROUGH_MAX_POOL")}
     if attr in through_pool and _foldable_norm(getattr(parent, attr)) is None:
         return "a max-pool precedes it and some channels' scales are not positive"
-    if attr == "final_norm":
-        return "normalises the residual sum and a ReLU precedes the classifier"
     reason = _foldable_norm(model.get_submodule(name))
     return reason or f"no known conv/linear neighbour in {type(parent).__name__}"
 

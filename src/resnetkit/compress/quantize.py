@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -44,13 +44,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from resnetkit.config import atomic_write
-from resnetkit.data import PreprocessingSpec, normalize
+from resnetkit.data import PreprocessingSpec
 from resnetkit.errors import ConfigError, ExportError
+from resnetkit.evaluate import predict_log_probs
+from resnetkit.fileio import atomic_write
+from resnetkit.onnxio import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    import_onnx,
+    load_proto,
+    ort_session,
+    read_metadata,
+    write_metadata,
+)
 
 __all__ = [
     "CALIBRATION_METHODS",
     "QuantizationReport",
+    "check_quantizable",
     "evaluate_onnx_top1",
     "quantize_onnx",
     "quantize_with_budget",
@@ -58,9 +69,7 @@ __all__ = [
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("u8", "s8")
-_INPUT, _OUTPUT = "input", "logits"  # the names resnetkit.export fixes (not importable here)
 _CALIB_BATCH = 32
-_METADATA_PREFIX = "resnetkit."
 
 
 def _ort_quantization() -> Any:
@@ -85,7 +94,7 @@ class _CalibrationReader:
         size = min(_CALIB_BATCH, n)
         for start in range(0, n, size):
             index = np.arange(start, start + size) % n
-            yield {_INPUT: np.ascontiguousarray(self._images[index])}
+            yield {INPUT_NAME: np.ascontiguousarray(self._images[index])}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._iter, None)
@@ -97,10 +106,45 @@ class _CalibrationReader:
 def _preprocess(quantization: Any, src: Path, dst: Path) -> Path:
     """ONNX Runtime's quantization pre-processing; the source model if it fails."""
     try:
-        quantization.shape_inference.quant_pre_process(str(src), str(dst))
+        with _quiet_ort():
+            quantization.shape_inference.quant_pre_process(str(src), str(dst))
     except Exception:  # pre-processing is an optimisation; quantizing still works without
         return src
     return dst
+
+
+@contextlib.contextmanager
+def _quiet_ort() -> Iterator[None]:
+    """Keep ONNX Runtime's quantization tools from printing ``WARNING:root`` lines."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def check_quantizable(fp32_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check, before any work, that ``fp32_path`` is a float model resnetkit can quantize.
+
+    Returns:
+        The file's ``resnetkit.*`` metadata.
+
+    Raises:
+        CheckpointError: the file is not a readable ONNX model.
+        ConfigError: it is already quantized.
+    """
+    proto = load_proto(fp32_path)
+    metadata = read_metadata(proto)
+    quantized = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"}
+    if "quantization" in metadata or any(n.op_type in quantized for n in proto.graph.node):
+        raise ConfigError(
+            f"{fp32_path} is already quantized; quantize the float model it came from "
+            "(its run directory or the fp32 .onnx file)"
+        )
+    return metadata
 
 
 def quantize_onnx(
@@ -135,20 +179,22 @@ def quantize_onnx(
         raise ConfigError(f"activation_type must be u8 or s8, got {activation_type!r}")
     if calibration_images.dim() != 4 or calibration_images.shape[0] == 0:
         raise ConfigError("calibration needs at least one image, shape (N, C, H, W)")
+    source_metadata = check_quantizable(fp32_path)
     q = _ort_quantization()
     target = Path(out_path)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    # Scratch files go to the system's temp folder, never the working directory.
+    with tempfile.TemporaryDirectory(prefix="resnetkit-quantize-") as tmp:
         src = Path(fp32_path)
         if preprocess:
             src = _preprocess(q, src, Path(tmp) / "pre.onnx")
         quantized = Path(tmp) / "int8.onnx"
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
+            with _quiet_ort():
                 _quantize_static(q, src, quantized, calibration_images, method, activation_type)
         except Exception as exc:  # onnxruntime raises assorted types
             raise ExportError(f"int8 quantization of {fp32_path} failed: {exc}") from exc
         info = {
-            **_read_metadata(Path(fp32_path)),
+            **source_metadata,
             **(metadata or {}),
             "quantization": {
                 "format": "QDQ",
@@ -182,32 +228,10 @@ def _quantize_static(
     )
 
 
-def _read_metadata(path: Path) -> dict[str, Any]:
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    out: dict[str, Any] = {}
-    for prop in proto.metadata_props:
-        if prop.key.startswith(_METADATA_PREFIX):
-            try:
-                out[prop.key[len(_METADATA_PREFIX) :]] = json.loads(prop.value)
-            except json.JSONDecodeError:
-                out[prop.key[len(_METADATA_PREFIX) :]] = prop.value
-    return out
-
-
 def _save_with_metadata(src: Path, target: Path, metadata: dict[str, Any]) -> None:
-    import onnx
-
+    onnx = import_onnx()
     proto = onnx.load(str(src))
-    keys = {_METADATA_PREFIX + k for k in metadata}
-    kept = [p for p in proto.metadata_props if p.key not in keys]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key = _METADATA_PREFIX + key
-        entry.value = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    write_metadata(proto, metadata)
     atomic_write(target, lambda tmp: onnx.save_model(proto, str(tmp)))
 
 
@@ -220,19 +244,18 @@ def evaluate_onnx_top1(
     batch_size: int = 256,
     threads: int | None = None,
 ) -> float:
-    """Top-1 accuracy (fraction) of an ONNX model on ``uint8`` images ``(N, C, H, W)``."""
-    import onnxruntime as ort
+    """Top-1 accuracy (fraction) of an ONNX model on ``uint8`` images ``(N, C, H, W)``.
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        batch = normalize(images[start : start + batch_size], spec).numpy()
-        logits = session.run([_OUTPUT], {_INPUT: batch})[0]
-        correct += int((logits.argmax(1) == labels[start : start + batch_size].numpy()).sum())
-    return correct / max(1, images.shape[0])
+    Runs through the one evaluation loop (:func:`resnetkit.evaluate.predict_log_probs`).
+    """
+    session = ort_session(path, threads=threads)
+
+    def logits(x: torch.Tensor) -> np.ndarray:
+        out: np.ndarray = session.run([OUTPUT_NAME], {INPUT_NAME: x.float().numpy()})[0]
+        return out
+
+    log_probs = predict_log_probs(logits, images, spec, batch_size=batch_size)
+    return float((log_probs.argmax(dim=1) == labels).float().mean()) if len(labels) else 0.0
 
 
 @dataclass(frozen=True)
@@ -305,8 +328,6 @@ def quantize_with_budget(
         fp32_size_bytes=Path(fp32_path).stat().st_size,
         int8_size_bytes=out.stat().st_size,
     )
-    info = _read_metadata(out)
-    info["quantization_report"] = report.to_dict()
-    info["quantization_accepted"] = report.accepted
-    _save_with_metadata(out, out, info)
+    verdict = {"quantization_report": report.to_dict(), "quantization_accepted": report.accepted}
+    _save_with_metadata(out, out, verdict)
     return report

@@ -32,7 +32,14 @@ from resnetkit.data.cifar import load_cifar
 from resnetkit.data.dataset import BadImage, ImageDataset, split_train_val
 from resnetkit.data.fingerprint import fingerprint
 from resnetkit.data.image_folder import load_image_folder
-from resnetkit.data.images import image_to_array, open_image, read_image
+from resnetkit.data.images import (
+    ALPHA_BACKGROUND,
+    apply_exif_orientation,
+    flatten_transparency,
+    image_to_array,
+    open_image,
+    read_image,
+)
 from resnetkit.data.loader import BatchLoader, epoch_permutation
 from resnetkit.data.preprocess import (
     PreprocessingSpec,
@@ -40,10 +47,11 @@ from resnetkit.data.preprocess import (
     normalize,
     preprocess_image,
 )
-from resnetkit.data.sources import known_datasets, load_dataset
+from resnetkit.data.sources import has_fixed_shape, known_datasets, load_dataset
 from resnetkit.data.synthetic import load_synthetic
 
 __all__ = [
+    "ALPHA_BACKGROUND",
     "AugmentSpec",
     "AugmentedBatch",
     "BadImage",
@@ -51,11 +59,14 @@ __all__ = [
     "ImageDataset",
     "PreprocessingSpec",
     "alternating_flips",
+    "apply_exif_orientation",
     "augment_batch",
     "compute_preprocessing",
     "cutmix",
     "epoch_permutation",
     "fingerprint",
+    "flatten_transparency",
+    "has_fixed_shape",
     "image_to_array",
     "known_datasets",
     "load_cifar",

@@ -125,7 +125,8 @@ def split_train_val(
         seed: seed of the random permutation.
 
     Returns:
-        ``(train, val)`` with splits named ``"train"`` and ``"val"``.
+        ``(train, val)`` with splits named ``"train"`` and ``"val"``; images skipped while
+        loading stay listed in ``train.skipped`` only.
 
     Raises:
         ConfigError: the fraction is outside ``(0, 1)``, leaves a part empty, or the dataset
@@ -134,7 +135,10 @@ def split_train_val(
     if dataset.split == "test":
         raise ConfigError("the test set is for evaluation only; split the training set instead")
     if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise ConfigError(
+            f"val_fraction must be in (0, 1) to split, got {val_fraction} (training takes 0 "
+            "for no validation split)"
+        )
     n = len(dataset)
     n_val = round(n * val_fraction)
     if n_val == 0 or n_val == n:
@@ -143,4 +147,7 @@ def split_train_val(
     perm = torch.randperm(n, generator=generator)
     val_idx, _ = perm[:n_val].sort()
     train_idx, _ = perm[n_val:].sort()
-    return dataset.subset(train_idx, split="train"), dataset.subset(val_idx, split="val")
+    val = dataclasses.replace(dataset.subset(val_idx, split="val"), skipped=())
+    # Skipped files stay listed on the training part only, so a report that adds up every
+    # part's ``skipped`` counts each file once.
+    return dataset.subset(train_idx, split="train"), val

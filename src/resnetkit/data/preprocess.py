@@ -3,87 +3,23 @@
 Training, evaluation and serving all turn ``uint8`` pixels into model input with
 :func:`normalize` and the same :class:`PreprocessingSpec` (saved in ``model.json``), so they
 cannot disagree. A served photo first goes through :func:`preprocess_image`, which resizes and
-converts channels with the same code as ImageFolder training data.
+converts channels with the same code as ImageFolder training data. The spec itself is part of
+the artifact contract (:mod:`resnetkit.contract`); it is re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from PIL import Image
 
+from resnetkit.contract import PreprocessingSpec
 from resnetkit.data.dataset import ImageDataset
 from resnetkit.data.images import image_to_array
-from resnetkit.errors import ConfigError, DataError
+from resnetkit.errors import DataError
 
 __all__ = ["PreprocessingSpec", "compute_preprocessing", "normalize", "preprocess_image"]
 
 _STATS_CHUNK = 8192  # images per chunk when computing mean/std, to bound memory
-
-
-@dataclasses.dataclass(frozen=True)
-class PreprocessingSpec:
-    """What a model expects as input: size, channels, and per-channel mean/std on [0, 1].
-
-    Attributes:
-        size: ``(height, width)``.
-        channels: 1 or 3.
-        mean: per-channel mean of the training pixels scaled to [0, 1].
-        std: per-channel standard deviation, likewise.
-    """
-
-    size: tuple[int, int]
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.size) != 2 or min(self.size) < 1:
-            raise ConfigError(f"preprocessing size must be (height, width) > 0, got {self.size}")
-        if self.channels not in (1, 3):
-            raise ConfigError(f"preprocessing channels must be 1 or 3, got {self.channels}")
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ConfigError(
-                f"preprocessing needs one mean and std per channel ({self.channels}), "
-                f"got {len(self.mean)} and {len(self.std)}"
-            )
-        if not all(math.isfinite(s) and s > 0 for s in self.std):
-            raise ConfigError(f"preprocessing std must be positive, got {self.std}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for ``model.json``: ``{"size": [h, w], "channels", "mean", "std"}``."""
-        return {
-            "size": list(self.size),
-            "channels": self.channels,
-            "mean": list(self.mean),
-            "std": list(self.std),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessingSpec:
-        """Rebuild a spec from :meth:`to_dict` output.
-
-        Raises:
-            ConfigError: a key is missing or unknown, or a value has the wrong type.
-        """
-        keys = {"size", "channels", "mean", "std"}
-        if set(data) != keys:
-            raise ConfigError(
-                f"preprocessing needs exactly the keys {sorted(keys)}, got {sorted(data)}"
-            )
-        try:
-            return cls(
-                size=(int(data["size"][0]), int(data["size"][1])),
-                channels=int(data["channels"]),
-                mean=tuple(float(m) for m in data["mean"]),
-                std=tuple(float(s) for s in data["std"]),
-            )
-        except (TypeError, ValueError, IndexError) as exc:
-            raise ConfigError(f"invalid preprocessing {dict(data)!r}: {exc}") from exc
 
 
 def compute_preprocessing(dataset: ImageDataset) -> PreprocessingSpec:

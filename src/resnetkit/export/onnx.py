@@ -1,9 +1,11 @@
 """ONNX export with a dynamic batch axis, metadata that travels, and a parity check.
 
 The exported graph has one input named :data:`INPUT_NAME` (``"input"``, float32
-``(batch, C, H, W)``, already normalised with the model's preprocessing spec) and one output
-named :data:`OUTPUT_NAME` (``"logits"``, float32 ``(batch, num_classes)``). The batch axis is
-symbolic (``"batch"``); every other axis is fixed at export.
+``(batch, C, H, W)``, already normalised with the model's preprocessing spec) and the outputs
+:data:`OUTPUT_NAME` (``"logits"``, float32 ``(batch, num_classes)``) and, for zoo models,
+:data:`EMBEDDING_NAME` (``"embedding"``, the pre-logits features the server watches for
+drift). The batch axis is symbolic (``"batch"``); every other axis is fixed at export. Names
+and metadata are the contract of :mod:`resnetkit.onnxio`.
 
 Exporter choice: torch's ``torch.export``-based ("dynamo") exporter. It captures the graph
 with a *symbolic* batch dimension, so a model whose code would silently bake in the example
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -33,85 +34,49 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnetkit.config import atomic_write
 from resnetkit.errors import ConfigError, ExportError
+from resnetkit.fileio import atomic_write
+from resnetkit.models import ClassifierModel
+from resnetkit.onnxio import (
+    EMBEDDING_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    import_onnx,
+    ort_session,
+    write_metadata,
+)
 
 __all__ = [
     "DEFAULT_OPSET",
-    "INPUT_NAME",
-    "METADATA_PREFIX",
+    "MAX_OPSET",
     "MIN_OPSET",
-    "OUTPUT_NAME",
     "ParityReport",
+    "check_opset",
     "check_parity",
     "export_onnx",
-    "read_onnx_metadata",
-    "write_onnx_metadata",
 ]
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 BATCH_AXIS = "batch"
 MIN_OPSET = 18
 DEFAULT_OPSET = 18
-METADATA_PREFIX = "resnetkit."
+MAX_OPSET = 23  # the newest opset this onnx/onnxruntime pair runs
 _EXAMPLE_BATCH = 2  # not 1: torch.export specialises size-1 dimensions
 
 
-def _import_onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ExportError("ONNX export needs the onnx package: pip install onnx") from exc
-    return onnx
+class _WithEmbedding(nn.Module):
+    """A zoo model that returns its logits and its pre-logits embedding."""
+
+    def __init__(self, model: ClassifierModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        embedding = self.model.forward_head(features, pre_logits=True)
+        return self.model.forward_head(features), embedding
 
 
-def _encode(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-
-def write_onnx_metadata(model_proto: Any, metadata: Mapping[str, Any]) -> None:
-    """Set ``metadata_props`` on an ``onnx.ModelProto`` in place.
-
-    Keys are prefixed with :data:`METADATA_PREFIX` (``resnetkit.labels``, ...); values that
-    are not strings are stored as JSON. Existing keys are replaced.
-    """
-    wanted = {_key(k): _encode(v) for k, v in metadata.items()}
-    keep = [p for p in model_proto.metadata_props if p.key not in wanted]
-    del model_proto.metadata_props[:]
-    for prop in keep:
-        model_proto.metadata_props.append(prop)
-    for key, value in wanted.items():
-        entry = model_proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-def _key(name: str) -> str:
-    return name if name.startswith(METADATA_PREFIX) else METADATA_PREFIX + name
-
-
-def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``resnetkit.*`` metadata of an ONNX file, prefix removed, JSON values decoded.
-
-    Raises:
-        ExportError: the file cannot be read as ONNX.
-    """
-    onnx = _import_onnx()
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ...
-        raise ExportError(f"cannot read ONNX model {path}: {exc}") from exc
-    out: dict[str, Any] = {}
-    for prop in proto.metadata_props:
-        if prop.key.startswith(METADATA_PREFIX):
-            try:
-                out[prop.key[len(METADATA_PREFIX) :]] = json.loads(prop.value)
-            except json.JSONDecodeError:
-                out[prop.key[len(METADATA_PREFIX) :]] = prop.value
-    return out
-
-
-def _torch_export(model: nn.Module, example: torch.Tensor, opset: int) -> Any:
+def _torch_export(model: nn.Module, example: torch.Tensor, opset: int, outputs: list[str]) -> Any:
     batch = torch.export.Dim(BATCH_AXIS, min=1, max=1 << 16)
     quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = quiet.level
@@ -123,7 +88,7 @@ def _torch_export(model: nn.Module, example: torch.Tensor, opset: int) -> Any:
                 model,
                 (example,),
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=outputs,
                 dynamic_shapes=({0: batch},),
                 opset_version=opset,
                 dynamo=True,
@@ -159,29 +124,50 @@ def export_onnx(
         ``path`` as a ``Path``.
 
     Raises:
-        ConfigError: an opset below :data:`MIN_OPSET`.
+        ConfigError: an opset outside :data:`MIN_OPSET` .. :data:`MAX_OPSET`.
         ExportError: the exporter fails or the result has no dynamic batch axis.
     """
-    if opset < MIN_OPSET:
-        raise ConfigError(
-            f"opset {opset} is not supported: torch's exporter emits opset {MIN_OPSET} and "
-            f"cannot convert down (no Pad adapter); use --opset {MIN_OPSET} or higher"
-        )
-    onnx = _import_onnx()
+    check_opset(opset)
+    onnx = import_onnx()
+    graph: nn.Module = model
+    outputs = [OUTPUT_NAME]
+    if isinstance(model, ClassifierModel):
+        graph, outputs = _WithEmbedding(model), [OUTPUT_NAME, EMBEDDING_NAME]
     was_training = model.training
     model.eval()
     try:
         example = torch.zeros((_EXAMPLE_BATCH, *input_size), dtype=torch.float32)
-        program = _torch_export(model, example, opset)
+        program = _torch_export(graph, example, opset, outputs)
     finally:
         model.train(was_training)
     proto = program.model_proto
     _check_dynamic_batch(proto)
-    write_onnx_metadata(proto, {"input_name": INPUT_NAME, "output_name": OUTPUT_NAME})
-    write_onnx_metadata(proto, dict(metadata or {}))
+    _check_opset_written(proto, opset)
+    write_metadata(proto, {"input_name": INPUT_NAME, "output_name": OUTPUT_NAME})
+    write_metadata(proto, dict(metadata or {}))
     target = Path(path)
     atomic_write(target, lambda tmp: onnx.save_model(proto, str(tmp)))
     return target
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter cannot write, before any work starts.
+
+    Raises:
+        ConfigError: an opset outside :data:`MIN_OPSET` .. :data:`MAX_OPSET`.
+    """
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(
+            f"opset {opset} is not supported: use {MIN_OPSET} to {MAX_OPSET} (torch's exporter "
+            f"emits opset {MIN_OPSET} and cannot convert below it; ONNX Runtime here runs up "
+            f"to {MAX_OPSET})"
+        )
+
+
+def _check_opset_written(proto: Any, opset: int) -> None:
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise ExportError(f"asked for opset {opset} but the exporter wrote opset {written}")
 
 
 def _check_dynamic_batch(proto: Any) -> None:
@@ -228,19 +214,6 @@ def _batches(n: int, sizes: Sequence[int]) -> list[slice]:
     return out
 
 
-def _ort_session(path: str | os.PathLike[str]) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ExportError("the parity check needs onnxruntime: pip install onnxruntime") from exc
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ExportError(f"ONNX Runtime cannot load {path}: {exc}") from exc
-
-
 def check_parity(
     model: nn.Module,
     onnx_path: str | os.PathLike[str],
@@ -266,7 +239,7 @@ def check_parity(
     Raises:
         ExportError: above tolerance, with every figure in the message.
     """
-    session = _ort_session(onnx_path)
+    session = ort_session(onnx_path)
     was_training = model.training
     model.eval()
     try:

@@ -1,17 +1,24 @@
 """One inference interface over PyTorch and ONNX Runtime, and how to time it.
 
 Every backend takes a normalised float32 batch ``(B, C, H, W)`` (NumPy or torch) and returns
-float32 logits ``(B, num_classes)`` as NumPy, so evaluation, benchmarks and the server do not
-care which engine runs underneath::
+float32 NumPy arrays, so evaluation, benchmarks and the server do not care which engine runs
+underneath::
 
     backend = OnnxBackend("model-int8.onnx", name="onnx-int8", threads=2)
     logits = backend.predict(batch)            # (B, num_classes)
+    outputs = backend.run(batch)               # {"logits": ..., "embedding": ...}
     stats = measure_latency(backend, batch)    # p50/p95/p99, images/s
 
+Threads are explicit and never changed behind the caller's back. Each ONNX Runtime session
+owns an intra-op pool of ``threads``; PyTorch has one intra-op pool per process, which a
+:class:`TorchBackend` uses as it finds it (set it once, ``torch.set_num_threads``, where the
+process starts) and reports as ``threads``. Two backends in one process (a stable and a
+canary model) must not run at the same time on the same cores: the server serialises their
+forward passes (see ``serve.batcher``) instead of letting two pools fight over the cores.
+
 The five backends of the benchmark are :class:`TorchBackend` (eager fp32; BN-folded with
-``channels_last``; bf16 autocast) and :class:`OnnxBackend` (an fp32 or an int8 file). BN
-folding lives in :mod:`resnetkit.compress`, which this stage may not import: hand
-:class:`TorchBackend` the folded model.
+``channels_last``; bf16 autocast) and :class:`OnnxBackend` (an fp32 or an int8 file); the
+loader (:mod:`resnetkit.export.loading`) builds them by kind.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ import contextlib
 import os
 import statistics
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnetkit.errors import ConfigError, ExportError
-from resnetkit.export.onnx import INPUT_NAME, OUTPUT_NAME
+from resnetkit.onnxio import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME, default_threads, ort_session
 
 __all__ = [
     "BackendBenchmark",
@@ -56,20 +61,18 @@ class InferenceBackend(Protocol):
 
     name: str
     device: str
+    threads: int
     load_time_s: float
     size_bytes: int
+    outputs: tuple[str, ...]
 
     def predict(self, batch: Batch) -> np.ndarray:
         """Logits ``(B, num_classes)`` float32 for a normalised batch ``(B, C, H, W)``."""
         ...
 
-
-def default_threads() -> int:
-    """Threads to use when none are given: the CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    def run(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Every output by name: ``logits`` and, where the model has one, ``embedding``."""
+        ...
 
 
 def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -88,10 +91,8 @@ class TorchBackend:
         name: e.g. ``torch-eager``, ``torch-folded-cl``, ``torch-bf16``.
         device: where to run; default: where the model's parameters are.
         channels_last: feed inputs as NHWC (match a ``channels_last`` model).
-        autocast_dtype: e.g. ``torch.bfloat16`` to run under ``torch.autocast``; logits
+        autocast_dtype: e.g. ``torch.bfloat16`` to run under ``torch.autocast``; outputs
             come back as float32.
-        threads: intra-op threads (``torch.set_num_threads`` is process-wide, so it is
-            applied before each call when it differs).
     """
 
     def __init__(
@@ -102,7 +103,6 @@ class TorchBackend:
         device: str | torch.device | None = None,
         channels_last: bool = False,
         autocast_dtype: torch.dtype | None = None,
-        threads: int | None = None,
     ) -> None:
         start = time.perf_counter()
         self.name = name
@@ -111,7 +111,11 @@ class TorchBackend:
         self.model = model.to(self._device).eval()
         self.channels_last = channels_last
         self.autocast_dtype = autocast_dtype
-        self.threads = threads or default_threads()
+        self.threads = torch.get_num_threads()
+        has_head = hasattr(model, "forward_features") and hasattr(model, "forward_head")
+        self.outputs: tuple[str, ...] = (
+            (OUTPUT_NAME, EMBEDDING_NAME) if has_head else (OUTPUT_NAME,)
+        )
         self.size_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         self.load_time_s = time.perf_counter() - start
 
@@ -120,19 +124,30 @@ class TorchBackend:
         x = x.to(self._device, torch.float32, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device.type, dtype=self.autocast_dtype)
+
     def predict(self, batch: Batch) -> np.ndarray:
         """Logits ``(B, num_classes)`` float32."""
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        x = self._input(batch)
-        autocast: contextlib.AbstractContextManager[Any] = (
-            torch.autocast(self._device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            logits = self.model(x)
+        with torch.inference_mode(), self._autocast():
+            logits = self.model(self._input(batch))
         return logits.float().cpu().numpy()
+
+    def run(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Logits and, for zoo models, the pre-logits embedding, as float32 arrays."""
+        if EMBEDDING_NAME not in self.outputs:
+            return {OUTPUT_NAME: self.predict(batch)}
+        model: Any = self.model
+        with torch.inference_mode(), self._autocast():
+            features = model.forward_features(self._input(batch))
+            embedding = model.forward_head(features, pre_logits=True)
+            logits = model.forward_head(features)
+        return {
+            OUTPUT_NAME: logits.float().cpu().numpy(),
+            EMBEDDING_NAME: embedding.float().cpu().numpy(),
+        }
 
 
 class OnnxBackend:
@@ -144,10 +159,11 @@ class OnnxBackend:
         name: e.g. ``onnx-fp32``, ``onnx-int8``.
         device: ``cpu`` or ``cuda`` (the CUDA execution provider when ONNX Runtime has it;
             otherwise a warning and the CPU).
-        threads: intra-op threads; inter-op is 1 (one graph, run sequentially).
+        threads: intra-op threads (default: the CPUs this process may use).
+        spinning: let idle threads spin between calls (see :func:`resnetkit.onnxio.ort_session`).
 
     Raises:
-        ExportError: onnxruntime is missing or cannot load the file.
+        CheckpointError: ONNX Runtime cannot load the file.
     """
 
     def __init__(
@@ -157,57 +173,36 @@ class OnnxBackend:
         name: str = "onnx-fp32",
         device: str | torch.device = "cpu",
         threads: int | None = None,
+        spinning: bool = True,
     ) -> None:
         start = time.perf_counter()
-        ort = _import_ort()
         self.name = name
         self.path = Path(path)
         self.threads = threads or default_threads()
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        providers = _providers(ort, torch.device(device))
-        self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # onnxruntime's own exception types
-            raise ExportError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
+        self.session = ort_session(
+            self.path, threads=self.threads, device=str(device), spinning=spinning
+        )
+        providers = self.session.get_providers()
+        self.device = "cuda" if providers and providers[0].startswith("CUDA") else "cpu"
+        self.outputs: tuple[str, ...] = tuple(o.name for o in self.session.get_outputs())
         self.size_bytes = self.path.stat().st_size
         self.load_time_s = time.perf_counter() - start
 
-    def predict(self, batch: Batch) -> np.ndarray:
-        """Logits ``(B, num_classes)`` float32."""
+    @staticmethod
+    def _input(batch: Batch) -> np.ndarray:
         if isinstance(batch, torch.Tensor):
             batch = batch.detach().cpu().numpy()
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        out: np.ndarray = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """Logits ``(B, num_classes)`` float32."""
+        out: np.ndarray = self.session.run([OUTPUT_NAME], {INPUT_NAME: self._input(batch)})[0]
         return out
 
-
-def _import_ort() -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ExportError("ONNX backends need onnxruntime: pip install onnxruntime") from exc
-    return ort
-
-
-def _providers(ort: Any, device: torch.device) -> list[str]:
-    if device.type == "cpu":
-        return ["CPUExecutionProvider"]
-    if device.type != "cuda":
-        raise ConfigError(f"ONNX Runtime runs on cpu or cuda, not {device.type!r}")
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    warnings.warn(
-        "device cuda asked for, but this onnxruntime has no CUDAExecutionProvider "
-        "(install onnxruntime-gpu); running on the CPU",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    return ["CPUExecutionProvider"]
+    def run(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Every output of the graph by name."""
+        values = self.session.run(list(self.outputs), {INPUT_NAME: self._input(batch)})
+        return dict(zip(self.outputs, values, strict=True))
 
 
 def timed_load(factory: Callable[[], B]) -> B:

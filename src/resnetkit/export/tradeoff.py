@@ -1,9 +1,10 @@
 """The size / speed / accuracy trade-off of a model and its compressed variants.
 
-Each variant is a run directory (PyTorch weights) or an ``.onnx`` file (e.g. the int8
-model). For each one this measures, in one process: test top-1 on real data, parameters and
-MACs, size on disk, p95 latency at batch 1 and throughput at batch 32, and draws them as a
-scatter (latency against accuracy, marker area proportional to the size on disk).
+Each variant is any model reference the loader takes: a run directory or weights version
+(PyTorch, eager) or an ``.onnx`` file or version (e.g. the int8 model, in ONNX Runtime). For
+each one this measures, in one process: test top-1 on real data, parameters and MACs, size on
+disk, p95 latency at batch 1 and throughput at batch 32, and draws them as a scatter (latency
+against accuracy, marker area proportional to the size on disk).
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
-from resnetkit.config import atomic_write
-from resnetkit.data import ImageDataset, PreprocessingSpec, normalize
-from resnetkit.errors import ConfigError
-from resnetkit.export.onnx import read_onnx_metadata
-from resnetkit.export.runtime import InferenceBackend, OnnxBackend, TorchBackend, measure_latency
-from resnetkit.models import create_model, load_model, profile
-from resnetkit.models.artifact import MODEL_WEIGHTS
+from resnetkit.contract import MODEL_WEIGHTS
+from resnetkit.data import ImageDataset
+from resnetkit.evaluate import predict_log_probs
+from resnetkit.export.loading import LoadedModel, load_model_ref
+from resnetkit.export.runtime import measure_latency
+from resnetkit.fileio import new_figure, save_figure
+from resnetkit.models import model_from_card, profile
 
 __all__ = ["TradeoffRow", "measure_variant", "plot_tradeoff"]
 
@@ -46,61 +45,43 @@ class TradeoffRow:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class _Variant:
-    backend: InferenceBackend
-    preprocessing: dict[str, Any]
-    size_bytes: int
-    module: nn.Module  # for params and MACs; built on the meta device for ONNX files
-
-
-def _load(path: Path) -> _Variant:
-    if path.suffix == ".onnx":
-        meta = read_onnx_metadata(path)
-        if "arch" not in meta or "preprocessing" not in meta:
-            raise ConfigError(f"{path} has no resnetkit metadata; export it with resnetkit")
-        module = create_model(meta["arch"], device="meta", **meta.get("kwargs", {}))
-        onnx = OnnxBackend(path, name="onnxruntime")
-        return _Variant(onnx, meta["preprocessing"], path.stat().st_size, module)
-    model, card = load_model(path)
-    backend = TorchBackend(model, name="torch-eager")
-    return _Variant(backend, card.preprocessing, (path / MODEL_WEIGHTS).stat().st_size, model)
-
-
-def _top1(backend: InferenceBackend, test: ImageDataset, spec: PreprocessingSpec) -> float:
-    correct = 0
-    for start in range(0, len(test), 500):
-        x = normalize(test.images[start : start + 500], spec).numpy()
-        logits = backend.predict(x)
-        correct += int(
-            (np.argmax(logits, axis=1) == test.labels[start : start + 500].numpy()).sum()
-        )
-    return correct / len(test)
+def _size_bytes(loaded: LoadedModel) -> int:
+    if loaded.onnx_file is not None:
+        return loaded.onnx_file.stat().st_size
+    return (loaded.folder / MODEL_WEIGHTS).stat().st_size
 
 
 def measure_variant(
-    name: str, path: str | os.PathLike[str], test: ImageDataset, *, min_time_s: float = 1.0
+    name: str,
+    ref: str | os.PathLike[str],
+    test: ImageDataset,
+    *,
+    registry: str | None = None,
+    min_time_s: float = 1.0,
 ) -> TradeoffRow:
-    """Measure one variant (a run directory or an ``.onnx`` file) on ``test``."""
-    variant = _load(Path(path))
-    backend = variant.backend
-    spec = PreprocessingSpec.from_dict(variant.preprocessing)
-    input_size = (spec.channels, *spec.size)
-    prof = profile(variant.module, input_size)
+    """Measure one variant (any model reference) on ``test``."""
+    loaded = load_model_ref(ref, registry=registry)
+    backend = loaded.backend("torch" if loaded.has_weights else "onnx")
+    spec = loaded.spec
+    # Parameters and MACs from the architecture; built on the meta device for ONNX files.
+    module = loaded.module() if loaded.has_weights else model_from_card(loaded.card, device="meta")
+    prof = profile(module, spec.input_size)
     gen = torch.Generator().manual_seed(0)
     one, many = (
         measure_latency(
-            backend, torch.randn((b, *input_size), generator=gen).numpy(), min_time_s=min_time_s
+            backend, torch.randn((b, *spec.input_size), generator=gen).numpy(),
+            min_time_s=min_time_s,
         )
         for b in (1, 32)
-    )
+    )  # fmt: skip
+    log_probs = predict_log_probs(backend.predict, test.images, spec, batch_size=500)
     return TradeoffRow(
         name=name,
         backend=backend.name,
-        top1=_top1(backend, test, spec),
+        top1=float((log_probs.argmax(dim=1) == test.labels).float().mean()),
         params=prof.params,
         macs=prof.macs,
-        size_bytes=variant.size_bytes,
+        size_bytes=_size_bytes(loaded),
         p95_ms_batch1=one.p95_ms,
         images_per_s_batch32=many.throughput,
     )
@@ -108,9 +89,7 @@ def measure_variant(
 
 def plot_tradeoff(rows: list[TradeoffRow], out_png: str | os.PathLike[str]) -> Path:
     """Scatter of p95 latency (batch 1) against top-1; marker area ∝ size on disk."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    fig = new_figure(6.4, 4.4)
     ax = fig.add_subplot()
     biggest = max(r.size_bytes for r in rows)
     for row in rows:
@@ -124,7 +103,4 @@ def plot_tradeoff(rows: list[TradeoffRow], out_png: str | os.PathLike[str]) -> P
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("accuracy against latency (marker area: size on disk)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out_png)
-    atomic_write(out, lambda p: fig.savefig(p, format="png"))
-    return out
+    return save_figure(fig, out_png)

@@ -1,6 +1,13 @@
 """The ResNet model zoo: every family behind one factory and one interface."""
 
-from resnetkit.models.artifact import ModelCard, load_model, read_model_json, save_model
+from resnetkit.models.artifact import (
+    ModelCard,
+    load_model,
+    load_weights,
+    model_from_card,
+    read_model_json,
+    save_model,
+)
 from resnetkit.models.base import ClassifierModel
 from resnetkit.models.blocks import (
     BasicBlock,
@@ -34,6 +41,8 @@ __all__ = [
     "list_models",
     "load_model",
     "load_pretrained",
+    "load_weights",
+    "model_from_card",
     "profile",
     "read_model_json",
     "register_model",

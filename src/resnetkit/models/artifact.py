@@ -1,8 +1,9 @@
-"""The model artifact every later stage reads: ``model.safetensors`` + ``model.json``.
+"""Saving and rebuilding a model from its artifact: ``model.safetensors`` + ``model.json``.
 
-``model.json`` holds ``{"arch", "kwargs", "labels", "preprocessing", ...}``, complete enough
-that ``create_model(arch, **kwargs)`` plus the weights rebuilds the model exactly. Weights are
-safetensors, never pickle; both files are written atomically.
+The card's format and the file names are the contract in :mod:`resnetkit.contract`; this
+module adds what needs model code: building the zoo model the card names and loading the
+weights into it strictly. Weights are safetensors, never pickle; both files are written
+atomically.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from resnetkit.config import atomic_write
-from resnetkit.errors import CheckpointError
+from resnetkit.contract import (
+    MODEL_JSON,
+    MODEL_WEIGHTS,
+    ModelCard,
+    PreprocessingSpec,
+    read_model_json,
+)
+from resnetkit.errors import CheckpointError, ConfigError
+from resnetkit.fileio import atomic_write
 from resnetkit.models.zoo import create_model
 
 __all__ = [
@@ -27,59 +34,11 @@ __all__ = [
     "MODEL_WEIGHTS",
     "ModelCard",
     "load_model",
+    "load_weights",
+    "model_from_card",
     "read_model_json",
     "save_model",
 ]
-
-MODEL_JSON = "model.json"
-MODEL_WEIGHTS = "model.safetensors"
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """The contents of ``model.json``."""
-
-    arch: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)
-    preprocessing: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data as written to ``model.json``."""
-        return {
-            "arch": self.arch,
-            "kwargs": self.kwargs,
-            "labels": self.labels,
-            "preprocessing": self.preprocessing,
-            **self.extra,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
-        """Parse ``model.json`` content.
-
-        Raises:
-            CheckpointError: when ``arch`` is missing or a field has the wrong type.
-        """
-        if not isinstance(data, Mapping) or not isinstance(data.get("arch"), str):
-            raise CheckpointError('model.json must be an object with an "arch" string')
-        known = {"arch", "kwargs", "labels", "preprocessing"}
-        kwargs, labels = data.get("kwargs", {}), data.get("labels", [])
-        if not isinstance(kwargs, Mapping) or not isinstance(labels, list):
-            raise CheckpointError('model.json: "kwargs" must be an object, "labels" a list')
-        return cls(
-            arch=data["arch"],
-            kwargs=_decode_kwargs(kwargs),
-            labels=[str(x) for x in labels],
-            preprocessing=dict(data.get("preprocessing") or {}),
-            extra={k: v for k, v in data.items() if k not in known},
-        )
-
-
-def _decode_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    # JSON has no tuples; layer tables such as layers=(2, 2, 2) come back as lists.
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
 def save_model(
@@ -89,7 +48,7 @@ def save_model(
     arch: str,
     kwargs: Mapping[str, Any],
     labels: Sequence[str] = (),
-    preprocessing: Mapping[str, Any] | None = None,
+    preprocessing: PreprocessingSpec | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Write ``model.safetensors`` and ``model.json`` into ``directory`` atomically."""
@@ -98,39 +57,54 @@ def save_model(
         arch=arch,
         kwargs=dict(kwargs),
         labels=list(labels),
-        preprocessing=dict(preprocessing or {}),
+        preprocessing=preprocessing,
         extra=dict(extra or {}),
     )
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(out / MODEL_WEIGHTS, lambda p: save_file(state, str(p)))
-    text = json.dumps(card.to_dict(), indent=2, default=_json_default)
+    text = json.dumps(card.to_dict(), indent=2)
     atomic_write(out / MODEL_JSON, lambda p: p.write_text(text + "\n", encoding="utf-8"))
     return card
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, torch.dtype):
-        return str(value)
-    raise TypeError(f"{value!r} cannot be stored in model.json")
-
-
-def read_model_json(path: str | os.PathLike[str]) -> ModelCard:
-    """Read ``model.json`` (a file, or a directory holding one).
+def model_from_card(card: ModelCard, *, device: str | torch.device | None = None) -> nn.Module:
+    """The zoo model a card names, freshly initialised.
 
     Raises:
-        CheckpointError: when it is missing or malformed.
+        CheckpointError: the card names an unknown model or arguments the model rejects.
     """
-    p = Path(path)
-    if p.is_dir():
-        p = p / MODEL_JSON
     try:
-        return ModelCard.from_dict(json.loads(p.read_text(encoding="utf-8")))
+        return create_model(card.arch, device=device, **card.kwargs)
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"{MODEL_JSON} describes a model that cannot be built: {exc}"
+        ) from exc
+
+
+def load_weights(model: nn.Module, weights: str | os.PathLike[str], *, label: str = "") -> None:
+    """Load a safetensors file into ``model`` strictly (every key, every shape).
+
+    Args:
+        label: how to name the weights in errors (e.g. ``fashion:3``); the path by default.
+
+    Raises:
+        CheckpointError: the file is missing, not safetensors, or does not fit the model.
+    """
+    name = label or str(weights)
+    try:
+        state = load_file(str(weights))
     except FileNotFoundError as exc:
-        raise CheckpointError(f"no {MODEL_JSON} at {p}") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {p}: {exc}") from exc
+        raise CheckpointError(f"{name}: {MODEL_WEIGHTS} is missing") from exc
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(
+            f"{name}: {MODEL_WEIGHTS} is not a readable safetensors file"
+        ) from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise CheckpointError(f"{name}: the weights do not fit the model card: {detail}") from exc
 
 
 def load_model(
@@ -143,18 +117,8 @@ def load_model(
     """
     d = Path(directory)
     card = read_model_json(d)
-    model = create_model(card.arch, **card.kwargs)
-    weights = d / MODEL_WEIGHTS
-    try:
-        state = load_file(str(weights))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"no {MODEL_WEIGHTS} in {d}") from exc
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"cannot read {weights}: {exc}") from exc
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{weights} does not fit {card.arch}: {exc}") from exc
+    model = model_from_card(card)
+    load_weights(model, d / MODEL_WEIGHTS, label=str(d))
     if device is not None:
         model.to(device)
     return model.eval(), card

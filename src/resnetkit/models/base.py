@@ -14,7 +14,10 @@ from torch.utils.checkpoint import checkpoint
 
 from resnetkit.errors import ConfigError
 
-__all__ = ["ClassifierModel", "check_positive", "check_rate"]
+__all__ = ["FINAL_NORM_KEPT", "ClassifierModel", "check_positive", "check_rate"]
+
+#: Why BN folding leaves a final norm before the head (see ``ResidualBlock``'s declarations).
+FINAL_NORM_KEPT = "normalises the residual sum and a ReLU precedes the classifier"
 
 
 def check_positive(name: str, value: Any, *, integer: bool = True) -> None:
@@ -58,6 +61,13 @@ class ClassifierModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def fit_to_data(self, images: torch.Tensor) -> None:
+        """Fit data-dependent layers (e.g. a whitening stem) to normalised training images.
+
+        The trainer calls it once, before the first step, on the first images of the training
+        split; most models have no such layer and do nothing.
+        """
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one for ``num_classes``."""

@@ -40,8 +40,19 @@ __all__ = [
 SHORTCUTS = ("projection", "pad", "avgpool", "identity")
 
 
+_PREACT_BN1 = "pre-activation: normalises the residual sum and a ReLU precedes conv1"
+
+
 class ResidualBlock(nn.Module):
-    """Interface shared by every block: ``expansion``, ``preact`` and ``zero_init_last``."""
+    """Interface shared by every block: ``expansion``, ``preact`` and ``zero_init_last``.
+
+    A module tells BN folding (``resnetkit.compress.fold_batchnorm``) what it may fuse by
+    declaring, on its own class, ``FOLD_OUTPUT_SIDE`` (``(conv, norm)`` attribute pairs where
+    the norm reads only the conv's output), ``FOLD_THROUGH_MAX_POOL`` (the same with a
+    max-pool between), ``FOLD_INPUT_SIDE`` (``(norm, linear)`` pairs with nothing between)
+    and ``FOLD_KEEP_REASONS`` (why a norm cannot fold). Only a class's own declarations
+    count, not inherited ones: a subclass that rewires ``forward`` declares its own.
+    """
 
     expansion: ClassVar[int] = 1
     preact: ClassVar[bool] = False
@@ -66,6 +77,8 @@ def _zero_weight(module: nn.Module) -> None:
 
 class BasicBlock(ResidualBlock):
     """Two 3x3 convolutions, each followed by norm; activation after the addition."""
+
+    FOLD_OUTPUT_SIDE = (("conv1", "bn1"), ("conv2", "bn2"))
 
     expansion = 1
 
@@ -114,6 +127,8 @@ class BasicBlock(ResidualBlock):
 
 class BottleneckBlock(ResidualBlock):
     """1x1 reduce, 3x3 (strided, optionally grouped), 1x1 expand by 4."""
+
+    FOLD_OUTPUT_SIDE = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     expansion = 4
 
@@ -169,6 +184,9 @@ class PreActBasicBlock(ResidualBlock):
     With ``dropout`` between the convolutions this is the Wide ResNet block.
     """
 
+    FOLD_OUTPUT_SIDE = (("conv1", "bn2"),)
+    FOLD_KEEP_REASONS = (("bn1", _PREACT_BN1),)
+
     expansion = 1
     preact = True
 
@@ -218,6 +236,9 @@ class PreActBasicBlock(ResidualBlock):
 
 class PreActBottleneckBlock(ResidualBlock):
     """Pre-activation bottleneck: (norm → act → conv) for 1x1, 3x3 (strided), 1x1."""
+
+    FOLD_OUTPUT_SIDE = (("conv1", "bn2"), ("conv2", "bn3"))
+    FOLD_KEEP_REASONS = (("bn1", _PREACT_BN1),)
 
     expansion = 4
     preact = True

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from resnetkit.errors import ConfigError
-from resnetkit.models.base import ClassifierModel, check_positive, check_rate
+from resnetkit.models.base import FINAL_NORM_KEPT, ClassifierModel, check_positive, check_rate
 from resnetkit.models.blocks import (
     BasicBlock,
     BottleneckBlock,
@@ -70,6 +70,9 @@ class ResNet(ClassifierModel):
         inner_widths: inner channels of every block in order (what structured pruning
             leaves); by default each block's own rule.
     """
+
+    FOLD_OUTPUT_SIDE = (("conv1", "bn1"),)
+    FOLD_KEEP_REASONS = (("final_norm", FINAL_NORM_KEPT),)
 
     def __init__(
         self,

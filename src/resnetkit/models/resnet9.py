@@ -61,6 +61,8 @@ class ResidualPair(nn.Module):
 class ConvPoolStage(nn.Module):
     """Widen with a 3x3 conv, halve with a 2x2 max-pool, then norm, activation, residuals."""
 
+    FOLD_THROUGH_MAX_POOL = (("conv", "bn"),)
+
     def __init__(
         self,
         cin: int,

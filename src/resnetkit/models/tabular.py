@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resnetkit.models.base import ClassifierModel, check_positive, check_rate
+from resnetkit.models.base import FINAL_NORM_KEPT, ClassifierModel, check_positive, check_rate
 from resnetkit.models.layers import ActSpec, DropPath, NormSpec, make_act, make_norm
 
 __all__ = ["ResidualMLP", "ResidualMLPBlock"]
@@ -13,6 +13,8 @@ __all__ = ["ResidualMLP", "ResidualMLPBlock"]
 
 class ResidualMLPBlock(nn.Module):
     """``x + Linear(Dropout(Act(Linear(Norm(x)))))`` on ``(B, D)``."""
+
+    FOLD_INPUT_SIDE = (("norm", "fc1"),)
 
     def __init__(
         self,
@@ -49,6 +51,8 @@ class ResidualMLP(ClassifierModel):
         norm: ``batch`` (BatchNorm1d), ``layer``, ``group``, or a class.
         dropout: dropout inside each block; ``drop_rate`` before the classifier.
     """
+
+    FOLD_KEEP_REASONS = (("final_norm", FINAL_NORM_KEPT),)
 
     def __init__(
         self,

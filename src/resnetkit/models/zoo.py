@@ -36,6 +36,11 @@ class ModelEntry:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
 
+    @property
+    def input_kind(self) -> str:
+        """``image`` for ``(C, H, W)`` input, ``sequence`` for ``(C, L)``, else ``vector``."""
+        return {3: "image", 2: "sequence"}.get(len(self.input_size), "vector")
+
 
 _REGISTRY: dict[str, ModelEntry] = {}
 

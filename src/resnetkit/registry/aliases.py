@@ -76,10 +76,21 @@ def move_alias(
     kind: str,
     actor: str,
     reason: str,
-) -> None:
-    """Point ``alias`` at version ``number`` and log the move (the model row is locked)."""
+) -> bool:
+    """Point ``alias`` at version ``number`` and log the move (the model row is locked).
+
+    Returns:
+        False when the alias already pointed at ``number``: nothing moved, nothing is logged.
+
+    Raises:
+        RegistryError: no such version, or an empty reason.
+    """
+    if not reason.strip():
+        raise RegistryError(f"moving {name}@{alias} needs a reason for the audit log")
     target_id = version_id_of(conn, model_id, name, number)
     previous = _current(conn, model_id, alias)
+    if previous == number:
+        return False
     now = utc_now()
     if previous is None:
         conn.execute(
@@ -94,12 +105,15 @@ def move_alias(
             .values(version_id=target_id, updated_at=now)
         )
     _log(conn, model_id, alias, kind, (previous, number), actor, reason)
+    return True
 
 
 def remove_alias(
     conn: Connection, model_id: int, name: str, alias: str, *, actor: str, reason: str
 ) -> None:
     """Delete an alias and log it (the model row is locked)."""
+    if not reason.strip():
+        raise RegistryError(f"removing {name}@{alias} needs a reason for the audit log")
     previous = _current(conn, model_id, alias)
     if previous is None:
         raise RegistryError(f"{name} has no alias {alias!r}")

@@ -46,7 +46,16 @@ def _architecture(info: VersionInfo) -> list[str]:
 
 def _data(info: VersionInfo) -> list[str]:
     labels = info.model_json.get("labels") or []
-    lines = ["## Data", "", f"- **dataset fingerprint**: {info.dataset_fingerprint or 'unknown'}"]
+    lines = ["## Data", ""]
+    data = info.metrics.get("dataset")
+    if isinstance(data, dict) and data.get("name"):
+        sizes = ", ".join(
+            f"{data[k]:,} {k.removesuffix('_samples')}"
+            for k in ("train_samples", "val_samples")
+            if isinstance(data.get(k), int)
+        )
+        lines.append(f"- **dataset**: {data['name']}" + (f" ({sizes} images)" if sizes else ""))
+    lines.append(f"- **dataset fingerprint**: {info.dataset_fingerprint or 'unknown'}")
     if labels:
         shown = ", ".join(str(label) for label in labels[:20])
         more = f" (and {len(labels) - 20} more)" if len(labels) > 20 else ""

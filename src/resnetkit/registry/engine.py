@@ -35,7 +35,7 @@ _TRANSIENT_PG_STATES = {"40001", "40P01", "55P03"}
 def _parse_url(url: str) -> URL:
     try:
         return sa.make_url(url)
-    except sa_exc.ArgumentError as exc:
+    except (sa_exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
         raise ConfigError(
             f"invalid registry URL {url!r}: expected sqlite:///PATH or "
             "postgresql+psycopg://USER@HOST:PORT/DB"
@@ -46,7 +46,7 @@ def display_url(url: str) -> str:
     """The URL with any password masked, for messages and logs."""
     try:
         return sa.make_url(url).render_as_string(hide_password=True)
-    except sa_exc.ArgumentError:
+    except (sa_exc.ArgumentError, ValueError):
         return url
 
 

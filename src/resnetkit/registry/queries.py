@@ -211,3 +211,21 @@ def alias_history(conn: Connection, model_id: int, alias: str | None = None) -> 
         )
         for r in conn.execute(query)
     ]
+
+
+def versions_with_artifact(conn: Connection, name: str, filename: str, digest: str) -> list[int]:
+    """Version numbers of ``name`` whose artifact ``filename`` has this digest."""
+    model_id = find_model_id(conn, name)
+    if model_id is None:
+        return []
+    rows = conn.execute(
+        sa.select(versions.c.version)
+        .join(version_artifacts, version_artifacts.c.version_id == versions.c.id)
+        .where(
+            versions.c.model_id == model_id,
+            version_artifacts.c.filename == filename,
+            version_artifacts.c.digest == digest,
+        )
+        .order_by(versions.c.version)
+    )
+    return [int(v) for v in rows.scalars()]

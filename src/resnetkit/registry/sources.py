@@ -12,25 +12,28 @@ file whose accuracy check failed (``resnetkit.quantization_accepted`` false) is 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnetkit.errors import RegistryError
+from resnetkit.contract import (
+    CONFIG_TOML,
+    DRIFT_REFERENCE,
+    METRICS_JSONL,
+    MODEL_JSON,
+    MODEL_WEIGHTS,
+    ONNX_FILE,
+    SUMMARY_JSON,
+    ModelCard,
+    git_commit,
+    read_json_object,
+    read_model_json,
+)
+from resnetkit.errors import CheckpointError, RegistryError
+from resnetkit.onnxio import card_from_metadata, load_proto, read_metadata
 
 __all__ = ["VersionSource", "read_source"]
-
-WEIGHTS_FILE = "model.safetensors"
-MODEL_JSON = "model.json"
-SUMMARY_JSON = "summary.json"
-CONFIG_TOML = "config.toml"
-METRICS_JSONL = "metrics.jsonl"
-ONNX_FILE = "model.onnx"
-ONNX_METADATA_PREFIX = "resnetkit."
-_ONNX_MODEL_KEYS = ("arch", "kwargs", "labels", "preprocessing")
 
 _LINEAGE_KEYS = ("dataset_fingerprint", "run_id", "code_version", "git_commit")
 
@@ -51,40 +54,19 @@ class VersionSource:
     rejected: str | None = None  # why the artifact failed its own acceptance check
 
 
-def _read_json_object(path: Path) -> dict[str, Any]:
+def _check_safetensors(path: Path) -> None:
+    """The weights file must be a readable safetensors file holding tensors."""
+    from safetensors import safe_open
+
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty, not a safetensors file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RegistryError(f"{path} must hold a JSON object, found {type(data).__name__}")
-    return data
-
-
-def check_model_json(data: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Check the fields of ``model.json`` that later stages rely on."""
-    if not isinstance(data.get("arch"), str) or not data["arch"]:
-        raise RegistryError(f"{path}: 'arch' must be a non-empty string naming the model")
-    expected = {"kwargs": dict, "labels": list, "preprocessing": dict, "profile": dict}
-    for key, kind in expected.items():
-        if key in data and not isinstance(data[key], kind):
-            raise RegistryError(f"{path}: '{key}' must be a JSON {kind.__name__}")
-    return data
-
-
-def _git_commit(folder: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and commit else None
+        with safe_open(str(path), framework="numpy") as fh:
+            keys = list(fh.keys())
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if not keys:
+        raise CheckpointError(f"{path} holds no tensors")
 
 
 def _lineage(summary: dict[str, Any], model_json: dict[str, Any]) -> dict[str, str | None]:
@@ -92,45 +74,28 @@ def _lineage(summary: dict[str, Any], model_json: dict[str, Any]) -> dict[str, s
     for key in _LINEAGE_KEYS:
         value = summary.get(key, model_json.get(key))
         found[key] = None if value is None else str(value)
+    dataset = summary.get("dataset")  # training writes {"name", "fingerprint", ...}
+    if found["dataset_fingerprint"] is None and isinstance(dataset, dict):
+        fingerprint = dataset.get("fingerprint")
+        found["dataset_fingerprint"] = None if fingerprint is None else str(fingerprint)
     return found
 
 
 def _read_run_dir(folder: Path) -> VersionSource:
-    for required in (WEIGHTS_FILE, MODEL_JSON):
+    for required in (MODEL_WEIGHTS, MODEL_JSON):
         if not (folder / required).is_file():
             raise RegistryError(
                 f"{folder} is not a run directory: {required} is missing "
                 "(train a model first, or pass an .onnx file)"
             )
-    files = {WEIGHTS_FILE: folder / WEIGHTS_FILE, MODEL_JSON: folder / MODEL_JSON}
-    for optional in (SUMMARY_JSON, CONFIG_TOML, METRICS_JSONL):
+    files = {MODEL_WEIGHTS: folder / MODEL_WEIGHTS, MODEL_JSON: folder / MODEL_JSON}
+    for optional in (SUMMARY_JSON, CONFIG_TOML, METRICS_JSONL, DRIFT_REFERENCE):
         if (folder / optional).is_file():
             files[optional] = folder / optional
-    for drift in sorted(folder.glob("drift*")):
-        if drift.is_file():
-            files[drift.name] = drift
-    model_json = check_model_json(_read_json_object(folder / MODEL_JSON), folder / MODEL_JSON)
-    summary = _read_json_object(files[SUMMARY_JSON]) if SUMMARY_JSON in files else {}
-    return _build(folder, "run_dir", files, model_json, summary)
-
-
-def _onnx_metadata(path: Path) -> dict[str, Any]:
-    """The file's ``resnetkit.*`` metadata (prefix removed, JSON values decoded)."""
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ...
-        raise RegistryError(f"{path} is not a readable ONNX model: {exc}") from exc
-    found: dict[str, Any] = {}
-    for prop in proto.metadata_props:
-        key = prop.key.removeprefix(ONNX_METADATA_PREFIX)
-        if key != prop.key:
-            try:
-                found[key] = json.loads(prop.value)
-            except json.JSONDecodeError:
-                found[key] = prop.value
-    return found
+    card = read_model_json(folder)
+    _check_safetensors(folder / MODEL_WEIGHTS)
+    summary = read_json_object(files[SUMMARY_JSON]) if SUMMARY_JSON in files else {}
+    return _build(folder, "run_dir", files, card.to_dict(), summary)
 
 
 def _quantization_verdict(metadata: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -154,22 +119,21 @@ def _quantization_verdict(metadata: dict[str, Any]) -> tuple[dict[str, Any], str
 
 def _read_onnx(path: Path) -> VersionSource:
     files = {ONNX_FILE: path}
-    metadata = _onnx_metadata(path)
-    model_json: dict[str, Any] = {}
-    if "arch" in metadata:
-        described = {k: metadata[k] for k in _ONNX_MODEL_KEYS if k in metadata}
-        model_json = check_model_json(described, path)
+    metadata = read_metadata(load_proto(path))
+    card: ModelCard | None = None
     for candidate in (path.with_suffix(".json"), path.parent / MODEL_JSON):
         if candidate.is_file():
-            model_json = check_model_json(_read_json_object(candidate), candidate)
+            card = read_model_json(candidate)
             files[MODEL_JSON] = candidate
             break
+    if card is None:
+        card = card_from_metadata(metadata, source=str(path))
     summary: dict[str, Any] = {}
     if (path.parent / SUMMARY_JSON).is_file():
         files[SUMMARY_JSON] = path.parent / SUMMARY_JSON
-        summary = _read_json_object(files[SUMMARY_JSON])
+        summary = read_json_object(files[SUMMARY_JSON])
     quantization, rejected = _quantization_verdict(metadata)
-    source = _build(path, "onnx", files, model_json, {**summary, **quantization})
+    source = _build(path, "onnx", files, card.to_dict(), {**summary, **quantization})
     return dataclasses.replace(source, rejected=rejected)
 
 
@@ -192,7 +156,7 @@ def _build(
         run_config=config.read_text(encoding="utf-8") if config else None,
         run_id=lineage["run_id"] or (folder.resolve().name if kind == "run_dir" else None),
         dataset_fingerprint=lineage["dataset_fingerprint"],
-        code_version=lineage["code_version"] or lineage["git_commit"] or _git_commit(folder),
+        code_version=lineage["code_version"] or lineage["git_commit"] or git_commit(folder),
     )
 
 

@@ -21,10 +21,11 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
+from resnetkit.contract import MODEL_WEIGHTS, ONNX_FILE
 from resnetkit.errors import ConfigError, RegistryError
 from resnetkit.registry import aliases as alias_ops
 from resnetkit.registry import queries
-from resnetkit.registry.artifacts import ArtifactStore, StoredFile
+from resnetkit.registry.artifacts import ArtifactStore, StoredFile, sha256_file
 from resnetkit.registry.card import render_card
 from resnetkit.registry.engine import (
     create_registry_engine,
@@ -96,6 +97,9 @@ class RegistrationOptions:
     created_by: str | None = None
     code_version: str | None = None
     allow_rejected: bool = False  # register an artifact that failed its own acceptance check
+    # Register weights an earlier version of the model already holds. The CLI refuses them
+    # unless --allow-duplicate; library callers (concurrent workers, tests) opt out.
+    allow_duplicate: bool = True
 
 
 def _artifact_root(engine: Engine, url: str, artifacts: str | os.PathLike[str] | None) -> Path:
@@ -128,19 +132,30 @@ def _record_root(conn: Connection, root: Path) -> None:
 
 
 def open_registry(
-    url: str | None = None, artifacts: str | os.PathLike[str] | None = None
+    url: str | None = None,
+    artifacts: str | os.PathLike[str] | None = None,
+    *,
+    create: bool = True,
 ) -> RegistryStore:
     """Connect to a registry, creating or upgrading its schema as needed.
 
     Args:
         url: SQLAlchemy URL; None means ``$RESNETKIT_REGISTRY`` or ``sqlite:///./resnetkit.db``.
         artifacts: artifact folder; None means the recorded one or one next to the SQLite file.
+        create: create a SQLite registry that does not exist yet; False for reading (a
+            missing file is then an error, and nothing is created).
 
     Raises:
         RegistryError: when the store cannot be opened or its schema is newer than this code.
         ConfigError: for a bad URL or a missing driver.
     """
     resolved = registry_url(url)
+    db = sqlite_path(resolved)
+    if not create and db is not None and not db.is_file():
+        raise RegistryError(
+            f"no registry at {db}: register a model first (`resnetkit registry register RUN "
+            f"--name NAME`), or point --registry / ${REGISTRY_ENV} at an existing one"
+        )
     engine = create_registry_engine(resolved)
     try:
         migrate(engine, display_url(resolved))
@@ -182,11 +197,19 @@ class RegistryStore:
         name: str,
         options: RegistrationOptions | None = None,
         progress: Progress | None = None,
+        check: Callable[[Path], None] | None = None,
     ) -> VersionInfo:
         """Store a run directory or ``.onnx`` file as the next version of ``name``.
 
+        The registry checks what it can without model code (``model.json``, a readable
+        safetensors or ONNX file); ``check`` adds what needs it (e.g. the loader's
+        ``check_loadable``: build the model and load the weights), so that a version that
+        cannot be loaded never exists.
+
         Raises:
-            RegistryError: when the source is unreadable or the store refuses the write.
+            RegistryError: when the source is unreadable, the same weights are already a
+                version of ``name`` (unless ``allow_duplicate``), or the store refuses.
+            CheckpointError: ``model.json`` or the weights are malformed.
             ConfigError: for an invalid model or alias name.
         """
         opts = options or RegistrationOptions()
@@ -201,6 +224,10 @@ class RegistryStore:
                 f"refusing to register {spec.path}: {spec.rejected}; requantize with another "
                 "--method or more --calib images, or pass --allow-rejected to register it anyway"
             )
+        if check is not None:
+            check(spec.path)
+        if not opts.allow_duplicate:
+            self._refuse_duplicate(name, spec)
         stored = self._store_files(spec, progress)
         version_id = run_write(
             self.engine, lambda conn: self._record(conn, name, spec, stored, opts, progress)
@@ -214,6 +241,19 @@ class RegistryStore:
         if progress is not None:
             progress("recorded", info.ref)
         return info
+
+    def _refuse_duplicate(self, name: str, spec: VersionSource) -> None:
+        """Refuse weights that an existing version of ``name`` already holds, byte for byte."""
+        filename = next(f for f in (MODEL_WEIGHTS, ONNX_FILE) if f in spec.files)
+        digest = sha256_file(spec.files[filename])
+        with read_tx(self.engine) as conn:
+            same = queries.versions_with_artifact(conn, name, filename, digest)
+        if same:
+            refs = ", ".join(f"{name}:{v}" for v in same)
+            raise RegistryError(
+                f"{refs} already holds these exact weights ({filename} sha256 {digest[:12]}...); "
+                "point an alias at it instead, or pass --allow-duplicate to register a copy"
+            )
 
     def _store_files(self, spec: VersionSource, progress: Progress | None) -> dict[str, StoredFile]:
         stored = {
@@ -342,17 +382,21 @@ class RegistryStore:
 
     def set_alias(
         self, name: str, alias: str, version: int, *, reason: str, actor: str | None = None
-    ) -> AliasEvent:
-        """Point ``name@alias`` at ``version``, logging who, when and why."""
+    ) -> AliasEvent | None:
+        """Point ``name@alias`` at ``version``, logging who, when and why.
+
+        Returns:
+            The logged event, or None when the alias already pointed there (nothing logged).
+        """
         validate_name(alias, kind="alias")
         who = actor or current_user()
 
-        def work(conn: Connection) -> AliasEvent:
+        def work(conn: Connection) -> AliasEvent | None:
             model_id = queries.require_model_id(conn, name, lock=True)
-            alias_ops.move_alias(
+            moved = alias_ops.move_alias(
                 conn, model_id, name, alias, version, kind="set", actor=who, reason=reason
             )
-            return alias_ops.last_event(conn, model_id, alias)
+            return alias_ops.last_event(conn, model_id, alias) if moved else None
 
         return run_write(self.engine, work)
 

@@ -1,7 +1,8 @@
 """Training: one loop for every zoo model, alone or under torchrun, with exact resume."""
 
 from resnetkit.train.checkpoint import load_checkpoint, save_checkpoint
-from resnetkit.train.loop import Trainer, TrainResult, train, validate
+from resnetkit.train.evaluation import evaluate_run
+from resnetkit.train.loop import Trainer, TrainResult, check_config, train, validate
 from resnetkit.train.optim import ModelEMA, build_optimizer, param_groups
 from resnetkit.train.schedule import lr_factor
 
@@ -10,6 +11,8 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "build_optimizer",
+    "check_config",
+    "evaluate_run",
     "load_checkpoint",
     "lr_factor",
     "param_groups",

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from resnetkit.config import atomic_write
 from resnetkit.errors import CheckpointError
+from resnetkit.fileio import atomic_write
 
 __all__ = [
     "BEST",

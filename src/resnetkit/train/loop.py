@@ -12,8 +12,12 @@ and resumed ends with the same weights as one that never stopped (on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import statistics
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +27,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetkit.config import TrainConfig, from_dict, to_dict
+from resnetkit.contract import git_commit, write_summary
 from resnetkit.data import (
     AugmentedBatch,
     BatchLoader,
     ImageDataset,
     alternating_flips,
     augment_batch,
-    normalize,
+    fingerprint,
 )
 from resnetkit.errors import ConfigError, TrainingError
-from resnetkit.models import ClassifierModel
+from resnetkit.evaluate import (
+    autocast,
+    predict_embeddings,
+    predict_log_probs,
+    resolve_device,
+    resolve_precision,
+)
+from resnetkit.models import ClassifierModel, profile, save_model
 from resnetkit.train import rundir
 from resnetkit.train.checkpoint import (
     BEST,
@@ -51,19 +63,17 @@ from resnetkit.train.distributed import (
 )
 from resnetkit.train.optim import ModelEMA, build_optimizer
 from resnetkit.train.progress import TrainProgress
-from resnetkit.train.schedule import lr_factor
+from resnetkit.train.schedule import lr_factor, warmup_steps
 from resnetkit.train.setup import (
     TrainData,
     augment_spec,
     build_model,
     load_train_data,
     model_kwargs,
-    resolve_device,
-    resolve_precision,
     set_train_mode,
 )
 
-__all__ = ["TrainResult", "Trainer", "train"]
+__all__ = ["TrainResult", "Trainer", "check_config", "train"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +84,10 @@ class TrainResult:
     val_accuracy: float | None
     best_val_accuracy: float | None
     epochs_run: int
-    images_per_s: float
+    images_per_s: float  # over the whole run, the first epoch's warm-up included
     train_seconds: float
     stopped_early: bool
+    steady_images_per_s: float = 0.0  # median over the epochs after the first
 
 
 def train(
@@ -99,31 +110,55 @@ def train(
         TrainingError: when the loss or a gradient stops being finite.
     """
     threads = torch.get_num_threads()
+    out = Path(run_dir)
+    created = not out.exists()
     try:
-        return (trainer or Trainer)(cfg, Path(run_dir), resume=resume, **options).fit()
+        return (trainer or Trainer)(cfg, out, resume=resume, **options).fit()
+    except BaseException:
+        if not resume and os.environ.get("RANK", "0") == "0":
+            # A run that failed before its first checkpoint leaves nothing to resume: remove
+            # what it wrote, so a rerun with the same --out starts cleanly.
+            rundir.discard_if_unstarted(out, created)
+        raise
     finally:
         torch.set_num_threads(threads)  # cfg.num_threads applies to this run only
         shutdown_distributed()
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
-    return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype))
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings that make no sense, before any data is read or file written.
 
-
-def _check_config(cfg: TrainConfig) -> None:
+    Raises:
+        ConfigError: naming the setting and its valid range.
+    """
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ConfigError(f"epochs and batch_size must be >= 1, got {cfg.epochs}, {cfg.batch_size}")
     if cfg.checkpoint_every_steps is not None and cfg.checkpoint_every_steps < 1:
         raise ConfigError("checkpoint_every_steps must be >= 1 when set")
     if cfg.tta_shift < 0:
         raise ConfigError(f"tta_shift is a number of pixels >= 0, got {cfg.tta_shift}")
+    if cfg.num_threads is not None and cfg.num_threads < 1:
+        raise ConfigError(f"num_threads must be >= 1 when set, got {cfg.num_threads}")
+    if cfg.early_stop_patience is not None and cfg.early_stop_patience < 1:
+        raise ConfigError(
+            f"early_stop_patience must be >= 1 epoch when set, got {cfg.early_stop_patience}"
+        )
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError(
+            f"data.val_fraction must be in [0, 1) (0: no validation split), "
+            f"got {cfg.data.val_fraction}"
+        )
+    for name in ("limit", "test_limit"):
+        value = getattr(cfg.data, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"data.{name} must be >= 1 when set, got {value}")
 
 
 class Trainer:
     """State of one run; :meth:`fit` is the loop."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> None:
-        _check_config(cfg)
+        check_config(cfg)
         self.cfg, self.run_dir = cfg, run_dir
         self.device = resolve_device(cfg.device)
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
@@ -151,7 +186,7 @@ class Trainer:
         self.augment = augment_spec(cfg, self.data.train)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.total_steps = cfg.epochs * len(self.loader)
-        warmup = round(cfg.optim.warmup_epochs * len(self.loader))
+        warmup = warmup_steps(cfg.optim.warmup_epochs, len(self.loader), self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: lr_factor(
@@ -174,16 +209,18 @@ class Trainer:
         self.train_seconds, self.images_seen = 0.0, 0
         self.epoch_sums: list[float] = [0.0, 0, 0]
         self.term_sums: dict[str, float] = {}
-        self.progress = TrainProgress(enabled=cfg.progress and self.env.is_main)
+        self.progress = TrainProgress(
+            enabled=cfg.progress and self.env.is_main, lines=self.env.is_main
+        )
         if resume:
             self._resume()
         elif self.env.is_main:
             rundir.start(run_dir, cfg)
 
     # --- one step ----------------------------------------------------------------------
-    def autocast(self) -> torch.autocast:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The run's mixed precision (a no-op context for fp32), for every forward pass."""
-        return _autocast(self.device, self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def compute_loss(
         self, logits: torch.Tensor, batch: AugmentedBatch, inputs: torch.Tensor
@@ -253,11 +290,58 @@ class Trainer:
             images_per_s=self.images_seen / max(self.train_seconds, 1e-9),
             train_seconds=self.train_seconds,
             stopped_early=stopped_early,
+            steady_images_per_s=_steady_rate(self.history),
         )
         if self.env.is_main:
-            rundir.finish(self.run_dir, self.cfg, final, self.kwargs, self.data, result)
+            self._write_results(final, result)
         self.progress.close()
         return result
+
+    def _write_results(self, model: ClassifierModel, result: TrainResult) -> None:
+        """The model artifact, the drift reference and ``summary.json``."""
+        model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+        spec = self.data.spec
+        prof = profile(model, spec.input_size)
+        save_model(
+            model,
+            self.run_dir,
+            arch=self.cfg.model.arch,
+            kwargs=self.kwargs,
+            labels=self.data.labels,
+            preprocessing=spec,
+            extra={
+                "input_size": list(spec.input_size),
+                "profile": {"params": prof.params, "macs": prof.macs},
+            },
+        )
+        rundir.write_drift_reference(self.run_dir, drift_reference(model, self.data))
+        write_summary(self.run_dir, self._summary(result, prof.params, prof.macs))
+
+    def _summary(self, result: TrainResult, params: int, macs: int) -> dict[str, Any]:
+        cfg, data = self.cfg, self.data
+        return {
+            "run_id": f"{self.run_dir.name}-{uuid.uuid4().hex[:8]}",
+            "arch": cfg.model.arch,
+            "dataset": {
+                "name": data.train.name,
+                "fingerprint": fingerprint(data.train),
+                "train_samples": len(data.train),
+                "val_samples": len(data.val) if data.val is not None else 0,
+                # --skip-bad-images: what was left out, and why.
+                "skipped": [{"path": b.path, "reason": b.reason} for b in data.train.skipped],
+            },
+            "seed": cfg.seed,
+            "epochs": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "val_accuracy": result.val_accuracy,
+            "best_val_accuracy": result.best_val_accuracy,
+            "train_seconds": round(result.train_seconds, 3),
+            "images_per_s": round(result.images_per_s, 1),
+            "steady_images_per_s": round(result.steady_images_per_s, 1),
+            "params": params,
+            "macs": macs,
+            "code_version": git_commit(Path(__file__).resolve().parent),
+        }
 
     def _train_epoch(self) -> None:
         set_train_mode(self.ddp_model, self.cfg.freeze)
@@ -307,10 +391,14 @@ class Trainer:
                 self.data.val,
                 self.data,
                 self.device,
-                self.amp_dtype,
+                self.cfg.precision,
             )
             record.update(val_loss=val_loss, val_acc=val_acc)
         record["images_per_s"] = self.images_seen / max(self.train_seconds, 1e-9)
+        previous = self.history[-1] if self.history else {}
+        seen_before = previous.get("images_per_s", 0.0) * previous.get("train_seconds", 0.0)
+        seconds = self.train_seconds - previous.get("train_seconds", 0.0)
+        record["epoch_images_per_s"] = (self.images_seen - seen_before) / max(seconds, 1e-9)
         record["train_seconds"] = self.train_seconds
         self.history.append(record)
         self.epoch, self.step = self.epoch + 1, 0
@@ -389,28 +477,50 @@ class Trainer:
             rundir.rewrite_metrics(self.run_dir, self.history)
 
 
-@torch.inference_mode()
+def _steady_rate(history: list[dict[str, Any]]) -> float:
+    """Images/s of a typical epoch: the median over the epochs after the first (warm-up)."""
+    rates = [r["epoch_images_per_s"] for r in history if "epoch_images_per_s" in r]
+    steady = rates[1:] or rates
+    return statistics.median(steady) if steady else 0.0
+
+
 def validate(
     model: nn.Module,
     dataset: ImageDataset,
     data: TrainData,
     device: torch.device,
-    amp_dtype: torch.dtype | None,
+    precision: str,
     batch_size: int = 1024,
 ) -> tuple[float, float]:
-    """Mean loss and top-1 accuracy on ``dataset``, in eval mode (the mode is restored)."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    try:
-        for start in range(0, len(dataset), batch_size):
-            images = dataset.images[start : start + batch_size].to(device)
-            labels = dataset.labels[start : start + batch_size].to(device)
-            x = normalize(images, data.spec)
-            with _autocast(device, amp_dtype):
-                logits = model(x).float()
-            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == labels).sum())
-    finally:
-        model.train(was_training)
-    return loss_sum / len(dataset), correct / len(dataset)
+    """Mean loss and top-1 accuracy on ``dataset``, through the one evaluation loop."""
+    log_probs = predict_log_probs(
+        model, dataset.images, data.spec, device=device, batch_size=batch_size, precision=precision
+    )
+    labels = dataset.labels
+    loss = float(F.nll_loss(log_probs, labels, reduction="mean"))
+    return loss, float((log_probs.argmax(dim=1) == labels).float().mean())
+
+
+# Enough reference samples for the drift tests; the whole of a large training set (used when
+# there is no validation split) would cost more time than a training epoch.
+DRIFT_SAMPLES = 5000
+
+
+def drift_reference(
+    model: ClassifierModel, data: TrainData, max_samples: int = DRIFT_SAMPLES
+) -> dict[str, torch.Tensor]:
+    """Pre-logits embeddings ``(N, D)``, softmax outputs ``(N, K)`` and labels on held-out data.
+
+    The validation split, or the training set when there is none; at most ``max_samples``
+    of it, evenly spaced so that a dataset stored class by class keeps every class. Float32
+    (not the training precision): the reference that live traffic is compared with should be
+    as faithful as the model can give.
+    """
+    dataset = data.val if data.val is not None else data.train
+    picked = torch.linspace(0, len(dataset) - 1, min(len(dataset), max_samples)).long()
+    embeddings, probabilities = predict_embeddings(model, dataset.images[picked], data.spec)
+    return {
+        "embeddings": embeddings,
+        "probabilities": probabilities,
+        "labels": dataset.labels[picked].clone(),
+    }

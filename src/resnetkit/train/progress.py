@@ -19,10 +19,16 @@ __all__ = ["TrainProgress"]
 
 
 class TrainProgress:
-    """A rich progress bar that prints one line per finished epoch; silent when disabled."""
+    """A rich progress bar per epoch, and one printed line per finished epoch.
 
-    def __init__(self, enabled: bool = True) -> None:
+    Args:
+        enabled: draw the bars (``--no-progress`` turns them off, for logs).
+        lines: print the per-epoch summary lines (off on every DDP rank but the first).
+    """
+
+    def __init__(self, enabled: bool = True, *, lines: bool = True) -> None:
         self.enabled = enabled
+        self.lines = lines
         self.console = Console(stderr=True)
         self._progress: Progress | None = None
         self._task: TaskID | None = None
@@ -57,16 +63,18 @@ class TrainProgress:
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         """Replace the bar with a one-line summary of the epoch."""
-        if self._progress is None or self._task is None:
+        if self._progress is not None and self._task is not None:
+            self._progress.remove_task(self._task)
+            self._task = None
+        if not self.lines:
             return
-        self._progress.remove_task(self._task)
         parts = [f"epoch {record['epoch']}"]
         parts += [
             f"{k} {record[k]:.4f}"
             for k in ("train_loss", "train_acc", "val_loss", "val_acc")
             if k in record
         ]
-        parts.append(f"{record['images_per_s']:,.0f} img/s")
+        parts.append(f"{record.get('epoch_images_per_s', record['images_per_s']):,.0f} img/s")
         self.console.print("  ".join(parts))
 
     def close(self) -> None:

@@ -1,52 +1,51 @@
-"""The run directory a training run leaves behind, as DESIGN.md describes it.
+"""Writing the run directory a training run leaves behind.
 
-``config.toml``, ``metrics.jsonl`` (one line per epoch), ``checkpoints/{latest,best}.pt``,
-``model.safetensors`` + ``model.json`` (the contract every later stage reads),
-``summary.json`` and ``drift_reference.safetensors`` (embeddings and softmax outputs on the
-held-out validation data, the reference that drift detection compares live traffic with).
+The layout (file names, ``model.json``, ``summary.json``, the drift reference) is the
+contract in :mod:`resnetkit.contract`; this module creates a run directory, keeps
+``config.toml`` and ``metrics.jsonl`` up to date, and writes the drift reference. It computes
+nothing: the trainer hands it what to write.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import uuid
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from resnetkit.config import TrainConfig, atomic_write, save_toml, to_dict
-from resnetkit.data import fingerprint, normalize
+from resnetkit.config import TrainConfig, save_toml, to_dict
+from resnetkit.contract import (
+    CHECKPOINTS_DIR,
+    CONFIG_TOML,
+    DRIFT_KEYS,
+    DRIFT_REFERENCE,
+    METRICS_JSONL,
+    MODEL_JSON,
+)
 from resnetkit.errors import ConfigError
-from resnetkit.models import ClassifierModel, profile, save_model
-
-if TYPE_CHECKING:
-    from resnetkit.train.loop import TrainResult
-    from resnetkit.train.setup import TrainData
+from resnetkit.fileio import atomic_write
 
 __all__ = [
-    "DRIFT_REFERENCE",
-    "SUMMARY",
     "append_metrics",
     "config_differences",
-    "finish",
-    "read_summary",
+    "discard_if_unstarted",
+    "has_checkpoint",
     "rewrite_metrics",
     "start",
-    "write_summary",
+    "write_drift_reference",
 ]
 
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
-DRIFT_REFERENCE = "drift_reference.safetensors"
-# Enough reference samples for the drift tests; the whole of a large training set (used when
-# there is no validation split) would cost more time than a training epoch.
-DRIFT_SAMPLES = 5000
 # Settings that may change between a run and its resumption without changing the result.
 _RESUMABLE = {"progress", "num_threads", "device"}
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint a run can resume from."""
+    return (run_dir / CHECKPOINTS_DIR / "latest.pt").is_file()
 
 
 def start(run_dir: Path, cfg: TrainConfig) -> None:
@@ -55,13 +54,35 @@ def start(run_dir: Path, cfg: TrainConfig) -> None:
     Raises:
         ConfigError: when ``run_dir`` already holds a run (nothing is overwritten).
     """
-    if (run_dir / "checkpoints").exists() or (run_dir / "model.json").exists():
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file; give a folder for the run")
+    if has_checkpoint(run_dir) or (run_dir / MODEL_JSON).exists():
         raise ConfigError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose --out"
         )
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    save_toml(run_dir / "config.toml", to_dict(cfg))
-    atomic_write(run_dir / METRICS, lambda p: p.write_text("", encoding="utf-8"))
+    # A folder left by a run that failed before its first checkpoint holds nothing worth
+    # keeping (config and an empty log), so a rerun may start over in it.
+    (run_dir / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
+    save_toml(run_dir / CONFIG_TOML, to_dict(cfg))
+    atomic_write(run_dir / METRICS_JSONL, lambda p: p.write_text("", encoding="utf-8"))
+
+
+def discard_if_unstarted(run_dir: Path, created: bool) -> None:
+    """Remove what :func:`start` wrote when the run failed before its first checkpoint.
+
+    Only a folder this run created is removed entirely; in a folder that existed before,
+    only the files :func:`start` wrote are.
+    """
+    if has_checkpoint(run_dir) or (run_dir / MODEL_JSON).exists():
+        return
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for name in (CONFIG_TOML, METRICS_JSONL):
+        (run_dir / name).unlink(missing_ok=True)
+    checkpoints = run_dir / CHECKPOINTS_DIR
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
 
 
 def config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
@@ -83,7 +104,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one epoch's record to ``metrics.jsonl`` and flush it to disk."""
-    with (run_dir / METRICS).open("a", encoding="utf-8") as fh:
+    with (run_dir / METRICS_JSONL).open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
@@ -92,110 +113,12 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 def rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Replace ``metrics.jsonl`` with ``history`` (on resume: drops epochs past the checkpoint)."""
     text = "".join(json.dumps(r) + "\n" for r in history)
-    atomic_write(run_dir / METRICS, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write(run_dir / METRICS_JSONL, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """``summary.json`` as a dict (empty when absent)."""
-    path = run_dir / SUMMARY
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    """Write ``summary.json`` atomically."""
-    text = json.dumps(summary, indent=2) + "\n"
-    atomic_write(run_dir / SUMMARY, lambda p: p.write_text(text, encoding="utf-8"))
-
-
-def _code_version() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-@torch.inference_mode()
-def drift_reference(
-    model: ClassifierModel,
-    data: TrainData,
-    batch_size: int = 1024,
-    max_samples: int = DRIFT_SAMPLES,
-) -> dict[str, torch.Tensor]:
-    """Pre-logits embeddings ``(N, D)`` and softmax outputs ``(N, K)`` on held-out data.
-
-    The validation split, or the training set when there is none; at most ``max_samples``
-    of it, evenly spaced so that a dataset stored class by class keeps every class.
-    """
-    dataset = data.val if data.val is not None else data.train
-    picked = torch.linspace(0, len(dataset) - 1, min(len(dataset), max_samples)).long()
-    images, labels = dataset.images[picked], dataset.labels[picked]
-    device = next(model.parameters()).device
-    model.eval()
-    embeddings, probs = [], []
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start : start + batch_size].to(device), data.spec)
-        feats = model.forward_features(x)
-        embeddings.append(model.forward_head(feats, pre_logits=True).float().cpu())
-        probs.append(model.forward_head(feats).float().softmax(dim=1).cpu())
-    return {
-        "embeddings": torch.cat(embeddings),
-        "probabilities": torch.cat(probs),
-        "labels": labels.clone(),
-    }
-
-
-def finish(
-    run_dir: Path,
-    cfg: TrainConfig,
-    model: ClassifierModel,
-    kwargs: dict[str, Any],
-    data: TrainData,
-    result: TrainResult,
-) -> None:
-    """Write the final weights, ``model.json``, the drift reference and ``summary.json``."""
-    model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    input_size = (data.spec.channels, *data.spec.size)
-    prof = profile(model, input_size)
-    save_model(
-        model,
-        run_dir,
-        arch=cfg.model.arch,
-        kwargs=kwargs,
-        labels=data.labels,
-        preprocessing=data.spec.to_dict(),
-        extra={
-            "input_size": list(input_size),
-            "profile": {"params": prof.params, "macs": prof.macs},
-        },
-    )
-    tensors = drift_reference(model, data)
+def write_drift_reference(run_dir: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``drift_reference.safetensors``: the tensors named in ``contract.DRIFT_KEYS``."""
+    missing = [k for k in DRIFT_KEYS if k not in tensors]
+    if missing:
+        raise ValueError(f"a drift reference needs {missing}")
     atomic_write(run_dir / DRIFT_REFERENCE, lambda p: save_file(tensors, str(p)))
-    summary = {
-        "run_id": f"{run_dir.name}-{uuid.uuid4().hex[:8]}",
-        "arch": cfg.model.arch,
-        "dataset": {
-            "name": cfg.data.name,
-            "fingerprint": fingerprint(data.train),
-            "train_samples": len(data.train),
-            "val_samples": len(data.val) if data.val is not None else 0,
-        },
-        "seed": cfg.seed,
-        "epochs": result.epochs_run,
-        "stopped_early": result.stopped_early,
-        "val_accuracy": result.val_accuracy,
-        "best_val_accuracy": result.best_val_accuracy,
-        "train_seconds": round(result.train_seconds, 3),
-        "images_per_s": round(result.images_per_s, 1),
-        "params": prof.params,
-        "macs": prof.macs,
-        "code_version": _code_version(),
-    }
-    write_summary(run_dir, summary)

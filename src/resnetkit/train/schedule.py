@@ -6,9 +6,24 @@ import math
 
 from resnetkit.errors import ConfigError
 
-__all__ = ["SCHEDULES", "lr_factor"]
+__all__ = ["MAX_WARMUP_FRACTION", "SCHEDULES", "lr_factor", "warmup_steps"]
 
 SCHEDULES = ("cosine", "linear", "onecycle", "constant")
+#: Warm-up never takes more than this share of a run: a one-epoch run with the default one
+#: epoch of warm-up would otherwise end at the peak learning rate, never annealed.
+MAX_WARMUP_FRACTION = 0.25
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    """Warm-up steps: ``warmup_epochs`` of steps, at most a quarter of the run.
+
+    Raises:
+        ConfigError: a negative ``warmup_epochs``.
+    """
+    if warmup_epochs < 0:
+        raise ConfigError(f"optim.warmup_epochs must be >= 0, got {warmup_epochs}")
+    wanted = round(warmup_epochs * steps_per_epoch)
+    return min(wanted, math.ceil(MAX_WARMUP_FRACTION * total_steps))
 
 
 def lr_factor(

@@ -19,7 +19,7 @@ from resnetkit.data import (
     split_train_val,
 )
 from resnetkit.errors import ConfigError
-from resnetkit.models import create_model, load_pretrained
+from resnetkit.models import ClassifierModel, create_model, get_entry, load_pretrained
 
 __all__ = [
     "FREEZE_MODES",
@@ -29,50 +29,10 @@ __all__ = [
     "build_model",
     "load_train_data",
     "model_kwargs",
-    "resolve_device",
-    "resolve_precision",
 ]
 
 FREEZE_MODES = ("none", "backbone", "bn")
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; anything else must be a valid torch device.
-
-    Raises:
-        ConfigError: for an unknown device or CUDA requested without one.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device {name!r} is not a torch device") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (``None`` = fp32). ``auto``: bf16 on CPU and on CUDA that has it.
-
-    Raises:
-        ConfigError: for an unknown name or fp16 on a CPU.
-    """
-    if name == "fp32":
-        return None
-    if name == "bf16":
-        return torch.bfloat16
-    if name == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("precision fp16 needs CUDA; use bf16 on a CPU")
-        return torch.float16
-    if name == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
-    raise ConfigError(f"precision {name!r} is not known; use auto, fp32, bf16 or fp16")
 
 
 @dataclass(frozen=True)
@@ -145,11 +105,21 @@ def augment_spec(cfg: TrainConfig, dataset: ImageDataset, epoch: int = 0) -> Aug
 
 
 def model_kwargs(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
-    """The model's keyword arguments: the recipe's, plus classes and channels from the data."""
+    """The model's keyword arguments: the recipe's, plus classes and channels from the data.
+
+    Raises:
+        ConfigError: the model does not take images (the trainer's data are images).
+    """
+    entry = get_entry(cfg.model.arch)
+    if entry.input_kind != "image":
+        raise ConfigError(
+            f"{cfg.model.arch} takes {entry.input_kind} input of shape (batch, "
+            f"{', '.join(map(str, entry.input_size))}), but {data.train.name} holds images "
+            f"(channels, height, width); train an image model (`resnetkit models list`)"
+        )
     kwargs = dict(cfg.model.kwargs)
     kwargs.setdefault("num_classes", data.train.num_classes)
-    if cfg.model.arch != "resnet_tabular":
-        kwargs.setdefault("in_chans", data.spec.channels)
+    kwargs.setdefault("in_chans", data.spec.channels)
     if cfg.grad_checkpointing:
         kwargs["grad_checkpointing"] = True
     return kwargs
@@ -165,10 +135,9 @@ def build_model(
     """Create the model, fit it to ``data`` where it asks to be (``fit_to_data``, e.g. a
     whitening stem), load ``init_from`` if given, apply ``freeze``, move it to ``device``."""
     model = create_model(cfg.model.arch, **kwargs)
-    fit_to_data = getattr(model, "fit_to_data", None)
-    if callable(fit_to_data):
+    if isinstance(model, ClassifierModel):
         # The first images of the training split: the same on every rank and on resume.
-        fit_to_data(normalize(data.train.images[:_FIT_IMAGES], data.spec))
+        model.fit_to_data(normalize(data.train.images[:_FIT_IMAGES], data.spec))
     if cfg.init_from:
         # The loader adapts conv1 to in_chans and drops a classifier of another size.
         load_pretrained(model, cfg.init_from, strict=True)

@@ -1,0 +1,212 @@
+"""ONNX files as resnetkit writes them: tensor names, ``resnetkit.*`` metadata, sessions.
+
+An exported model has one input :data:`INPUT_NAME` (float32 ``(batch, C, H, W)``, normalised
+with the model's preprocessing spec) and the outputs :data:`OUTPUT_NAME` (``logits``,
+``(batch, classes)``) and, from files exported since the server landed,
+:data:`EMBEDDING_NAME` (the pre-logits embedding, ``(batch, features)``, for drift
+detection). The model card travels in ``metadata_props`` under the prefix
+:data:`METADATA_PREFIX` (``resnetkit.arch``, ``resnetkit.labels``, ...; JSON for values that
+are not strings), so an ``.onnx`` file alone is enough to serve. Export, quantization, the
+registry and the server read and write it through this module, and open ONNX Runtime
+sessions through :func:`ort_session`, always with explicit thread settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from resnetkit.contract import ModelCard
+from resnetkit.errors import CheckpointError, ConfigError, ExportError
+
+__all__ = [
+    "EMBEDDING_NAME",
+    "INPUT_NAME",
+    "METADATA_PREFIX",
+    "OUTPUT_NAME",
+    "card_from_metadata",
+    "card_metadata",
+    "default_threads",
+    "import_onnx",
+    "import_ort",
+    "load_proto",
+    "ort_session",
+    "read_metadata",
+    "write_metadata",
+]
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+EMBEDDING_NAME = "embedding"
+METADATA_PREFIX = "resnetkit."
+_CARD_KEYS = ("arch", "kwargs", "labels", "preprocessing")
+
+
+def import_onnx() -> Any:
+    """The ``onnx`` package, or an error that says how to install it."""
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ExportError("ONNX files need the onnx package: pip install onnx") from exc
+    return onnx
+
+
+def import_ort() -> Any:
+    """The ``onnxruntime`` package, or an error that says how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ExportError("ONNX Runtime is missing: pip install onnxruntime") from exc
+    return onnxruntime
+
+
+def default_threads() -> int:
+    """Threads to use when none are given: the CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def load_proto(path: str | os.PathLike[str]) -> Any:
+    """Parse an ONNX file (without external data).
+
+    Raises:
+        CheckpointError: the file is missing, empty or not an ONNX model.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p} does not exist")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p} is empty, not an ONNX model")
+    onnx = import_onnx()
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...
+        raise CheckpointError(f"{p} is not a readable ONNX model: {exc}") from exc
+    if not len(proto.graph.node):
+        raise CheckpointError(f"{p} is not a readable ONNX model: its graph is empty")
+    return proto
+
+
+def _encode(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _key(name: str) -> str:
+    return name if name.startswith(METADATA_PREFIX) else METADATA_PREFIX + name
+
+
+def write_metadata(proto: Any, metadata: Mapping[str, Any]) -> None:
+    """Set ``resnetkit.*`` entries of an ``onnx.ModelProto``'s ``metadata_props`` in place.
+
+    Values that are not strings are stored as JSON; existing keys are replaced.
+    """
+    wanted = {_key(k): _encode(v) for k, v in metadata.items()}
+    keep = [p for p in proto.metadata_props if p.key not in wanted]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in wanted.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_metadata(source: str | os.PathLike[str] | Any) -> dict[str, Any]:
+    """The ``resnetkit.*`` metadata of an ONNX file or proto: prefix removed, JSON decoded.
+
+    Raises:
+        CheckpointError: the file cannot be read as ONNX.
+    """
+    proto = load_proto(source) if isinstance(source, (str, os.PathLike)) else source
+    out: dict[str, Any] = {}
+    for prop in proto.metadata_props:
+        key = prop.key.removeprefix(METADATA_PREFIX)
+        if key != prop.key:
+            try:
+                out[key] = json.loads(prop.value)
+            except json.JSONDecodeError:
+                out[key] = prop.value
+    return out
+
+
+def card_metadata(card: ModelCard) -> dict[str, Any]:
+    """The metadata entries that carry a model card into an ONNX file."""
+    data = card.to_dict()
+    return {k: data[k] for k in _CARD_KEYS}
+
+
+def card_from_metadata(metadata: Mapping[str, Any], *, source: str) -> ModelCard:
+    """The model card an ONNX file carries.
+
+    Raises:
+        CheckpointError: the file has no resnetkit metadata, or it is malformed.
+    """
+    if "arch" not in metadata or "preprocessing" not in metadata:
+        raise CheckpointError(
+            f"{source} has no resnetkit metadata (arch, labels, preprocessing): it was not "
+            "exported by resnetkit; export the model with `resnetkit export`, or register the "
+            "run directory it came from"
+        )
+    return ModelCard.from_dict({k: metadata[k] for k in _CARD_KEYS if k in metadata}, source=source)
+
+
+def _providers(ort: Any, device: str) -> list[str]:
+    kind = device.split(":")[0]
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    if kind != "cuda":
+        raise ConfigError(f"ONNX Runtime runs on cpu or cuda, not {device!r}")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    warnings.warn(
+        "device cuda asked for, but this onnxruntime has no CUDAExecutionProvider "
+        "(install onnxruntime-gpu); running on the CPU",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return ["CPUExecutionProvider"]
+
+
+def ort_session(
+    path: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    device: str = "cpu",
+    spinning: bool = True,
+) -> Any:
+    """An ONNX Runtime session with explicit threads and full graph optimisation.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads (default: the CPUs this process may use); inter-op is 1,
+            the graph runs sequentially. Several sessions in one process each get their own
+            pool, so give each its share of the cores.
+        device: ``cpu`` or ``cuda`` (the CUDA provider when this onnxruntime has it;
+            otherwise a warning and the CPU).
+        spinning: let idle intra-op threads spin for the next call (lower latency for a
+            busy benchmark; turn it off in a server where other threads need the cores).
+
+    Raises:
+        ConfigError: ``threads`` below 1 or an unknown device.
+        CheckpointError: ONNX Runtime cannot load the file.
+    """
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    ort = import_ort()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: no "WARNING:root" lines in command output
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = _providers(ort, device)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise CheckpointError(f"ONNX Runtime cannot load {path}: {exc}") from exc
