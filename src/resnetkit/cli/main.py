@@ -35,6 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("compress", "remove filters structurally, then fine-tune"),
     "distill": ("compress", "train a small student from a teacher's outputs"),
     "tradeoff": ("compress", "accuracy, size and speed of a model's variants"),
+    "drift": ("drift", "compare data with a model's training-time reference"),
+    "explain": ("explain", "Grad-CAM heat maps of a model's decisions"),
+    "monitor": ("monitor", "SLO alert rules and Grafana dashboards"),
 }
 #: Command → module, for callers that only need the module.
 COMMAND_GROUPS: dict[str, str] = {name: module for name, (module, _) in COMMANDS.items()}

@@ -1,0 +1,129 @@
+"""``resnetkit drift --model REF --data D``: is this data what the model was trained on?
+
+Compares a sample of ``D`` with the model's training-time reference (embeddings and softmax
+outputs of held-out training images, ``drift_reference.safetensors``) through the four
+detectors of :mod:`resnetkit.monitor.drift`, writes ``drift.json`` and ``drift.png``, and
+prints ``drift detected`` or ``no drift`` with the evidence. Exit status 0 either way; 1 only
+on an error. ``--make-reference`` builds a reference from ``D`` for a model without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from safetensors.torch import save_file
+
+from resnetkit.cli.common import add_registry_flag, check_at_least, print_json, status
+from resnetkit.contract import DRIFT_REFERENCE, write_json
+from resnetkit.errors import DriftError
+from resnetkit.export import LoadedModel, load_model_ref
+from resnetkit.fileio import atomic_write, check_output_dir
+
+DRIFT_JSON = "drift.json"
+DRIFT_PNG = "drift.png"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``drift``."""
+    p = subparsers.add_parser(
+        "drift",
+        help="compare data with a model's training-time reference: drift or not",
+        description="Run the drift detectors on a sample of a dataset against the model's "
+        "reference; write drift.json and drift.png. Exit 0 whatever the verdict.",
+    )
+    p.add_argument("--model", required=True, metavar="REF", help="run dir, .onnx or name@alias")
+    add_registry_flag(p)
+    p.add_argument("--data", required=True, help="dataset name (fashion-mnist, mnist) or folder")
+    p.add_argument("--split", default="test", choices=("test", "train"))
+    p.add_argument("--sample", type=int, default=1000, help="images drawn from the split")
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn; the tests' seed")
+    p.add_argument("--reference", type=Path, help="a reference file other than the model's")
+    p.add_argument(
+        "--make-reference",
+        action="store_true",
+        help="build a reference from --data (its train split) instead of testing",
+    )
+    p.add_argument("--out", type=Path, default=Path("drift-report"), help="output folder")
+    p.add_argument("--json", action="store_true", help="print drift.json to stdout")
+    p.set_defaults(func=run_drift)
+
+
+def _sample(loaded: LoadedModel, args: argparse.Namespace, split: str) -> torch.Tensor:
+    data = loaded.dataset(split, data=args.data)
+    if len(data) > args.sample:
+        gen = torch.Generator().manual_seed(args.seed)
+        index = torch.randperm(len(data), generator=gen)[: args.sample]
+        return data.images[index]
+    return data.images
+
+
+def _make_reference(loaded: LoadedModel, args: argparse.Namespace) -> int:
+    images = _sample(loaded, args, "train")
+    with status(f"embedding {len(images)} training images"):
+        embeddings, probabilities = loaded.embed(images)
+    target = args.out / DRIFT_REFERENCE
+    tensors = {
+        "embeddings": embeddings.contiguous(),
+        "probabilities": probabilities.contiguous(),
+        "labels": torch.full((len(images),), -1, dtype=torch.int64),  # unknown here
+    }
+    atomic_write(target, lambda p: save_file(tensors, str(p)))
+    print(f"wrote {target} ({len(images)} images of {args.data}); use it with --reference")
+    return 0
+
+
+def run_drift(args: argparse.Namespace) -> int:
+    """``resnetkit drift``: a verdict with its evidence, or a new reference."""
+    from resnetkit.monitor.drift import DriftReference
+    from resnetkit.monitor.drift_plots import plot_drift
+
+    check_at_least("--sample", args.sample, 20)
+    check_output_dir(args.out, what="--out")
+    loaded = load_model_ref(args.model, registry=args.registry)
+    if args.make_reference:
+        return _make_reference(loaded, args)
+    path = args.reference or loaded.drift_reference
+    if path is None:
+        raise DriftError(
+            f"{loaded.identity.label} has no drift reference (runs trained before references "
+            "existed, and .onnx files, have none); build one with `resnetkit drift --model "
+            f"{args.model} --data DATA --make-reference`, then pass --reference"
+        )
+    reference = DriftReference.from_file(path)
+    images = _sample(loaded, args, args.split)
+    with status(f"embedding {len(images)} images of {args.data}"):
+        embeddings, probabilities = loaded.embed(images)
+    report = reference.evaluate(embeddings.numpy(), probabilities.numpy(), seed=args.seed)
+    result = {**report.to_dict(), "model": loaded.identity.label, "data": args.data}
+    write_json(args.out / DRIFT_JSON, result)
+    plot_drift(
+        reference, embeddings.numpy(), probabilities.numpy(), report, args.out / DRIFT_PNG,
+        class_names=loaded.labels or None,
+    )  # fmt: skip
+    if args.json:
+        print_json(result)
+        return 0
+    console = Console()
+    console.print(_table(report))
+    verdict = "[bold red]drift detected[/]" if report.drift_detected else "[bold green]no drift[/]"
+    console.print(
+        f"{verdict}: {args.data} ({args.split}, {len(images)} images) against "
+        f"{loaded.identity.label}'s reference ({report.reference_size} images), "
+        f"alpha {report.alpha:g} with Holm's correction"
+    )
+    console.print(f"wrote {args.out / DRIFT_JSON} and {args.out / DRIFT_PNG}")
+    return 0
+
+
+def _table(report: Any) -> Table:
+    table = Table(title="drift detectors")
+    for col in ("detector", "statistic", "p-value", "drift"):
+        table.add_column(col, justify="left" if col == "detector" else "right")
+    for r in report.results:
+        table.add_row(r.name, f"{r.statistic:.4g}", f"{r.p_value:.3g}", "yes" if r.drift else "no")
+    return table
