@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("compress", "remove filters structurally, then fine-tune"),
     "distill": ("compress", "train a small student from a teacher's outputs"),
     "tradeoff": ("compress", "accuracy, size and speed of a model's variants"),
+    "serve": ("serve", "serve models over HTTP: predict, KServe V2, metrics"),
+    "rollout": ("rollout", "canary rollouts: start, watch, promote, abort"),
     "drift": ("drift", "compare data with a model's training-time reference"),
     "explain": ("explain", "Grad-CAM heat maps of a model's decisions"),
     "monitor": ("monitor", "SLO alert rules and Grafana dashboards"),

@@ -112,6 +112,61 @@ alias_events = sa.Table(
     sa.Index("ix_alias_events_model_alias", "model_id", "alias"),
 )
 
+# Canary rollouts: their state, what each replica measured, who runs the analysis, and the
+# audit log of every step, promotion and rollback. Replicas agree through these tables.
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("registered_models.id"), nullable=False),
+    sa.Column("stable_version", sa.Integer, nullable=False),
+    sa.Column("canary_version", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("canary_weight", sa.Float, nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("checks", sa.Text, nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+    sa.Column("step_started_at", sa.String(40), nullable=False),
+    sa.Column("finished_at", sa.String(40)),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Index("ix_rollouts_model_state", "model_id", "state"),
+)
+
+rollout_events = sa.Table(
+    "rollout_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("rollout_id", sa.Integer, sa.ForeignKey("rollouts.id"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Index("ix_rollout_events_rollout", "rollout_id"),
+)
+
+rollout_stats = sa.Table(
+    "rollout_stats",
+    metadata,
+    sa.Column("rollout_id", sa.Integer, sa.ForeignKey("rollouts.id"), primary_key=True),
+    sa.Column("replica", sa.String(200), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+rollout_leases = sa.Table(
+    "rollout_leases",
+    metadata,
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("registered_models.id"), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
 _V1_TABLES = (schema_table, settings, registered_models, versions, version_artifacts, aliases)
 
 
@@ -125,8 +180,12 @@ def _v2_alias_audit(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX ix_version_artifacts_digest ON version_artifacts (digest)"))
 
 
+def _v3_rollouts(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[rollouts, rollout_events, rollout_stats, rollout_leases])
+
+
 #: Migration N brings a store from schema N-1 to N. Append; never edit a released one.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_core, _v2_alias_audit)
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_core, _v2_alias_audit, _v3_rollouts)
 LATEST_SCHEMA_VERSION = len(MIGRATIONS)
 
 

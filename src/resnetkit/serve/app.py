@@ -1,0 +1,372 @@
+"""The ASGI application: resnetkit's routes over the model pool, FastAPI under uvicorn.
+
+Routes (the OpenAPI document at ``/openapi.json`` lists them all):
+
+* ``POST /v1/models/{name}/predict`` and ``POST /v1/predict`` (one served model): one image as
+  the body (``image/jpeg|png|webp|bmp``) or as the ``file`` field of a form; top-``k`` labels.
+* KServe V2 / Open Inference Protocol: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
+  ``GET /v2/models/{name}[/versions/{v}]``, ``.../ready``, ``POST .../infer`` (JSON or the
+  binary tensor extension), via :mod:`resnetkit.serve.protocol_v2`.
+* ``GET /metrics`` (Prometheus), ``/healthz`` (the process answers), ``/readyz`` (every model
+  loaded and warmed up).
+* Management, bearer token required (:mod:`resnetkit.serve.auth`): ``GET/POST
+  /v1/admin/models``, ``DELETE /v1/admin/models/{name}[/versions/{v}]``.
+
+Decoding and preprocessing run in a thread pool (Pillow releases the GIL), forward passes on
+the pool's inference thread through each model's batcher; the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from resnetkit import __version__
+from resnetkit.errors import DeadlineExceeded, InvalidInput, QueueFull, ResNetKitError
+from resnetkit.serve import protocol_v2 as v2
+from resnetkit.serve.http import AccessLog, error_response, read_json
+from resnetkit.serve.inference import (
+    alias_history,
+    explain_image,
+    infer,
+    predict_image,
+    v2_metadata,
+)
+from resnetkit.serve.metrics import ServerMetrics
+from resnetkit.serve.pool import ModelPool
+from resnetkit.serve.rollout_api import add_rollout_routes
+from resnetkit.serve.state import HttpSettings, ServerState
+
+__all__ = ["HttpSettings", "ServerState", "create_app"]  # the state is re-exported
+
+log = logging.getLogger("resnetkit.serve")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+_IMAGE_BODY = {
+    "content": {
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+    },
+    "required": True,
+}
+_V2_BODY = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["inputs"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "inputs": {"type": "array", "items": {"type": "object"}},
+                    "outputs": {"type": "array", "items": {"type": "object"}},
+                    "parameters": {"type": "object"},
+                },
+            }
+        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+    "required": True,
+}
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The FastAPI application serving ``state``'s pool."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_load_initial(state))
+        following = asyncio.create_task(state.router.run()) if state.router else None
+        try:
+            yield
+        finally:
+            for task in (loading, following, *state.background):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            if state.router is not None:
+                await asyncio.to_thread(state.router.close)
+            await state.pool.close()
+            if state.predlog is not None:
+                state.predlog.close()
+            if state.decode_pool is not None:
+                state.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="resnetkit",
+        version=__version__,
+        lifespan=lifespan,
+        description="ResNet inference: image predictions, the KServe V2 protocol, metrics.",
+    )
+    _add_error_handlers(app, state.metrics)
+    _add_health_routes(app, state)
+    _add_v1_routes(app, state)
+    _add_v2_routes(app, state)
+    _add_admin_routes(app, state)
+    add_rollout_routes(app, state)
+    _add_dashboard(app)
+    app.add_middleware(AccessLog, metrics=state.metrics)
+    return app
+
+
+def _add_dashboard(app: FastAPI) -> None:
+    """The web dashboard: static files shipped in the package, no build step."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+async def _load_initial(state: ServerState) -> None:
+    for ref in state.initial_refs:
+        try:
+            await state.pool.load(ref)
+        except ResNetKitError as exc:
+            state.failed = f"cannot serve {ref}: {exc}"
+            log.error(state.failed)
+            if state.on_startup_failure is not None:
+                state.on_startup_failure(state.failed)
+            return
+    cold_start = time.monotonic() - state.started_monotonic
+    state.metrics.set_cold_start(cold_start)
+    log.info("ready: %d model(s), cold start %.2f s", len(state.pool.all()), cold_start)
+
+
+_REJECTIONS = (
+    (QueueFull, "queue_full"),
+    (DeadlineExceeded, "deadline"),
+    (InvalidInput, "invalid"),
+)
+
+
+def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
+    @app.exception_handler(ResNetKitError)
+    async def _known(request: Request, exc: ResNetKitError) -> JSONResponse:
+        model, version = (
+            getattr(request.state, "model", None),
+            getattr(request.state, "version", None),
+        )
+        reason = next((r for cls, r in _REJECTIONS if isinstance(exc, cls)), None)
+        if model is not None and version is not None and reason is not None:
+            metrics.observe_rejection(model, version, reason)
+        response = error_response(exc)
+        if response.status_code == 500:  # not backpressure (503) or deadlines (504): metrics
+            log.warning("request failed: %s", exc)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(InvalidInput(f"{where}: {first.get('msg', 'invalid request')}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette re-raises it after this answer, and uvicorn logs the traceback once.
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+def _add_health_routes(app: FastAPI, state: ServerState) -> None:
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive and answering."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """Every model loaded and warmed up (503 otherwise)."""
+        ready = state.pool.ready
+        body: dict[str, Any] = {"ready": ready, "models": _model_states(state)}
+        if state.failed:
+            body["error"] = state.failed
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (text format, or OpenMetrics when asked for)."""
+        body, content_type = state.metrics.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+
+def _model_states(state: ServerState) -> list[dict[str, Any]]:
+    return [
+        {"name": s.name, "version": s.version, "ready": s.ready, "backend": s.backend.name}
+        for s in state.pool.all()
+    ]
+
+
+# -- /v1: images --------------------------------------------------------------------------
+
+
+def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
+    k_query = Query(5, ge=1, le=state.http.max_top_k, description="how many classes to return")
+
+    @app.post("/v1/models/{name}/predict", tags=["v1"], openapi_extra={"requestBody": _IMAGE_BODY})
+    async def predict(request: Request, name: str, k: int = k_query) -> JSONResponse:
+        """Classify one image: the top-``k`` labels with their probabilities."""
+        return await predict_image(request, state, name, k)
+
+    @app.post("/v1/predict", tags=["v1"], openapi_extra={"requestBody": _IMAGE_BODY})
+    async def predict_only(request: Request, k: int = k_query) -> JSONResponse:
+        """Classify one image with the one served model."""
+        return await predict_image(request, state, None, k)
+
+    @app.post("/v1/models/{name}/explain", tags=["v1"], openapi_extra={"requestBody": _IMAGE_BODY})
+    async def explain(
+        request: Request,
+        name: str,
+        format: str = Query("png", pattern="^(png|json)$"),
+        target: int | None = Query(None, alias="class", ge=0, description="class to explain"),
+        stage: str | None = Query(None, max_length=64, description="stage, e.g. layer3"),
+        method: str = Query("gradcam", pattern="^(gradcam|gradcam\\+\\+)$"),
+    ) -> Response:
+        """Grad-CAM of one image: the heat map over the image (PNG), or JSON with the map."""
+        served = state.pool.get(name)
+        return await explain_image(request, state, served, format, target, stage, method)
+
+    @app.get("/v1/models", tags=["v1"])
+    async def models() -> dict[str, Any]:
+        """The served models and versions (read-only)."""
+        return {"models": [s.describe() for s in state.pool.all()]}
+
+    @app.get("/v1/stats", tags=["v1"])
+    async def stats() -> dict[str, Any]:
+        """Counters and latency buckets per version, for the dashboard (read-only)."""
+        return dict(state.metrics.snapshot())
+
+    @app.get("/v1/models/{name}/history", tags=["v1"])
+    async def history(name: str) -> dict[str, Any]:
+        """The registry's alias history of a served registry model (read-only)."""
+        served = state.pool.get(name)
+        return {"name": name, "events": await asyncio.to_thread(alias_history, state, served)}
+
+
+def _add_v2_routes(app: FastAPI, state: ServerState) -> None:
+    pool = state.pool
+
+    @app.get("/v2", tags=["v2"])
+    async def server_metadata() -> dict[str, Any]:
+        """Server name, version and protocol extensions."""
+        return v2.server_metadata(version=__version__)
+
+    @app.get("/v2/health/live", tags=["v2"])
+    async def live() -> dict[str, bool]:
+        """The server is alive."""
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["v2"])
+    async def ready() -> JSONResponse:
+        """Every model is ready (400 otherwise, as the protocol's 4xx means false)."""
+        ok = pool.ready
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 400)
+
+    @app.get("/v2/models/{name}", tags=["v2"])
+    async def metadata(request: Request, name: str) -> dict[str, Any]:
+        """Inputs and outputs of a model, with its loaded versions."""
+        pool.get(name)
+        return v2_metadata(list(pool.models[name].values()))
+
+    @app.get("/v2/models/{name}/versions/{version}", tags=["v2"])
+    async def version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
+        """Inputs and outputs of one version."""
+        return v2_metadata([pool.get(name, version)])
+
+    @app.get("/v2/models/{name}/ready", tags=["v2"])
+    async def model_ready(name: str) -> JSONResponse:
+        """The model is loaded and warmed up (400 while not)."""
+        return _ready_answer(pool, name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"])
+    async def version_ready(name: str, version: str) -> JSONResponse:
+        """The version is loaded and warmed up (400 while not)."""
+        return _ready_answer(pool, name, version)
+
+    @app.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra={"requestBody": _V2_BODY})
+    async def v2_infer(request: Request, name: str) -> Response:
+        """Inference: FP32 normalised NCHW or UINT8 NHWC pixels; JSON or binary tensors."""
+        return await infer(request, state, name, None)
+
+    @app.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        tags=["v2"],
+        openapi_extra={"requestBody": _V2_BODY},
+    )
+    async def v2_infer_version(request: Request, name: str, version: str) -> Response:
+        """Inference on one version."""
+        return await infer(request, state, name, version)
+
+
+def _ready_answer(pool: ModelPool, name: str, version: str | None) -> JSONResponse:
+    versions = pool.models.get(name, {})
+    if not versions or (version is not None and version not in versions):
+        pool.get(name, version)  # raises ModelNotServed with what is served
+    served = versions[version] if version is not None else next(iter(versions.values()))
+    return JSONResponse(
+        {"name": name, "version": served.version, "ready": served.ready},
+        status_code=200 if served.ready else 400,
+    )
+
+
+# -- management ---------------------------------------------------------------------------
+
+
+def _add_admin_routes(app: FastAPI, state: ServerState) -> None:
+    def authorize(request: Request) -> None:
+        state.auth.check(request.headers.get("authorization"))
+
+    @app.get("/v1/admin/models", tags=["admin"])
+    async def list_models(request: Request) -> dict[str, Any]:
+        """Every loaded version, with its backend and state (token required)."""
+        authorize(request)
+        return {"models": [s.describe() for s in state.pool.all()]}
+
+    @app.post("/v1/admin/models", tags=["admin"], status_code=201)
+    async def load_model(request: Request) -> dict[str, Any]:
+        """Load a version: ``{"ref": "fashion:3", "name": "optional"}`` (token required)."""
+        authorize(request)
+        payload = await read_json(request, state.http.max_body_bytes)
+        ref, name = payload.get("ref"), payload.get("name")
+        if not isinstance(ref, str) or not ref:
+            raise InvalidInput('body needs "ref": a registry reference or a path on the server')
+        if name is not None and not isinstance(name, str):
+            raise InvalidInput('"name" must be a string')
+        served = await state.pool.load(ref, name=name)
+        return served.describe()
+
+    @app.delete("/v1/admin/models/{name}", tags=["admin"])
+    async def unload_model(request: Request, name: str) -> dict[str, Any]:
+        """Unload every version of a model (token required)."""
+        authorize(request)
+        gone = await state.pool.unload(name)
+        return {"unloaded": [{"name": s.name, "version": s.version} for s in gone]}
+
+    @app.delete("/v1/admin/models/{name}/versions/{version}", tags=["admin"])
+    async def unload_version(request: Request, name: str, version: str) -> dict[str, Any]:
+        """Unload one version (token required)."""
+        authorize(request)
+        gone = await state.pool.unload(name, version)
+        return {"unloaded": [{"name": s.name, "version": s.version} for s in gone]}

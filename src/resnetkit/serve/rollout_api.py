@@ -1,0 +1,129 @@
+"""Routes for rollouts, feedback and fault injection.
+
+Read-only (no token): ``GET /v1/rollouts`` (the latest rollout of every served registry
+model, for the dashboard) and ``GET /v1/rollouts/{name}`` (with its audit log);
+``POST /v1/feedback`` (``{"request_id", "label"}``: the true label of an answered request).
+Management (bearer token): ``POST /v1/admin/rollouts`` (start), ``POST
+/v1/admin/rollouts/{name}/promote|abort``, ``PUT|DELETE /v1/admin/faults/{name}/{version}``
+(inject latency or errors into one version: chaos testing, and how the rollback tests make
+a bad canary).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from resnetkit.errors import InvalidInput, ModelNotServed
+from resnetkit.serve.http import read_json
+from resnetkit.serve.rollout import RolloutConfig
+from resnetkit.serve.router import Fault, RolloutController
+from resnetkit.serve.state import ServerState
+
+__all__ = ["add_rollout_routes"]
+
+_START_KEYS = ("model", "canary", "actor")
+
+
+def _canary_version(name: str, canary: Any) -> int:
+    """``3`` or ``"fashion:3"`` (the name must match) to a version number."""
+    text = str(canary)
+    if ":" in text:
+        model, _, text = text.partition(":")
+        if model != name:
+            raise InvalidInput(f"canary {canary!r} is a version of {model!r}, not of {name!r}")
+    if isinstance(canary, bool) or not text.isdigit() or int(text) < 1:
+        raise InvalidInput(f'"canary" must be a version number or "{name}:N", got {canary!r}')
+    return int(text)
+
+
+def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
+    """Register the rollout, feedback and fault routes."""
+
+    def controller() -> RolloutController:
+        if state.router is None:
+            raise ModelNotServed("this server was started without rollouts")
+        return state.router
+
+    def authorize(request: Request) -> str:
+        state.auth.check(request.headers.get("authorization"))
+        return "admin-api"
+
+    @app.get("/v1/rollouts", tags=["rollouts"])
+    async def rollouts() -> dict[str, Any]:
+        """The latest rollout of every served registry model (read-only)."""
+        found = []
+        for name in list(state.pool.models):
+            if any(s.loaded.identity.version is not None for s in state.pool.models[name].values()):
+                try:
+                    found.append(await controller().describe(name))
+                except ModelNotServed:
+                    continue
+        return {"rollouts": [{k: v for k, v in r.items() if k != "events"} for r in found]}
+
+    @app.get("/v1/rollouts/{name}", tags=["rollouts"])
+    async def rollout(name: str) -> dict[str, Any]:
+        """The latest rollout of ``name`` with its audit log (read-only)."""
+        state.pool.get(name)
+        return await controller().describe(name)
+
+    @app.post("/v1/admin/rollouts", tags=["rollouts"], status_code=201)
+    async def start(request: Request) -> dict[str, Any]:
+        """Start a rollout: ``{"model", "canary": V, ...rollout file keys}`` (token required)."""
+        actor = authorize(request)
+        payload = await read_json(request, state.http.max_body_bytes)
+        name = payload.get("model")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput('"model" must name a served model')
+        cfg = RolloutConfig.from_mapping({k: v for k, v in payload.items() if k not in _START_KEYS})
+        who = str(payload.get("actor") or actor)[:200]
+        record = await controller().start(
+            name, _canary_version(name, payload.get("canary")), cfg, who
+        )
+        return await controller().describe(record.name)
+
+    @app.post("/v1/admin/rollouts/{name}/promote", tags=["rollouts"])
+    async def promote(request: Request, name: str) -> dict[str, Any]:
+        """Promote the canary now (token required)."""
+        authorize(request)
+        await controller().decide(name, "promoted", "admin-api")
+        return await controller().describe(name)
+
+    @app.post("/v1/admin/rollouts/{name}/abort", tags=["rollouts"])
+    async def abort(request: Request, name: str) -> dict[str, Any]:
+        """Stop the rollout and send every request to stable (token required)."""
+        authorize(request)
+        await controller().decide(name, "aborted", "admin-api")
+        return await controller().describe(name)
+
+    @app.post("/v1/feedback", tags=["rollouts"])
+    async def feedback(request: Request) -> dict[str, Any]:
+        """The true label of an answered request: ``{"request_id", "label"}``."""
+        payload = await read_json(request, state.http.max_body_bytes)
+        rid, label = payload.get("request_id"), payload.get("label")
+        if not isinstance(rid, str) or not isinstance(label, (str, int)):
+            raise InvalidInput('body needs "request_id" (string) and "label" (index or name)')
+        return controller().feedback(rid, label)
+
+    @app.put("/v1/admin/faults/{name}/{version}", tags=["admin"])
+    async def inject(request: Request, name: str, version: str) -> dict[str, Any]:
+        """Inject ``{"delay_ms", "error_rate"}`` into one version (token required)."""
+        authorize(request)
+        payload = await read_json(request, state.http.max_body_bytes)
+        served = state.pool.get(name, version)
+        try:
+            served.fault = Fault(
+                delay_ms=float(payload.get("delay_ms", 0)),
+                error_rate=float(payload.get("error_rate", 0)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"delay_ms and error_rate must be numbers: {exc}") from exc
+        return {"model": name, "version": version, "fault": vars(served.fault)}
+
+    @app.delete("/v1/admin/faults/{name}/{version}", tags=["admin"])
+    async def clear(request: Request, name: str, version: str) -> dict[str, Any]:
+        """Remove an injected fault (token required)."""
+        authorize(request)
+        state.pool.get(name, version).fault = None
+        return {"model": name, "version": version, "fault": None}

@@ -1,0 +1,529 @@
+"""Canary rollouts inside the server: routing, measurement, and the analysis loop.
+
+The rollout itself lives in the registry database (:mod:`resnetkit.registry.rollouts`), so
+every replica sharing the registry follows the same one. Each replica, every ``poll_s``:
+
+1. reads the model's latest rollout; loads the canary version if it is not loaded yet (a
+   canary that cannot be loaded rolls the rollout back, with the reason);
+2. routes by the recorded canary weight (sticky by a request header if configured), or in
+   shadow mode runs every request on both versions and answers from stable; in split mode a
+   share of stable's requests is mirrored to the canary, in the background, to compare them;
+3. writes what it measured in this step to the database;
+4. takes the analysis lease if it is free; the holder analyses every ``interval_s`` and moves
+   the rollout on: next step, promotion (the alias moves, in the same transaction, with the
+   analysis summary as its reason) or rollback (weight 0, alias unchanged, the failed checks
+   and their values in the rollout's audit log).
+
+A finished rollout is applied everywhere: after promotion the canary is the default version
+and the old stable is unloaded; after a rollback or an abort the canary is unloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from resnetkit.errors import InvalidInput, ModelNotServed, RegistryError, ResNetKitError
+from resnetkit.registry import RegistryStore, open_registry
+from resnetkit.registry import rollouts as db
+from resnetkit.serve.metrics import ServerMetrics
+from resnetkit.serve.pool import ModelPool, ServedModel
+from resnetkit.serve.rollout import RolloutConfig, StepStats, Verdict, analyse
+
+__all__ = ["Fault", "RolloutController", "Route"]
+
+log = logging.getLogger("resnetkit.serve")
+
+_FEEDBACK_MEMORY = 50_000  # requests remembered for POST /v1/feedback
+
+
+@dataclasses.dataclass
+class Fault:
+    """Injected faults of one served version (chaos testing, set by the admin API)."""
+
+    delay_ms: float = 0.0
+    error_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.delay_ms < 0 or not 0 <= self.error_rate <= 1:
+            raise InvalidInput("fault: delay_ms must be >= 0 and error_rate in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where a request goes: the version that answers, its role, and a version that runs the
+    same request in the background (shadow mode, or a mirrored sample), for comparison."""
+
+    primary: ServedModel
+    role: str | None = None  # "stable" or "canary" while a rollout runs
+    shadow: ServedModel | None = None
+
+    @property
+    def shadow_role(self) -> str:
+        """The role of the shadow: the other one."""
+        return "stable" if self.role == "canary" else "canary"
+
+
+@dataclasses.dataclass
+class _Answered:
+    """What a request got, kept for its feedback: model, versions and top-1 per role."""
+
+    name: str
+    versions: dict[str, str]  # role ("stable", "canary" or "served") -> version
+    top1: dict[str, int]
+    rollout: tuple[int, int] | None  # (rollout id, step) when it was part of a rollout
+
+
+def _utc(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class RolloutController:
+    """Routes requests during rollouts and drives them; one per server process."""
+
+    def __init__(
+        self,
+        pool: ModelPool,
+        metrics: ServerMetrics,
+        *,
+        registry: str | None,
+        poll_s: float = 1.0,
+        replica: str | None = None,
+        drain_s: float = 5.0,
+    ) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.registry = registry
+        self.poll_s = poll_s
+        self.drain_s = drain_s  # a version leaving service gets this long for its requests
+        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.records: dict[str, db.RolloutRecord] = {}
+        self._stats: dict[str, tuple[int, int, StepStats]] = {}
+        self._baseline: dict[tuple[int, int], StepStats] = {}
+        self._last_analysis: dict[int, float] = {}
+        self._applied: set[int] = set()
+        self._loading: set[str] = set()
+        self._answered: collections.OrderedDict[str, _Answered] = collections.OrderedDict()
+        self._store: RegistryStore | None = None
+        self._rng = random.Random()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- the registry ---------------------------------------------------------------------
+
+    def store(self) -> RegistryStore:
+        """The registry (opened once, on first use)."""
+        if self._store is None:
+            self._store = open_registry(self.registry, create=False)
+        return self._store
+
+    def close(self) -> None:
+        """Give back every lease this replica holds and close the registry."""
+        if self._store is None:
+            return
+        for name in self.records:
+            with contextlib.suppress(ResNetKitError):
+                db.release_lease(self._store, name, self.replica)
+        self._store.close()
+
+    # -- routing and measurement ----------------------------------------------------------
+
+    def config(self, record: db.RolloutRecord) -> RolloutConfig:
+        """The rollout's settings."""
+        return RolloutConfig.from_mapping(record.config)
+
+    def route(self, name: str, headers: Mapping[str, str]) -> Route:
+        """Where a request for ``name`` goes now.
+
+        Raises:
+            ModelNotServed, NotReady: as :meth:`ModelPool.get`.
+        """
+        stable = self.pool.get(name)
+        record = self.records.get(name)
+        if record is None or not record.active:
+            return Route(stable)
+        canary = self.pool.models.get(name, {}).get(str(record.canary_version))
+        if canary is None or not canary.ready or canary is stable:
+            return Route(stable, "stable")
+        cfg = self.config(record)
+        if cfg.shadow:
+            return Route(stable, "stable", canary)
+        sticky = headers.get(cfg.sticky_header) if cfg.sticky_header else None
+        if sticky:
+            digest = hashlib.sha256(f"{record.id}:{sticky}".encode()).digest()
+            share = int.from_bytes(digest[:8], "big") / 2**64
+        else:
+            share = self._rng.random()
+        # A share of each version's requests also runs on the other one, in the background:
+        # both versions are measured and compared at every step, 100% included.
+        mirrored = self._rng.random() < cfg.mirror_fraction
+        if share < record.canary_weight / 100:
+            return Route(canary, "canary", stable if mirrored else None)
+        return Route(stable, "stable", canary if mirrored else None)
+
+    def _step_stats(self, name: str) -> tuple[db.RolloutRecord, StepStats] | None:
+        record = self.records.get(name)
+        if record is None or not record.active:
+            return None
+        rid, step, stats = self._stats.get(name, (-1, -1, StepStats()))
+        if (rid, step) != (record.id, record.step):
+            stats = StepStats()
+            self._stats[name] = (record.id, record.step, stats)
+        return record, stats
+
+    def record(
+        self, name: str, role: str | None, ok: bool, latency_s: float, confidence: float | None
+    ) -> None:
+        """Count one answer (or failure) of a version in the current step."""
+        current = self._step_stats(name)
+        if role is None or current is None:
+            return
+        current[1].role(role).record(ok, latency_s, confidence)
+
+    def compare(self, name: str, stable_top1: int, canary_top1: int) -> None:
+        """Count whether both versions gave the same top-1 on one request."""
+        current = self._step_stats(name)
+        if current is not None:
+            current[1].compared += 1
+            current[1].agree += int(stable_top1 == canary_top1)
+
+    def remember(
+        self, request_id: str, name: str, role: str | None, version: str, top1: int
+    ) -> None:
+        """Keep what a request got, for a later ``POST /v1/feedback``."""
+        record = self.records.get(name)
+        answered = self._answered.get(request_id)
+        if answered is None:
+            rollout = (record.id, record.step) if record is not None and record.active else None
+            answered = _Answered(name, {}, {}, rollout)
+            self._answered[request_id] = answered
+            while len(self._answered) > _FEEDBACK_MEMORY:
+                self._answered.popitem(last=False)
+        key = role or "served"
+        answered.versions[key], answered.top1[key] = version, top1
+
+    def feedback(self, request_id: str, label: str | int) -> dict[str, Any]:
+        """Score the versions that answered ``request_id`` against the true ``label``.
+
+        Raises:
+            InvalidInput: an unknown request id or label.
+        """
+        answered = self._answered.get(request_id)
+        if answered is None:
+            raise InvalidInput(
+                f"request id {request_id[:64]!r} is unknown here: it is older than the last "
+                f"{_FEEDBACK_MEMORY:,} requests, or another replica answered it"
+            )
+        served = self.pool.get(answered.name)
+        index = _label_index(label, served.labels)
+        current = self._step_stats(answered.name)
+        scores = {}
+        for role, top1 in answered.top1.items():
+            correct = top1 == index
+            scores[role] = correct
+            self.metrics.observe_feedback(answered.name, answered.versions[role], correct)
+            in_step = current is not None and answered.rollout == (current[0].id, current[0].step)
+            if in_step and role in ("stable", "canary"):
+                stats = current[1].role(role)  # type: ignore[index]
+                stats.feedback_total += 1
+                stats.feedback_correct += int(correct)
+        return {"request_id": request_id, "label": index, "correct": scores}
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow every served registry model's rollout until cancelled."""
+        while True:
+            try:
+                for name in list(self.pool.models):
+                    await self.sync(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive a database hiccup
+                log.exception("rollout sync failed; retrying")
+            await asyncio.sleep(self.poll_s)
+
+    async def sync(self, name: str) -> None:
+        """One round for ``name``: read the rollout, apply it, measure, maybe analyse."""
+        served = self.pool.models.get(name, {}).values()
+        if not any(s.loaded.identity.version is not None for s in served):
+            return  # served from a file: no registry, no rollouts
+        try:
+            record = await asyncio.to_thread(db.latest_rollout, self.store(), name)
+        except RegistryError:
+            return
+        if record is None:
+            return
+        self.records[name] = record
+        if not record.active:
+            await self._apply_outcome(name, record)
+            return
+        self.metrics.set_rollout(name, canary_weight=record.canary_weight / 100, step=record.step)
+        if not await self._ensure_canary(name, record):
+            return
+        current = self._step_stats(name)
+        if current is not None:
+            await asyncio.to_thread(
+                db.write_stats, self.store(), record.id, self.replica, record.step,
+                current[1].to_dict(),
+            )  # fmt: skip
+        cfg = self.config(record)
+        leader = await asyncio.to_thread(
+            db.acquire_lease, self.store(), name, self.replica, 1.5 * cfg.interval_s
+        )
+        if leader:
+            await self._maybe_analyse(name, record, cfg)
+
+    async def _ensure_canary(self, name: str, record: db.RolloutRecord) -> bool:
+        """True once the canary version is loaded; starts loading it otherwise."""
+        version = str(record.canary_version)
+        served = self.pool.models.get(name, {}).get(version)
+        if served is not None:
+            return served.ready
+        key = f"{name}:{version}"
+        if key not in self._loading:
+            self._loading.add(key)
+            task = asyncio.get_running_loop().create_task(self._load_canary(name, record))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return False
+
+    async def _load_canary(self, name: str, record: db.RolloutRecord) -> None:
+        key = f"{name}:{record.canary_version}"
+        try:
+            await self.pool.load(key, name=name)
+        except ResNetKitError as exc:
+            log.error("rollout of %s: the canary %s cannot be loaded: %s", name, key, exc)
+            await self._finish(
+                name, record, "rolled_back", f"the canary {key} cannot be loaded: {exc}", []
+            )
+        finally:
+            self._loading.discard(key)
+
+    async def _maybe_analyse(self, name: str, record: db.RolloutRecord, cfg: RolloutConfig) -> None:
+        now = time.monotonic()
+        last = self._last_analysis.setdefault(record.id, now)
+        if now - last < cfg.interval_s:
+            return
+        self._last_analysis[record.id] = now
+        parts = await asyncio.to_thread(db.read_stats, self.store(), record.id, record.step)
+        total = StepStats.total([StepStats.from_dict(p) for p in parts])
+        base = self._baseline.get((record.id, record.step), StepStats())
+        verdict = analyse(total.combine(base, -1), cfg)
+        await self._act(name, record, cfg, verdict, total)
+
+    async def _act(
+        self,
+        name: str,
+        record: db.RolloutRecord,
+        cfg: RolloutConfig,
+        verdict: Verdict,
+        total: StepStats,
+    ) -> None:
+        checks = [c.to_dict() for c in verdict.checks]
+        for check in verdict.checks:
+            if check.value is not None and check.passed is not None:
+                self.metrics.set_rollout_check(
+                    name, check.name, value=check.value, passed=check.passed
+                )
+        if verdict.outcome == "inconclusive":
+            waited = time.time() - _utc(record.step_started_at)
+            if waited > cfg.progress_deadline_s:
+                reason = f"no verdict after {waited:.0f} s at step {record.step}: {verdict.reason}"
+                await self._finish(name, record, "rolled_back", reason, checks)
+            return
+        self._baseline[(record.id, record.step)] = total
+        if verdict.outcome == "pass":
+            await self._advance(name, record, cfg, checks)
+            return
+        failures = record.failures + 1
+        if failures >= cfg.failure_limit:
+            await self._finish(name, record, "rolled_back", verdict.reason, checks)
+            return
+        await self._update(
+            record, {"failures": failures, "checks": checks, "reason": verdict.reason},
+            ("check_failed", {"failures": failures, "reason": verdict.reason, "checks": checks}),
+        )  # fmt: skip
+
+    async def _advance(
+        self, name: str, record: db.RolloutRecord, cfg: RolloutConfig, checks: list[Any]
+    ) -> None:
+        if record.step + 1 >= len(cfg.steps):
+            summary = (
+                f"canary {name}:{record.canary_version} passed every step "
+                f"({', '.join(f'{s}%' for s in cfg.steps)}): "
+                + "; ".join(_describe(c) for c in checks if c["value"] is not None)
+            )
+            await self._finish(name, record, "promoted", summary, checks)
+            return
+        weight = cfg.weight(record.step + 1)
+        changes = {
+            "step": record.step + 1, "canary_weight": weight, "checks": checks,
+            "step_started_at": db.utc_now(), "reason": f"step {record.step + 1}: {weight:g}%",
+        }  # fmt: skip
+        await self._update(
+            record, changes, ("step", {"step": record.step + 1, "weight": weight, "checks": checks})
+        )
+
+    async def _update(
+        self,
+        record: db.RolloutRecord,
+        changes: dict[str, Any],
+        event: tuple[str, dict[str, Any]],
+        move_alias: tuple[str, int, str] | None = None,
+        actor: str | None = None,
+    ) -> db.RolloutRecord | None:
+        try:
+            updated = await asyncio.to_thread(
+                db.update_rollout, self.store(), record, changes=changes, event=event,
+                actor=actor or f"resnetkit-rollout ({self.replica})", move_alias=move_alias,
+            )  # fmt: skip
+        except db.RolloutConflict:
+            return None  # someone else acted first; the next round reads the new state
+        self.records[record.name] = updated
+        return updated
+
+    async def _finish(
+        self,
+        name: str,
+        record: db.RolloutRecord,
+        outcome: str,
+        reason: str,
+        checks: list[Any],
+        actor: str | None = None,
+    ) -> db.RolloutRecord | None:
+        cfg = self.config(record)
+        weight = 100.0 if outcome == "promoted" else 0.0
+        changes = {
+            "state": outcome, "canary_weight": weight, "reason": reason, "checks": checks,
+            "finished_at": db.utc_now(),
+        }  # fmt: skip
+        move = (cfg.alias, record.canary_version, reason[:2000]) if outcome == "promoted" else None
+        kind = {"promoted": "promote", "rolled_back": "rollback", "aborted": "abort"}[outcome]
+        updated = await self._update(
+            record, changes, (kind, {"reason": reason, "checks": checks}), move, actor
+        )
+        if updated is not None:
+            self.metrics.rollout_finished(name, outcome)
+            log.warning("rollout of %s %s: %s", name, outcome.replace("_", " "), reason)
+            await self._apply_outcome(name, updated)
+        return updated
+
+    async def _apply_outcome(self, name: str, record: db.RolloutRecord) -> None:
+        """Serve what a finished rollout decided (once per rollout, on every replica)."""
+        if record.id in self._applied:
+            return
+        self._applied.add(record.id)
+        versions = self.pool.models.get(name, {})
+        canary, stable = str(record.canary_version), str(record.stable_version)
+        if record.state == "promoted":
+            if canary not in versions:
+                await self.pool.load(f"{name}:{canary}", name=name)
+            self.pool.set_default(name, canary)
+            leaving = stable
+        else:
+            leaving = canary
+        if leaving in self.pool.models.get(name, {}) and len(self.pool.models[name]) > 1:
+            # No new request is routed to it any more; the ones that already were (still
+            # decoding, or queued) finish on it before it is unloaded.
+            task = asyncio.get_running_loop().create_task(self._unload_later(name, leaving))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _unload_later(self, name: str, version: str) -> None:
+        await asyncio.sleep(self.drain_s)
+        with contextlib.suppress(ModelNotServed):
+            await self.pool.unload(name, version)
+
+    # -- the API ----------------------------------------------------------------------------
+
+    async def start(
+        self, name: str, canary_version: int, cfg: RolloutConfig, actor: str
+    ) -> db.RolloutRecord:
+        """Start a rollout of ``name`` from the version it serves to ``canary_version``.
+
+        Raises:
+            ModelNotServed: the model is not served here, or not from the registry.
+            RegistryError: a rollout is already progressing, or the version does not exist.
+        """
+        stable = self.pool.get(name)
+        if stable.loaded.identity.version is None:
+            raise ModelNotServed(
+                f"{name} is served from a file, not a registry version; a rollout moves "
+                "registry aliases, so serve it as name@alias"
+            )
+        record = await asyncio.to_thread(
+            db.start_rollout, self.store(), name, stable_version=stable.loaded.identity.version,
+            canary_version=canary_version, config=cfg.to_dict(), first_weight=cfg.weight(0),
+            actor=actor,
+        )  # fmt: skip
+        self.records[name] = record
+        await self.sync(name)
+        return self.records[name]
+
+    async def decide(self, name: str, outcome: str, actor: str) -> db.RolloutRecord:
+        """Promote or abort the progressing rollout of ``name`` by hand.
+
+        Raises:
+            ModelNotServed: no rollout of ``name`` is progressing.
+        """
+        record = await asyncio.to_thread(db.active_rollout, self.store(), name)
+        if record is None:
+            raise ModelNotServed(f"{name} has no rollout in progress")
+        reason = f"{outcome.replace('_', ' ')} by hand ({actor})"
+        done = await self._finish(name, record, outcome, reason, record.checks, actor=actor)
+        if done is None:
+            raise RegistryError(f"the rollout of {name} changed meanwhile; try again")
+        return done
+
+    async def describe(self, name: str) -> dict[str, Any]:
+        """The latest rollout of ``name`` with its audit log, as plain data."""
+        record = await asyncio.to_thread(db.latest_rollout, self.store(), name)
+        if record is None:
+            raise ModelNotServed(f"{name} has never had a rollout")
+        events = await asyncio.to_thread(db.list_rollout_events, self.store(), record.id)
+        cfg = self.config(record)
+        return {
+            **record.to_dict(),
+            "model": name,
+            "steps": list(cfg.steps),
+            "events": [e.to_dict() for e in events],
+        }
+
+
+def _describe(check: Mapping[str, Any]) -> str:
+    threshold = check.get("threshold")
+    limit = "" if threshold is None else f" (threshold {threshold:.4g})"
+    return f"{check['name']} {check['value']:.4g}{limit}"
+
+
+def _label_index(label: str | int, labels: list[str]) -> int:
+    if isinstance(label, bool):
+        raise InvalidInput("label must be a class index or a class name")
+    if isinstance(label, int):
+        if not 0 <= label < len(labels):
+            raise InvalidInput(f"label {label} is out of range: the model has {len(labels)}")
+        return label
+    if label in labels:
+        return labels.index(label)
+    raise InvalidInput(f"label {label[:64]!r} is not one of the model's classes")
+
+
+def top1(outputs: Mapping[str, np.ndarray], key: str) -> tuple[int, float]:
+    """The top class of the first row of ``outputs[key]`` and its probability."""
+    row = outputs[key][0]
+    index = int(np.argmax(row))
+    return index, float(row[index])

@@ -1,0 +1,303 @@
+"""``resnetkit serve`` as a user and a standard client see it: a real server on loopback.
+
+One trained Fashion-MNIST model (a few seconds of training, shared with the export tests)
+served by a real uvicorn process; requests from httpx, tritonclient.http and raw bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as triton
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from resnetkit.data import load_dataset, normalize
+from resnetkit.evaluate import predict_log_probs
+from resnetkit.models import load_model
+from resnetkit.monitor.slo import SERVER_METRICS
+from resnetkit.serve.pool import softmax
+from tests.export.rundir import trained_run_dir
+from tests.serve.server import ServerProcess, serving
+
+TOKEN = "s3cret-admin-token"
+pytestmark = pytest.mark.slow
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 image (H, W) or (H, W, 3)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_run_dir(str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture(scope="module")
+def server(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("server")
+    (folder / "token").write_text(TOKEN + "\n")
+    args = [
+        str(run_dir), "--admin-token-file", str(folder / "token"), "--threads", "1",
+        "--prediction-log", str(folder / "predictions.jsonl"), "--prediction-log-rate", "1",
+        "--max-body-bytes", "1MB", "--access-log",
+    ]  # fmt: skip
+    with serving(args, folder / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def test_images() -> tuple[np.ndarray, np.ndarray]:
+    test = load_dataset("fashion-mnist", "test", limit=200)
+    return test.images[:, 0].numpy(), test.labels.numpy()
+
+
+def test_predict_takes_a_raw_body_or_a_form_and_names_the_version(
+    server: ServerProcess, test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    image = png(test_images[0][0])
+    raw = httpx.post(
+        f"{server.url}/v1/predict?k=3", content=image, headers={"Content-Type": "image/png"}
+    )
+    form = httpx.post(f"{server.url}/v1/models/run-resnet8/predict", files={"file": image})
+    assert raw.status_code == form.status_code == 200, (raw.text, form.text)
+    a, b = raw.json(), form.json()
+    assert len(a["predictions"]) == 3 and len(b["predictions"]) == 5
+    assert a["predictions"][0] == b["predictions"][0]
+    assert a["version"].startswith("sha-") and raw.headers["x-model-version"] == a["version"]
+    assert a["request_id"] == raw.headers["x-request-id"] != b["request_id"]
+    probabilities = [p["probability"] for p in b["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+async def _predict_all(url: str, images: np.ndarray) -> list[dict[str, object]]:
+    limits = httpx.Limits(max_connections=8)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+        async def one(pixels: np.ndarray) -> dict[str, object]:
+            response = await client.post(
+                f"{url}/v1/predict?k=10", content=png(pixels), headers={"Content-Type": "image/png"}
+            )
+            assert response.status_code == 200, response.text
+            return dict(response.json())
+
+        return list(await asyncio.gather(*(one(p) for p in images)))
+
+
+def test_served_predictions_are_exactly_those_of_evaluation(
+    server: ServerProcess, run_dir: Path, test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, _ = test_images
+    answers = asyncio.run(_predict_all(server.url, images))
+    model, card = load_model(run_dir)
+    expected = predict_log_probs(model, torch.from_numpy(images[:, None]), card.spec()).exp()
+    served = np.zeros((len(images), 10), dtype=np.float64)
+    for row, answer in enumerate(answers):
+        for p in answer["predictions"]:  # type: ignore[union-attr]
+            served[row, p["index"]] = p["probability"]
+    assert (served.argmax(1) == expected.argmax(1).numpy()).all()
+    assert np.abs(served - expected.numpy()).max() < 1e-4
+
+
+def test_the_v2_protocol_works_with_tritonclient(
+    server: ServerProcess, run_dir: Path, test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("run-resnet8")
+    meta = client.get_model_metadata("run-resnet8")
+    assert meta["inputs"][0]["shape"] == [-1, 1, 28, 28]
+    assert {o["name"] for o in meta["outputs"]} >= {"logits", "probabilities"}
+    pixels = test_images[0][:8, :, :, None]  # (8, 28, 28, 1) uint8 pixels
+    raw = triton.InferInput("input", list(pixels.shape), "UINT8")
+    raw.set_data_from_numpy(pixels)  # binary tensor data, the client's default
+    wanted = [
+        triton.InferRequestedOutput("probabilities"),
+        triton.InferRequestedOutput("logits", binary_data=False, class_count=3),
+    ]
+    result = client.infer("run-resnet8", [raw], outputs=wanted)
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (8, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    top = result.as_numpy("logits")  # JSON BYTES come back as str, binary ones as bytes
+    first = top[0, 0].decode() if isinstance(top[0, 0], bytes) else str(top[0, 0])
+    assert top.shape == (8, 3) and first.split(":")[1] == str(probabilities[0].argmax())
+    spec = load_model(run_dir)[1].spec()
+    normalised = normalize(torch.from_numpy(pixels[..., 0][:, None].copy()), spec).numpy()
+    fp32 = triton.InferInput("input", list(normalised.shape), "FP32")
+    fp32.set_data_from_numpy(normalised, binary_data=False)
+    as_json = client.infer("run-resnet8", [fp32], outputs=[triton.InferRequestedOutput("logits")])
+    # The server's own preprocessing of the pixels and the client's give the same answer.
+    assert np.allclose(softmax(as_json.as_numpy("logits")), probabilities, atol=1e-5)
+
+
+# Each: what is wrong, and the request that says it. None may give a 5xx.
+def _bad_requests() -> list[tuple[str, str, str, dict[str, str], bytes, int]]:
+    good = png(np.zeros((28, 28), dtype=np.uint8))
+    bomb = _png_header_only(30000, 30000)
+    gray16 = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint16)).save(gray16, format="PNG")
+    v2 = "/v2/models/run-resnet8/infer"
+    pred = "/v1/predict"
+
+    def v2_json(**overrides: object) -> bytes:
+        tensor = {"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28]}
+        tensor["data"] = [0.0] * 784
+        tensor.update(overrides)
+        return json.dumps({"inputs": [tensor]}).encode()
+
+    png_type = {"Content-Type": "image/png"}
+    json_type = {"Content-Type": "application/json"}
+    return [
+        ("wrong content type", "POST", pred, {"Content-Type": "text/plain"}, good, 415),
+        ("empty body", "POST", pred, png_type, b"", 400),
+        ("body over the limit", "POST", pred, png_type, b"\0" * 1_100_000, 413),
+        ("truncated image", "POST", pred, png_type, good[: len(good) // 2], 400),
+        ("text named .png", "POST", pred, png_type, b"hello, not an image", 400),
+        ("decompression bomb", "POST", pred, png_type, bomb, 413),
+        ("unknown model", "POST", "/v1/models/nope/predict", png_type, good, 404),
+        ("k out of range", "POST", pred + "?k=0", png_type, good, 400),
+        ("v2 wrong shape", "POST", v2, json_type, v2_json(shape=[1, 3, 28, 28]), 400),
+        ("v2 wrong datatype", "POST", v2, json_type, v2_json(datatype="INT64"), 400),
+        ("v2 short data", "POST", v2, json_type, v2_json(data=[0.0] * 10), 400),
+        ("v2 NaN", "POST", v2, json_type, v2_json(data=[float("nan")] * 784), 400),
+        ("v2 not JSON", "POST", v2, json_type, b"{nope", 400),
+        ("v2 unknown model", "POST", "/v2/models/nope/infer", json_type, v2_json(), 404),
+        (
+            "v2 binary header that lies",
+            "POST",
+            v2,
+            {**json_type, "Inference-Header-Content-Length": "999999"},
+            v2_json(),
+            400,
+        ),
+        ("16-bit grayscale is handled", "POST", pred, png_type, gray16.getvalue(), 200),
+    ]
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge image (a decompression bomb's first bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1000)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("what", "method", "path", "headers", "body", "status"),
+    _bad_requests(),
+    ids=[case[0] for case in _bad_requests()],
+)
+def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(
+    server: ServerProcess,
+    what: str,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+) -> None:
+    response = httpx.request(method, server.url + path, headers=headers, content=body, timeout=30)
+    assert response.status_code == status, (what, response.text)
+    if status >= 400:
+        assert set(response.json()) == {"error"} and response.json()["error"]
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_management_needs_the_token_and_a_wrong_one_changes_nothing(
+    server: ServerProcess, run_dir: Path
+) -> None:
+    url = f"{server.url}/v1/admin/models"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    body = {"ref": str(run_dir), "name": "second"}
+    refused = httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"})
+    assert refused.status_code == 403
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert [m["name"] for m in httpx.get(url, headers=auth).json()["models"]] == ["run-resnet8"]
+    loaded = httpx.post(url, json=body, headers=auth, timeout=120)
+    assert loaded.status_code == 201, loaded.text
+    image = png(np.zeros((28, 28), dtype=np.uint8))
+    answer = httpx.post(f"{server.url}/v1/models/second/predict", files={"file": image})
+    assert answer.status_code == 200
+    assert httpx.delete(f"{url}/second", headers={"Authorization": "Bearer x"}).status_code == 403
+    assert httpx.delete(f"{url}/second", headers=auth).status_code == 200
+    assert (
+        httpx.post(f"{server.url}/v1/models/second/predict", files={"file": image}).status_code
+        == 404
+    )
+
+
+def test_metrics_are_prometheus_text_with_every_contract_name(server: ServerProcess) -> None:
+    httpx.post(f"{server.url}/v1/predict", files={"file": png(np.zeros((28, 28), np.uint8))})
+    text = httpx.get(f"{server.url}/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    exported = set(families)
+    for metric in SERVER_METRICS:
+        name = metric.name.removesuffix("_total")
+        if metric.name.startswith(("resnetkit_rollout", "resnetkit_drift")):
+            continue  # exported once a rollout runs or drift is evaluated
+        assert name in exported, metric.name
+    requests = families["resnetkit_requests"].samples
+    assert any(
+        s.labels.get("route") == "/v1/predict" and s.labels["code"] == "200" for s in requests
+    )
+    assert families["resnetkit_cold_start_seconds"].samples[0].value > 0
+
+
+def test_the_prediction_log_has_embeddings_and_no_images(server: ServerProcess) -> None:
+    httpx.post(f"{server.url}/v1/predict", files={"file": png(np.zeros((28, 28), np.uint8))})
+    log = Path(server.log_path).parent / "predictions.jsonl"
+    for _ in range(50):
+        if log.is_file() and log.read_text().strip():
+            break
+        asyncio.run(asyncio.sleep(0.1))
+    record = json.loads(log.read_text().splitlines()[-1])
+    assert record["model"] == "run-resnet8" and len(record["embedding"]) > 0
+    assert "image" not in record or record["image"] is None
+
+
+def test_readiness_waits_for_warm_up_and_the_openapi_document_lists_the_routes(
+    server: ServerProcess,
+) -> None:
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert {"/v1/predict", "/v2/models/{name}/infer", "/metrics"} <= set(paths)
+    ready = httpx.get(f"{server.url}/readyz").json()
+    assert ready["ready"] and ready["models"][0]["backend"] == "onnx-fp32"
+
+
+def test_fuzzing_the_whole_api_from_its_openapi_document_finds_no_server_error(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    schemathesis = Path(sys.executable).with_name("schemathesis")
+    proc = subprocess.run(
+        [
+            str(schemathesis), "run", f"{server.url}/openapi.json", "--checks",
+            "not_a_server_error", "--max-examples", "25", "--seed", "1", "--workers", "1",
+            "--request-timeout", "30", "--generation-database", "none", "--max-time", "150",
+        ],
+        capture_output=True, text=True, timeout=400, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
