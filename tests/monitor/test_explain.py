@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,22 +27,12 @@ from resnetkit.monitor.explain import (
     save_overlay,
     stage_names,
 )
+from tests.evaluate.helpers import one_thread
 
 SIZE = 32  # image side, pixels
 HALF = SIZE // 2
 GAP_PX = 2  # patches keep this far from the midlines: a stride-4 map cannot split closer
 TRAIN_IMAGES, TRAIN_EPOCHS, BATCH = 2048, 4, 64
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a loaded 2-core machine two contend and run several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)

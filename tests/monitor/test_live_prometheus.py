@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import itertools
 import math
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -31,7 +29,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from resnetkit.cli.main import main as cli_main
@@ -50,7 +47,7 @@ from resnetkit.monitor.slo import (
 )
 from resnetkit.train.rundir import write_drift_reference
 from tests.export.rundir import trained_run_dir
-from tests.serve.server import ServerProcess, free_port, serving
+from tests.serve.server import ServerProcess, free_port, png, serving, terminate
 
 pytestmark = pytest.mark.slow
 
@@ -90,13 +87,6 @@ EXPORTED_ON_USE = {
 ROLLOUT_METRICS = {name for name in EXPORTED_ON_USE if name.startswith("resnetkit_rollout")}
 # Grafana's variables in panel queries, as a dashboard showing every model sends them.
 GRAFANA_VARIABLES = {"$model": ".*", "$__rate_interval": "1m"}
-
-
-def png(pixels: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 image (H, W)."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # --- The served model and the server -----------------------------------------------------
@@ -270,13 +260,7 @@ class PrometheusProcess:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM, then wait (SIGKILL after ``timeout_s``)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, timeout_s)
         self._log.close()
 
 

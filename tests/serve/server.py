@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -13,8 +14,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
+from PIL import Image
 
 READY_TIMEOUT_S = 180.0
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 image (H, W) or (H, W, 3)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """SIGTERM, then wait (SIGKILL after ``timeout_s``); the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return int(proc.returncode)
 
 
 def free_port() -> int:
@@ -56,15 +78,9 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM, then wait (SIGKILL after ``timeout_s``); the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        status = terminate(self.proc, timeout_s)
         self._log.close()
-        return int(self.proc.returncode)
+        return status
 
 
 @contextlib.contextmanager

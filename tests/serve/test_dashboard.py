@@ -12,7 +12,6 @@ with nothing logged to the console.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import threading
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
@@ -35,7 +33,7 @@ from resnetkit.registry import RegistrationOptions, open_registry
 from resnetkit.serve.metrics import quantile_from_buckets
 from resnetkit.train.rundir import write_drift_reference
 from tests.export.rundir import trained_run_dir
-from tests.serve.server import ServerProcess, serving
+from tests.serve.server import ServerProcess, png, serving
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +47,6 @@ TRAFFIC_IMAGES = 50
 REFERENCE_IMAGES = 500  # test images after the traffic's, as the drift reference
 WAIT_MS = 20_000  # the longest any one thing on the page may take to appear
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
-
-
-def png(pixels: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 image (H, W)."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
