@@ -409,7 +409,12 @@ def serving(server: ManagedServer, work: Workload) -> Iterator[ManagedServer]:
 
 
 def resnetkit_server(
-    key: str, work: Workload, dirs: Path, threads: int, queue_size: int | None = None
+    key: str,
+    work: Workload,
+    dirs: Path,
+    threads: int,
+    queue_size: int | None = None,
+    max_queue_wait_ms: float | None = None,
 ) -> ManagedServer:
     """``resnetkit serve`` with its defaults, ``--threads`` set to the pinned cores."""
     ref, backend = {
@@ -433,6 +438,8 @@ def resnetkit_server(
     ]
     if queue_size is not None:
         cmd += ["--queue-size", str(queue_size)]
+    if max_queue_wait_ms is not None:
+        cmd += ["--max-queue-wait-ms", str(max_queue_wait_ms)]
     env = {**os.environ, "RESNETKIT_CACHE": str(dirs / "cache")}
     url = f"http://127.0.0.1:{port}"
     suffix = f"-q{queue_size}" if queue_size else ""
@@ -789,7 +796,14 @@ def overload(
 ) -> dict[str, Any]:
     """resnetkit int8 with a small queue: warm at the knee, p95 unloaded (one client), then
     an open loop at ``--overload-factor`` x the sustainable rate ``knee["throughput"]``."""
-    server = resnetkit_server("onnx-int8", work, dirs, threads, queue_size=args.overload_queue)
+    server = resnetkit_server(
+        "onnx-int8",
+        work,
+        dirs,
+        threads,
+        queue_size=args.overload_queue,
+        max_queue_wait_ms=args.overload_max_queue_wait_ms or None,
+    )
     rate = args.overload_factor * knee["throughput"]
     with serving(server, work):
         url, timeout_s = server.predict_url, args.request_timeout_s
@@ -815,6 +829,7 @@ def overload(
     base_p95 = percentiles_ms(unloaded)["p95_ms"]
     return {
         "queue_size": args.overload_queue,
+        "max_queue_wait_ms": args.overload_max_queue_wait_ms,
         "sustainable_rate": knee["throughput"],
         "sustainable_p95_ms": knee["p95_ms"],
         "target_rate": rate,
@@ -908,7 +923,8 @@ def print_overload(o: dict[str, Any]) -> None:
     first, second = o["rss_first_half_peak_mb"], o["rss_second_half_peak_mb"]
     ratio = o["p95_ratio"]
     print(
-        f"\n### overload: resnetkit onnx int8, --queue-size {o['queue_size']}, open loop at "
+        f"\n### overload: resnetkit onnx int8, --queue-size {o['queue_size']}, "
+        f"--max-queue-wait-ms {o['max_queue_wait_ms'] or 'off'}, open loop at "
         f"{o['target_rate']:.0f} req/s = {o['target_rate'] / o['sustainable_rate']:.1f}x the "
         f"sustainable {o['sustainable_rate']:.0f} req/s (offered {o['offered_rate']:.0f})"
     )
@@ -1080,6 +1096,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torchserve-omp-wait-policy", default="PASSIVE", help="'' for the default")
     p.add_argument("--overload-factor", type=float, default=3.0)
     p.add_argument("--overload-queue", type=int, default=32, help="resnetkit --queue-size")
+    p.add_argument(
+        "--overload-max-queue-wait-ms",
+        type=float,
+        default=40.0,
+        help="resnetkit --max-queue-wait-ms in the overload test (0: off)",
+    )
     p.add_argument("--overload-s", type=float, help="seconds of overload traffic")
     p.add_argument("--overload-inflight", type=int, default=256, help="client's cap")
     p.add_argument("--warmup-s", type=float, help="load before the levels (JIT, arenas)")

@@ -177,7 +177,7 @@ def test_a_good_canary_is_promoted_through_every_step(
             _admin(server, "POST", "/v1/admin/rollouts", {"model": "fm", "canary": 2, **ROLLOUT})
             _wait(lambda: _rollout(server)["state"] != "progressing", 120, "a verdict", server)
         done = _rollout(server)
-        assert done["state"] == "promoted", done
+        assert done["state"] == "promoted", f"{done}"
         kinds = [e["kind"] for e in done["events"]]
         assert kinds.count("step") == 2 and kinds[-1] == "promote"
         assert set(traffic.by_version(200)) >= {"1", "2"} and not traffic.by_version(500)
@@ -308,7 +308,12 @@ def test_two_replicas_follow_one_rollout_and_one_finishes_it_when_the_other_is_k
     first, second = _server(tmp_path, env, "a"), _server(tmp_path, env, "b")
     try:
         with Traffic([first.url, second.url], images) as traffic:
-            slow_steps = {**ROLLOUT, "steps": [20, 40, 60, 80, 100]}
+            # What is tested is the hand-over, not the checks: half the traffic goes to the
+            # killed replica, so windows fill slowly on a loaded machine and latency is noisy.
+            slow_steps = {
+                **ROLLOUT, "steps": [20, 40, 60, 80, 100], "progress_deadline_s": 240,
+                "checks": {**ROLLOUT["checks"], "max_latency_ratio": 3.0, "latency_slack_ms": 200},
+            }  # fmt: skip
             _admin(first, "POST", "/v1/admin/rollouts", {"model": "fm", "canary": 2, **slow_steps})
             _wait(lambda: _canary_ready(first, "2") and _canary_ready(second, "2"), 120,
                   "the canary on both replicas", first)  # fmt: skip
@@ -318,10 +323,10 @@ def test_two_replicas_follow_one_rollout_and_one_finishes_it_when_the_other_is_k
             assert f"-{leader.proc.pid}-" in holder
             leader.proc.send_signal(signal.SIGKILL)
             leader.proc.wait(30)
-            _wait(lambda: _rollout(other)["state"] != "progressing", 120, "the survivor", other)
+            _wait(lambda: _rollout(other)["state"] != "progressing", 300, "the survivor", other)
             served_by = {v for (s, v) in traffic.counts if s == 200}
         done = _rollout(other)
-        assert done["state"] == "promoted", done
+        assert done["state"] == "promoted", f"{done}"
         assert f"-{other.proc.pid}-" in done["events"][-1]["actor"]
         assert {"1", "2"} <= served_by
     finally:
