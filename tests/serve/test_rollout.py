@@ -45,7 +45,9 @@ ROLLOUT = {
     "min_requests": 8,
     "mirror_fraction": 0.5,
     "progress_deadline_s": 60,
-    "checks": {"min_agreement": 0.7, "min_compared": 8, "max_confidence_shift": 0.2},
+    # Two small runs of one recipe agree on about 70-80% of test images; random weights and
+    # shuffled labels on about 10%.
+    "checks": {"min_agreement": 0.5, "min_compared": 8, "max_confidence_shift": 0.2},
 }
 
 

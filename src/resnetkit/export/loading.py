@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import shutil
 import tempfile
@@ -325,8 +326,13 @@ def _path_model(path: Path, ref: str) -> LoadedModel:
 
 
 def _checkout(store: Any, info: Any) -> Path:
-    """The version's files in the cache, checked out once (atomically) per weights digest."""
-    digest = next(a.digest for a in info.artifacts if a.filename in (MODEL_WEIGHTS, ONNX_FILE))
+    """The version's files in the cache, checked out once (atomically) per set of artifacts.
+
+    The key covers every file, not only the weights: the same weights registered again with
+    another ``model.json`` or drift reference must not be served the first version's files.
+    """
+    files = sorted(f"{a.filename}:{a.digest}" for a in info.artifacts)
+    digest = hashlib.sha256("\n".join(files).encode()).hexdigest()
     target = cache_root() / "checkouts" / digest
     if target.is_dir():
         return target
