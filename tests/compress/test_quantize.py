@@ -1,4 +1,4 @@
-"""Static int8 (QDQ, u8 activations, s8 per-channel weights) with a real accuracy check."""
+"""Static int8 (QDQ, u8 activations, 7-bit s8 per-channel weights) with a real accuracy check."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from resnetkit.compress import evaluate_onnx_top1, quantize_onnx, quantize_with_budget
 from resnetkit.data import PreprocessingSpec, load_dataset, normalize
@@ -79,6 +79,9 @@ def test_graph_is_qdq_with_u8_activations_and_s8_per_channel_weights(
         and len(inits[n.input[0]].dims) == 4
     ]
     assert conv_weights and all(w.data_type == TensorProto.INT8 for w in conv_weights)
+    # 7-bit weights: u8 x s8 pairs cannot saturate int16 on CPUs without VNNI
+    widest = max(int(abs(numpy_helper.to_array(w).astype(int)).max()) for w in conv_weights)
+    assert 32 < widest <= 64
     per_channel = [
         n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
         and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1

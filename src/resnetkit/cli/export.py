@@ -169,7 +169,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     verdict = "accepted" if report.accepted else "REJECTED (marked accepted=false in metadata)"
     text = (
         f"wrote {args.output} ({report.method} calibration on {report.calibration_images} "
-        f"images, u8 activations, s8 per-channel weights)\n"
+        f"images, u8 activations, 7-bit s8 per-channel weights)\n"
         f"top-1 on {report.test_images} test images: fp32 {report.fp32_top1:.2%} -> int8 "
         f"{report.int8_top1:.2%} (drop {report.drop_points:+.2f} points, budget "
         f"{report.budget_points:g}): {verdict}\n"
