@@ -1099,7 +1099,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--overload-max-queue-wait-ms",
         type=float,
-        default=40.0,
+        default=25.0,
         help="resnetkit --max-queue-wait-ms in the overload test (0: off)",
     )
     p.add_argument("--overload-s", type=float, help="seconds of overload traffic")

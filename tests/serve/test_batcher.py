@@ -202,6 +202,66 @@ def test_a_full_queue_raises_queue_full_at_once_with_a_retry_after() -> None:
     assert recorder.sizes == [2, 2, 2, 1]
 
 
+def test_places_reserved_while_decoding_count_against_the_queue_and_pass_to_it() -> None:
+    recorder = Recorder(gated=True)
+
+    async def main() -> None:
+        batcher = DynamicBatcher(recorder, max_batch_size=2, max_delay_ms=0, queue_size=3)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(samples(2)))
+        await recorder.wait_started()
+        with batcher.reserve(2) as first:  # two uploads being decoded, nothing queued yet
+            assert batcher.queue_depth == 0
+            with pytest.raises(QueueFull):  # 2 reserved + 2 > 3
+                batcher.admit(2)
+            with pytest.raises(QueueFull), batcher.reserve(2):
+                pass
+            queued = asyncio.ensure_future(batcher.submit(samples(2, 10), reservation=first))
+            await asyncio.sleep(0)
+            assert first.samples == 0 and batcher.queue_depth == 2  # the places moved
+            with batcher.reserve(1), pytest.raises(QueueFull):  # 2 queued + 1 reserved: full
+                batcher.admit(1)
+        with batcher.reserve(1):  # left without submitting: the place was freed
+            pass
+        batcher.admit(1)
+        recorder.gate.set()
+        await asyncio.gather(running, queued)
+        await batcher.stop()
+
+    run(main())
+    assert recorder.sizes == [2, 2]
+
+
+def test_max_queue_wait_refuses_new_requests_but_not_those_already_let_in() -> None:
+    recorder = Recorder(gated=True, sleep_s=0.05)
+
+    async def main() -> None:
+        batcher = DynamicBatcher(
+            recorder, max_batch_size=1, max_delay_ms=0, queue_size=64, max_queue_wait_ms=120
+        )
+        batcher.start()
+        recorder.gate.set()
+        await batcher.submit(samples(1))  # measures about 50 ms per sample
+        recorder.gate.clear()
+        recorder.started.clear()
+        running = asyncio.ensure_future(batcher.submit(samples(1)))
+        await recorder.wait_started()
+        # 1 ahead: ~50 ms and 2 ahead: ~100 ms, both let in
+        with batcher.reserve(1) as early, batcher.reserve(1):
+            with pytest.raises(QueueFull, match="estimated"):
+                batcher.admit(1)  # 3 ahead: ~150 ms > 120 ms
+            # Decoded first, the early request is queued though 2 others are ahead now.
+            queued = asyncio.ensure_future(batcher.submit(samples(1, 7), reservation=early))
+            await asyncio.sleep(0)
+            assert batcher.queue_depth == 1
+        recorder.gate.set()
+        await asyncio.gather(running, queued)
+        await batcher.stop()
+
+    run(main())
+    assert 7.0 in recorder.seen_values()
+
+
 def test_a_request_past_its_deadline_is_dropped_and_never_computed() -> None:
     recorder = Recorder(gated=True)
     marker = 99.0

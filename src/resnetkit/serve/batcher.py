@@ -37,7 +37,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import NamedTuple, Protocol
@@ -61,6 +61,7 @@ __all__ = [
     "DynamicBatcher",
     "Outputs",
     "PredictFn",
+    "Reservation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,15 @@ class BatchStats:
     inference_s: float
     slot_wait_s: float
     failed: bool
+
+
+@dataclass(eq=False)
+class Reservation:
+    """Places held in a batcher's queue by :meth:`DynamicBatcher.reserve` (``samples`` drops
+    to 0 once they pass to the queue or are freed)."""
+
+    batcher: DynamicBatcher
+    samples: int
 
 
 @dataclass(eq=False)
@@ -154,9 +164,10 @@ class DynamicBatcher:
         max_delay_ms: longest a batch waits to fill, counted from its oldest request.
         queue_size: most samples waiting (not yet dispatched); beyond it ``QueueFull``.
         max_queue_wait_ms: also refuse (``QueueFull``) a request whose estimated wait (the
-            batches ahead of it times the recent batch latency) is over this, so that under
-            overload the requests let in are answered about as fast as without load; the
-            first request into an idle batcher is always let in. None: no such limit.
+            samples ahead of it, reserved, queued or running, times the recent time per
+            sample) is over this, so that under overload the requests let in are answered
+            about as fast as without load; the first request into an idle batcher is always
+            let in. None: no such limit.
         executor: the thread pool for forward passes; None owns a one-thread pool that
             :meth:`stop` shuts down. A shared pool is never shut down here.
         compute_slot: a lock or semaphore shared with other batchers in the process (a
@@ -198,9 +209,11 @@ class DynamicBatcher:
         self.name = name
         self._queue: deque[_Request] = deque()
         self._queued_samples = 0
+        self._reserved = 0
         self._running: list[_Piece] = []
         self._unresolved = 0
         self._batch_latency_s: float | None = None
+        self._sample_s: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -255,7 +268,13 @@ class DynamicBatcher:
 
     # -- the request side ------------------------------------------------------------------
 
-    async def submit(self, x: np.ndarray, *, deadline_s: float | None = None) -> Outputs:
+    async def submit(
+        self,
+        x: np.ndarray,
+        *,
+        deadline_s: float | None = None,
+        reservation: Reservation | None = None,
+    ) -> Outputs:
         """Queue ``x`` and wait for its outputs.
 
         Args:
@@ -264,6 +283,8 @@ class DynamicBatcher:
             deadline_s: seconds from now by which inference must *start*; a request still
                 queued then fails with ``DeadlineExceeded`` and is never computed. Once its
                 forward pass has started it runs to the end. None waits as long as it takes.
+            reservation: from :meth:`reserve` on this batcher: the request was admitted then
+                (only the queue's room is checked again). Another batcher's is ignored.
 
         Returns:
             This request's slice of every output, e.g. ``{"logits": (n, K)}`` (copies).
@@ -275,28 +296,27 @@ class DynamicBatcher:
             InvalidInput: ``x`` is not an array of 1 to ``capacity`` samples.
             ServeError: ``predict`` failed for this request's batch (see the module doc).
         """
-        request = self._enqueue(x, deadline_s)
+        request = self._enqueue(x, deadline_s, reservation)
         return await request.future
 
     def admit(self, n: int = 1) -> None:
         """Check, without queueing anything, that a request of ``n`` samples would be let in.
 
-        The server calls it before decoding an upload, so a refused request costs nothing.
-
         Raises:
-            QueueFull: no room for ``n`` more samples, or an estimated wait over
-                ``max_queue_wait_ms``.
+            QueueFull: no room for ``n`` more samples (reservations count as queued), or an
+                estimated wait over ``max_queue_wait_ms``.
         """
-        if self._queued_samples + n > self._queue_size:
+        waiting = self._queued_samples + self._reserved
+        if waiting + n > self._queue_size:
             raise QueueFull(
-                f"{self.name}: queue full ({self._queued_samples}/{self._queue_size} samples "
-                f"waiting); retry later",
+                f"{self.name}: queue full ({waiting}/{self._queue_size} samples waiting or "
+                "being decoded); retry later",
                 retry_after_s=self.retry_after_s(),
             )
-        ahead = self._queued_samples + sum(p.stop - p.start for p in self._running)
-        if self._max_wait_s is None or ahead == 0 or self._batch_latency_s is None:
+        ahead = self._ahead()
+        if self._max_wait_s is None or ahead == 0 or self._sample_s is None:
             return
-        wait_s = math.ceil((ahead + n) / self._max_batch_size) * self._batch_latency_s
+        wait_s = ahead * self._sample_s
         if wait_s > self._max_wait_s:
             raise QueueFull(
                 f"{self.name}: busy (an estimated {wait_s * 1000:.0f} ms wait, over the "
@@ -304,14 +324,41 @@ class DynamicBatcher:
                 retry_after_s=self.retry_after_s(),
             )
 
+    @contextlib.contextmanager
+    def reserve(self, n: int = 1) -> Iterator[Reservation]:
+        """Admit ``n`` samples and hold their places while the caller reads and decodes them.
+
+        The server reserves before reading an upload, so a refused request costs nothing,
+        and requests still being decoded count against the queue and the wait estimate:
+        under overload, decoding cannot pile up work that the queue never sees. Pass the
+        reservation to :meth:`submit`, inside the block: the places move to the queue and
+        the request, already admitted, is not refused for the requests let in after it.
+        Leaving the block without submitting frees the places.
+
+        Raises:
+            QueueFull: as :meth:`admit`.
+        """
+        self.admit(n)
+        reservation = Reservation(self, n)
+        self._reserved += n
+        try:
+            yield reservation
+        finally:
+            self._reserved -= reservation.samples
+            reservation.samples = 0
+
+    def _ahead(self) -> int:
+        """Samples a new request waits behind: reserved, queued and in the running batch."""
+        running = sum(p.stop - p.start for p in self._running)
+        return self._reserved + self._queued_samples + running
+
     def retry_after_s(self) -> float:
         """Estimate when the queue has room again: the batches ahead times a batch's latency.
 
         Returns:
             Seconds, clamped to ``[MIN_RETRY_AFTER_S, MAX_RETRY_AFTER_S]``.
         """
-        ahead = self._queued_samples + sum(p.stop - p.start for p in self._running)
-        batches_ahead = math.ceil(ahead / self._max_batch_size)
+        batches_ahead = math.ceil(self._ahead() / self._max_batch_size)
         estimate = batches_ahead * (self._batch_latency_s or 0.0)
         return min(max(estimate, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
 
@@ -340,14 +387,24 @@ class DynamicBatcher:
         """Whether :meth:`submit` takes requests now."""
         return self._task is not None and not self._closing
 
-    def _enqueue(self, x: np.ndarray, deadline_s: float | None) -> _Request:
+    def _enqueue(
+        self, x: np.ndarray, deadline_s: float | None, reservation: Reservation | None
+    ) -> _Request:
         if not self.accepting or self._loop is None:
             state = "is shutting down" if self._closing else "is not started"
             raise NotReady(f"{self.name} {state}; retry shortly")
         n = _check_input(x, self._queue_size, self.name)
         if deadline_s is not None and deadline_s <= 0:
             raise DeadlineExceeded(f"{self.name}: the request's deadline had passed on arrival")
-        self.admit(n)
+        if reservation is not None and reservation.batcher is self and reservation.samples:
+            self._reserved -= reservation.samples  # its places pass to the queue
+            reservation.samples = 0
+            if self._queued_samples + self._reserved + n > self._queue_size:
+                raise QueueFull(
+                    f"{self.name}: queue full; retry later", retry_after_s=self.retry_after_s()
+                )
+        else:
+            self.admit(n)
         now = self._loop.time()
         deadline = None if deadline_s is None else now + deadline_s
         request = _Request(x, self._loop.create_future(), now, deadline)
@@ -465,7 +522,7 @@ class DynamicBatcher:
             self._fail_batch(pieces, exc)
             failed = True
         else:
-            self._note_latency(slot_wait_s + inference_s)
+            self._note_latency(slot_wait_s + inference_s, size)
             _deliver(pieces, outputs)
             failed = False
         finally:
@@ -500,13 +557,9 @@ class DynamicBatcher:
                 error.__cause__ = exc
             self._fail(piece.request, error)
 
-    def _note_latency(self, seconds: float) -> None:
-        previous = self._batch_latency_s
-        self._batch_latency_s = (
-            seconds
-            if previous is None
-            else (1 - _LATENCY_EWMA_WEIGHT) * previous + _LATENCY_EWMA_WEIGHT * seconds
-        )
+    def _note_latency(self, seconds: float, size: int) -> None:
+        self._batch_latency_s = _ewma(self._batch_latency_s, seconds)
+        self._sample_s = _ewma(self._sample_s, seconds / size)
 
     def _report(self, stats: BatchStats) -> None:
         if self._on_batch is None:
@@ -515,6 +568,12 @@ class DynamicBatcher:
             self._on_batch(stats)
         except Exception:
             logger.exception("%s: the on_batch callback failed; ignoring it", self.name)
+
+
+def _ewma(previous: float | None, value: float) -> float:
+    if previous is None:
+        return value
+    return (1 - _LATENCY_EWMA_WEIGHT) * previous + _LATENCY_EWMA_WEIGHT * value
 
 
 def _check_settings(max_batch_size: int, max_delay_ms: float, queue_size: int) -> None:

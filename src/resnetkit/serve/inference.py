@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from resnetkit.errors import InvalidInput, NotReady, ResNetKitError, ServeError
 from resnetkit.onnxio import EMBEDDING_NAME, INPUT_NAME
 from resnetkit.serve import protocol_v2 as v2
+from resnetkit.serve.batcher import Reservation
 from resnetkit.serve.http import read_body, request_id, status_for, upload_from
 from resnetkit.serve.pool import PROBABILITIES, ServedModel
 from resnetkit.serve.predlog import PredictionRecord
@@ -59,13 +60,18 @@ def _spawn(state: ServerState, work: Coroutine[Any, Any, None]) -> None:
 
 
 async def _run(
-    state: ServerState, served: ServedModel, role: str | None, x: np.ndarray, deadline_s: float
+    state: ServerState,
+    served: ServedModel,
+    role: str | None,
+    x: np.ndarray,
+    deadline_s: float,
+    reservation: Reservation | None = None,
 ) -> Outputs:
     """One forward pass through ``served``'s batcher, counted for the rollout analysis."""
     started = time.perf_counter()
     assert served.batcher is not None
     try:
-        outputs = await served.batcher.submit(x, deadline_s=deadline_s)
+        outputs = await served.batcher.submit(x, deadline_s=deadline_s, reservation=reservation)
         fault = served.fault
         if fault is not None:
             await asyncio.sleep(fault.delay_ms / 1000)
@@ -101,7 +107,12 @@ async def _shadow(
 
 
 async def _answer(
-    request: Request, state: ServerState, route: Route, x: np.ndarray, start: float
+    request: Request,
+    state: ServerState,
+    route: Route,
+    x: np.ndarray,
+    start: float,
+    reservation: Reservation | None = None,
 ) -> tuple[Route, Outputs]:
     """Run the request on the routed version; the route that answered, and its outputs.
 
@@ -109,7 +120,8 @@ async def _answer(
     unloading it) is not the client's problem: the request is routed again.
     """
     try:
-        outputs = await _run(state, route.primary, route.role, x, _deadline_s(state, start))
+        deadline_s = _deadline_s(state, start)
+        outputs = await _run(state, route.primary, route.role, x, deadline_s, reservation)
     except NotReady:
         if route.role is None:
             raise
@@ -147,14 +159,15 @@ async def predict_image(
     route = _route(request, state, name)
     _tag(request, route.primary)
     assert route.primary.batcher is not None
-    route.primary.batcher.admit(1)  # refuse before reading and decoding, when it is busy
-    body = await read_body(request, state.http.max_body_bytes)
-    upload = upload_from(body, request.headers.get("content-type"))
-    x = await asyncio.get_running_loop().run_in_executor(
-        state.decoder(), _decode, upload.data, upload.content_type, route.primary,
-        state.http.max_pixels,
-    )  # fmt: skip
-    route, outputs = await _answer(request, state, route, x[None], start)
+    # Refused before reading and decoding when busy; once let in, its place is held.
+    with route.primary.batcher.reserve(1) as reservation:
+        body = await read_body(request, state.http.max_body_bytes)
+        upload = upload_from(body, request.headers.get("content-type"))
+        x = await asyncio.get_running_loop().run_in_executor(
+            state.decoder(), _decode, upload.data, upload.content_type, route.primary,
+            state.http.max_pixels,
+        )  # fmt: skip
+        route, outputs = await _answer(request, state, route, x[None], start, reservation)
     served = route.primary
     predictions = _top_k(outputs[PROBABILITIES][0], served.labels, k)
     rid = request_id(request)
@@ -288,20 +301,23 @@ async def infer(request: Request, state: ServerState, name: str, version: str | 
     route = Route(state.pool.get(name, version)) if version else _route(request, state, name)
     served = route.primary
     _tag(request, served)
-    body = await read_body(request, state.http.max_body_bytes)
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
     assert served.batcher is not None
     max_batch = served.batcher.capacity
 
-    def parse() -> tuple[v2.InferRequest, np.ndarray]:
+    def parse(body: bytes) -> tuple[v2.InferRequest, np.ndarray]:
         parsed = v2.parse_infer_request(
             body, header_length, max_elements=max_batch * int(np.prod(served.loaded.input_size))
         )
         v2.check_outputs(parsed, served.outputs)
         return parsed, v2.prepare_model_input(parsed, served.loaded.spec, max_batch_size=max_batch)
 
-    parsed, x = await asyncio.get_running_loop().run_in_executor(state.decoder(), parse)
-    route, outputs = await _answer(request, state, route, x, start)
+    # As /v1: one place held from before reading; a larger batch is checked when queued.
+    with served.batcher.reserve(1) as reservation:
+        body = await read_body(request, state.http.max_body_bytes)
+        loop = asyncio.get_running_loop()
+        parsed, x = await loop.run_in_executor(state.decoder(), parse, body)
+        route, outputs = await _answer(request, state, route, x, start, reservation)
     served = route.primary
     tensors, binary = v2.resolve_outputs(parsed, outputs, labels=served.labels)
     payload, headers = v2.encode_infer_response(
