@@ -306,13 +306,7 @@ class DynamicBatcher:
             QueueFull: no room for ``n`` more samples (reservations count as queued), or an
                 estimated wait over ``max_queue_wait_ms``.
         """
-        waiting = self._queued_samples + self._reserved
-        if waiting + n > self._queue_size:
-            raise QueueFull(
-                f"{self.name}: queue full ({waiting}/{self._queue_size} samples waiting or "
-                "being decoded); retry later",
-                retry_after_s=self.retry_after_s(),
-            )
+        self._check_room(n)
         ahead = self._ahead()
         if self._max_wait_s is None or ahead == 0 or self._sample_s is None:
             return
@@ -346,6 +340,15 @@ class DynamicBatcher:
         finally:
             self._reserved -= reservation.samples
             reservation.samples = 0
+
+    def _check_room(self, n: int) -> None:
+        waiting = self._queued_samples + self._reserved
+        if waiting + n > self._queue_size:
+            raise QueueFull(
+                f"{self.name}: queue full ({waiting}/{self._queue_size} samples waiting or "
+                "being decoded); retry later",
+                retry_after_s=self.retry_after_s(),
+            )
 
     def _ahead(self) -> int:
         """Samples a new request waits behind: reserved, queued and in the running batch."""
@@ -399,10 +402,7 @@ class DynamicBatcher:
         if reservation is not None and reservation.batcher is self and reservation.samples:
             self._reserved -= reservation.samples  # its places pass to the queue
             reservation.samples = 0
-            if self._queued_samples + self._reserved + n > self._queue_size:
-                raise QueueFull(
-                    f"{self.name}: queue full; retry later", retry_after_s=self.retry_after_s()
-                )
+            self._check_room(n)
         else:
             self.admit(n)
         now = self._loop.time()
