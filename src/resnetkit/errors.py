@@ -18,6 +18,8 @@ and what to do. Third-party exceptions are translated where they cross into the 
     │   │   ├── PayloadTooLarge       a body or an image over the limit (HTTP 413)
     │   │   └── UnsupportedMediaType  a content type the route does not take (HTTP 415)
     │   ├── ModelNotServed     no loaded model has that name or version (HTTP 404)
+    │   ├── Conflict           the request clashes with the server's state (HTTP 409)
+    │   ├── ModelOutputError   the model answered non-finite numbers (HTTP 500)
     │   ├── NotReady           the model is loading or warming up (HTTP 503)
     │   ├── QueueFull          backpressure: try again later (HTTP 503)
     │   ├── DeadlineExceeded   the request waited past its deadline (HTTP 504)
@@ -31,6 +33,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "Conflict",
     "DataError",
     "DeadlineExceeded",
     "DriftError",
@@ -39,6 +42,7 @@ __all__ = [
     "InvalidInput",
     "ModelNotFoundError",
     "ModelNotServed",
+    "ModelOutputError",
     "NotReady",
     "PayloadTooLarge",
     "PermissionDenied",
@@ -110,6 +114,15 @@ class UnsupportedMediaType(InvalidInput):
 
 class ModelNotServed(ServeError):
     """No loaded model (or version) has the requested name."""
+
+
+class Conflict(ServeError):
+    """The request conflicts with the current state (a rollout already running, an ambiguous
+    target such as ``/v1/predict`` while several models are served)."""
+
+
+class ModelOutputError(ServeError):
+    """The model produced non-finite outputs (NaN or infinity): a server-side model failure."""
 
 
 class NotReady(ServeError):

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 from resnetkit.errors import (
     CheckpointError,
     ConfigError,
+    Conflict,
     DataError,
     DeadlineExceeded,
     InvalidInput,
@@ -68,6 +69,7 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (UnsupportedMediaType, 415),
     (InvalidInput, 400),
     (ModelNotServed, 404),
+    (Conflict, 409),
     (NotReady, 503),
     (QueueFull, 503),
     (DeadlineExceeded, 504),
