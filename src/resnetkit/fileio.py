@@ -4,6 +4,11 @@
 the target, fsync, rename. :func:`check_output_file` and :func:`check_output_dir` check an
 output path *before* the work that fills it starts, so a wrong ``--out`` or ``-o`` fails in
 the first second with one clear line instead of after minutes of training or exporting.
+
+The checks try a write instead of trusting permission bits: root passes every
+``os.access`` test, yet cannot create anything in ``/sys`` or ``/proc`` or on a read-only
+mount. An ``OSError`` from creating the place of an output becomes a
+:class:`~resnetkit.errors.ConfigError` naming the path and the reason, never a traceback.
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     killed mid-write.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {_reason(exc)}") from exc
     os.close(fd)
     tmp = Path(name)
     try:
@@ -50,13 +58,27 @@ def _nearest_existing(path: Path) -> Path:
     return Path(".")
 
 
+def _reason(exc: OSError) -> str:
+    """``permission denied``, ``read-only file system``, ...: the OS's words, lower case."""
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _probe_folder(folder: Path, path: Path, what: str) -> None:
+    """Create and remove an empty folder in ``folder``: the one test root cannot pass by fiat."""
+    try:
+        probe = tempfile.mkdtemp(dir=folder, prefix=".resnetkit-probe-")
+    except OSError as exc:
+        where = " in it" if folder == path else f" in {folder}"
+        raise ConfigError(f"{what} {path}: cannot create anything{where} ({_reason(exc)})") from exc
+    os.rmdir(probe)
+
+
 def _check_creatable(path: Path, what: str) -> None:
     """``path`` does not exist yet: its nearest existing ancestor must be a writable folder."""
     base = _nearest_existing(path.parent if path.parent != Path("") else Path("."))
     if not base.is_dir():
         raise ConfigError(f"{what} {path}: {base} is a file, not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path}: cannot write in {base} (permission denied)")
+    _probe_folder(base, path, what)
 
 
 def check_output_file(
@@ -93,8 +115,7 @@ def check_output_dir(path: str | os.PathLike[str], *, what: str = "output folder
     if target.exists():
         if not target.is_dir():
             raise ConfigError(f"{what} {target} is a file; give a folder")
-        if not os.access(target, os.W_OK | os.X_OK):
-            raise ConfigError(f"{what} {target} is not writable")
+        _probe_folder(target, target, what)
         return target
     _check_creatable(target, what)
     return target

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from resnetkit.errors import ConfigError
+from resnetkit.fileio import atomic_write, check_output_file
 from resnetkit.registry import (
     AliasEvent,
     RegistrationOptions,
@@ -363,12 +364,13 @@ def run_gc(store: RegistryStore, args: argparse.Namespace) -> int:
 
 def run_card(store: RegistryStore, args: argparse.Namespace) -> int:
     """``registry card REF [-o FILE]``."""
+    if args.output is not None:
+        check_output_file(args.output, what="-o")
     text = store.card(args.ref)
     if args.output is None:
         print(text, end="")
         return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
+    atomic_write(args.output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     if args.json:
         _print_json({"card": str(args.output)})
     else:
