@@ -2,6 +2,8 @@
 
 For each image: the Grad-CAM (or Grad-CAM++) heat map of the predicted class, or of
 ``--class``, blended over the image as ``DIR/<image name>-gradcam.png``, and the top-5 printed.
+Images that share a name (``shirt.png d2/shirt.png``) get ``shirt-gradcam.png`` and
+``shirt-2-gradcam.png``, numbered in command-line order, so no overlay replaces another.
 Explanations run on the version's torch weights, whatever backend serves it.
 """
 
@@ -55,6 +57,24 @@ def _target(loaded: LoadedModel, text: str | None) -> int | None:
     )
 
 
+def overlay_paths(images: list[Path], out: Path, method: str) -> list[Path]:
+    """One overlay path per image, all different: a repeated stem gets ``-2``, ``-3``, ...
+
+    Deterministic (command-line order), so the same command writes the same files.
+    """
+    suffix = f"-{method.replace('+', 'p')}.png"
+    taken: set[str] = set()
+    paths = []
+    for image in images:
+        name, n = f"{image.stem}{suffix}", 1
+        while name in taken:
+            n += 1
+            name = f"{image.stem}-{n}{suffix}"
+        taken.add(name)
+        paths.append(out / name)
+    return paths
+
+
 def run_explain(args: argparse.Namespace) -> int:
     """Explain each image; write its overlay; print its top-5."""
     from resnetkit.monitor.explain import explain, save_overlay, stage_names
@@ -71,12 +91,13 @@ def run_explain(args: argparse.Namespace) -> int:
     if args.stage is not None and args.stage not in stage_names(model):
         raise ConfigError(f"--stage {args.stage!r}: use one of {', '.join(stage_names(model))}")
     spec, rows, report = loaded.spec, [], []
-    for path in args.images:
+    for path, out in zip(
+        args.images, overlay_paths(args.images, args.out, args.method), strict=True
+    ):
         photo = open_image(path)
         pixels = torch.from_numpy(image_to_array(photo, spec.size, spec.channels).copy())
         x = normalize(pixels[None], spec)
         result = explain(model, x, target_class=target, stage=args.stage, method=args.method)
-        out = args.out / f"{path.stem}-{args.method.replace('+', 'p')}.png"
         save_overlay(out, np.asarray(photo.convert("RGB")), result.maps[0].cpu().numpy())
         top = [(loaded.labels[i] if loaded.labels else str(i), p) for i, p in result.topk(5)[0]]
         rows.append((path.name, top, out))
