@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
-import base64
+import hashlib
+import io
 import json
+import os
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from resnetkit.errors import ConfigError
-from resnetkit.serve.predlog import PredictionLog, PredictionRecord, sample_point
+from resnetkit.serve.predlog import (
+    MAX_QUEUED_IMAGE_BYTES,
+    PredictionLog,
+    PredictionRecord,
+    sample_point,
+)
 
-IMAGE = b"\x89PNG\r\n\x1a\n fake image bytes"
+
+def png_bytes(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+IMAGE = png_bytes(200)
 
 
 def record(request_id: str = "req-1", **overrides: Any) -> PredictionRecord:
@@ -89,14 +105,67 @@ def test_a_record_has_utc_time_top_k_and_a_rounded_embedding_but_no_image(tmp_pa
     assert "image" not in line
 
 
-def test_images_are_written_as_base64_only_when_enabled(tmp_path: Path) -> None:
+def test_images_are_stored_as_files_named_by_content_and_referenced_from_the_line(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "p.jsonl"
     with PredictionLog(path, sample_rate=1.0, log_images=True) as plog:
         plog.log(record("with-image"))
+        plog.log(record("same-image-again"))
         plog.log(record("without-image", image=None, embedding=None))
-    with_image, without_image = read_lines(path)
-    assert base64.b64decode(with_image["image"]) == IMAGE
+    first, again, without_image = read_lines(path)
+    digest = hashlib.sha256(IMAGE).hexdigest()
+    assert first["image"] == again["image"] == f"images/{digest[:2]}/{digest}.png"
+    assert (path.parent / first["image"]).read_bytes() == IMAGE  # relative to the log
+    assert [p.name for p in (tmp_path / "images").rglob("*") if p.is_file()] == [f"{digest}.png"]
     assert "image" not in without_image and "embedding" not in without_image
+    assert "base64" not in path.read_text() and len(path.read_text()) < 2_000
+
+
+def test_images_are_not_kept_unless_enabled(tmp_path: Path) -> None:
+    with PredictionLog(tmp_path / "p.jsonl", sample_rate=1.0) as plog:
+        plog.log(record())
+    assert not (tmp_path / "images").exists()
+
+
+def test_the_images_folder_is_bounded_and_evicts_the_oldest_first(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    images = [png_bytes(v) for v in range(10)]
+    size = max(len(image) for image in images)
+    with PredictionLog(path, sample_rate=1.0, log_images=True, max_image_bytes=3 * size) as plog:
+        for i, image in enumerate(images):
+            plog.log(record(f"req-{i}", image=image))
+    lines = read_lines(path)
+    kept = [line["image"] for line in lines if (tmp_path / line["image"]).exists()]
+    assert kept == [line["image"] for line in lines[-3:]]  # the newest three survive
+    assert sum(p.stat().st_size for p in (tmp_path / "images").rglob("*.png")) <= 3 * size
+
+
+def test_an_image_that_cannot_be_written_is_counted_and_the_line_still_written(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "p.jsonl"
+    with PredictionLog(path, sample_rate=1.0, log_images=True) as plog:
+        (tmp_path / "images").write_bytes(b"a file where the images folder should be")
+        plog.log(record("lost-image"))
+        plog.flush()
+        assert plog.image_write_errors == 1 and plog.write_errors == 0
+    (line,) = read_lines(path)
+    assert line["request_id"] == "lost-image" and "image" not in line
+
+
+def test_images_waiting_in_the_queue_are_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    slow = BlockingEmbedding()
+    big = bytes(MAX_QUEUED_IMAGE_BYTES // 2 + 1)
+    with PredictionLog(path, sample_rate=1.0, log_images=True) as plog:
+        assert plog.log(record("slow", embedding=cast(Any, slow), image=None))
+        assert slow.entered.wait(5.0)  # the writer is busy: what follows waits in the queue
+        assert plog.log(record("big-1", image=big)) and plog.log(record("big-2", image=big))
+        assert plog.images_dropped == 1
+        slow.gate.set()
+    lines = {line["request_id"]: line for line in read_lines(path)}
+    assert lines["big-1"]["image"].endswith(".bin") and "image" not in lines["big-2"]
 
 
 def test_non_finite_numbers_become_null_so_lines_stay_strict_json(tmp_path: Path) -> None:
@@ -193,6 +262,54 @@ def test_settings_out_of_range_are_rejected(tmp_path: Path, kwargs: dict[str, An
         PredictionLog(tmp_path / "p.jsonl", **kwargs)
 
 
-def test_a_folder_as_the_log_path_is_rejected_with_its_name(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="prediction log"):
+def test_a_folder_as_the_log_path_is_rejected_with_a_file_name_to_use(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="prediction log") as caught:
         PredictionLog(tmp_path)
+    assert str(tmp_path / "predictions.jsonl") in str(caught.value)
+    assert "model" not in str(caught.value)
+
+
+def test_after_an_external_rotation_new_lines_go_to_a_new_file_at_the_path(
+    tmp_path: Path,
+) -> None:
+    path, moved = tmp_path / "p.jsonl", tmp_path / "p.jsonl.rotated"
+    with PredictionLog(path, sample_rate=1.0) as plog:
+        plog.log(record("before"))
+        plog.flush()
+        os.rename(path, moved)  # what logrotate (or mv) does
+        plog.log(record("after"))
+    assert [line["request_id"] for line in read_lines(moved)] == ["before"]
+    assert [line["request_id"] for line in read_lines(path)] == ["after"]
+
+
+def test_reopen_switches_to_the_file_now_at_the_path(tmp_path: Path) -> None:
+    path, moved = tmp_path / "p.jsonl", tmp_path / "p.jsonl.old"
+    with PredictionLog(path, sample_rate=1.0) as plog:
+        plog.log(record("before"))
+        plog.flush()
+        os.rename(path, moved)
+        path.write_bytes(b"")  # the rotating tool created the new file itself
+        plog.reopen()
+        plog.log(record("after"))
+    assert [line["request_id"] for line in read_lines(moved)] == ["before"]
+    assert [line["request_id"] for line in read_lines(path)] == ["after"]
+
+
+def test_an_idle_log_reopens_on_request_without_waiting_for_a_line(tmp_path: Path) -> None:
+    path, moved = tmp_path / "p.jsonl", tmp_path / "p.jsonl.old"
+    with PredictionLog(path, sample_rate=1.0) as plog:
+        plog.log(record("before"))
+        plog.flush()
+        os.rename(path, moved)
+        plog.reopen()
+        assert wait_for(path.exists, timeout_s=10.0)  # the writer reopened, creating it
+
+
+def wait_for(condition: Any, timeout_s: float) -> bool:
+    """Poll ``condition`` until true or ``timeout_s`` passes (a bounded wait, not a sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        threading.Event().wait(0.02)
+    return bool(condition())

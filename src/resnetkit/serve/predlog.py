@@ -9,19 +9,28 @@ One line per record, written with one ``write`` call on an unbuffered file::
 
     {"time": "2025-01-31T12:00:00.123Z", "request_id": "...", "model": "fashion",
      "version": "3", "top_k": [{"label": "sneaker", "probability": 0.91}, ...],
-     "confidence": 0.91, "latency_ms": 12.5, "embedding": [0.123457, ...]}
+     "confidence": 0.91, "latency_ms": 12.5, "embedding": [0.123457, ...],
+     "image": "images/3f/3f9a....png"}
 
 ``embedding`` (the pre-logits features, rounded to :data:`EMBEDDING_DIGITS` significant
-digits) appears when given; ``image`` (the uploaded bytes, base64) only with
-``log_images=True``; raw images are never written otherwise. Non-finite numbers become
-``null``, so every line is strict JSON. The file rotates by size (``path``, ``path.1``, ...,
-``path.<backups>``), and a line cut short by a crash is trimmed when the log is reopened.
-One process writes one file: give each replica its own path.
+digits) appears when given. ``image`` appears only with ``log_images=True``: the uploaded
+file is kept in ``images/`` beside the log, named by its SHA-256 (an
+:class:`~resnetkit.serve.imagelog.ImageStore`, bounded by size, oldest evicted first), and the
+line holds its path relative to the log's folder. An image that cannot be written (a full
+disk, an unwritable folder) is left out of its line and counted in
+:attr:`~PredictionLog.image_write_errors`; the line and the request go on. Non-finite numbers
+become ``null``, so every line is strict JSON.
+
+The file rotates by size (``path``, ``path.1``, ..., ``path.<backups>``), and a line cut short
+by a crash is trimmed when the log is reopened. Rotation by another tool (``mv`` then a new
+file, as logrotate does) is followed: the writer reopens ``path`` when the file there is no
+longer the one it writes to, and on :meth:`~PredictionLog.reopen` (``resnetkit serve`` calls
+it on SIGHUP). One process writes one log: give each replica its own folder.
 """
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -41,11 +50,14 @@ import numpy as np
 
 from resnetkit.errors import ConfigError
 from resnetkit.fileio import check_output_file
+from resnetkit.serve.imagelog import DEFAULT_MAX_IMAGE_BYTES, ImageStore
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_QUEUE_RECORDS",
     "EMBEDDING_DIGITS",
+    "IMAGES_FOLDER",
+    "MAX_QUEUED_IMAGE_BYTES",
     "PredictionLog",
     "PredictionRecord",
     "sample_point",
@@ -57,7 +69,12 @@ DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 DEFAULT_QUEUE_RECORDS = 10_000
 EMBEDDING_DIGITS = 6
 _TAIL_SCAN_BYTES = 64 * 1024
+#: The folder beside the log that holds logged images (``log_images=True``).
+IMAGES_FOLDER = "images"
+#: Image bytes waiting in the queue at most; past it, records are queued without their image.
+MAX_QUEUED_IMAGE_BYTES = 64 * 1024 * 1024
 _ERRORS_PER_REPORT = 1000  # log the first lost record, then every 1000th
+_IDLE_CHECK_S = 1.0  # how soon an idle writer honours reopen()
 
 
 @dataclass(frozen=True)
@@ -71,7 +88,9 @@ class PredictionRecord:
         confidence: the top-1 probability.
         latency_ms: end-to-end latency of the request.
         embedding: the pre-logits features of this sample ``(D,)``, or None.
-        image: the uploaded image bytes; written (base64) only with ``log_images=True``.
+        image: the encoded image file as received; stored only with ``log_images=True``.
+        image_content_type: its declared media type; names the file only when its bytes
+            match no known image format.
     """
 
     request_id: str
@@ -82,6 +101,7 @@ class PredictionRecord:
     latency_ms: float
     embedding: Sequence[float] | np.ndarray | None = None
     image: bytes | None = None
+    image_content_type: str | None = None
 
 
 def sample_point(request_id: str, seed: int | None = None) -> float:
@@ -101,7 +121,9 @@ class PredictionLog:
     Args:
         path: the log file; rotated copies are ``path.1`` (newest) to ``path.<backups>``.
         sample_rate: the fraction of request ids logged, 0 (none) to 1 (all).
-        log_images: write each record's image (base64); off by default.
+        log_images: keep each record's image as a file in ``images/`` beside the log, named
+            by its content, referenced from the line; off by default.
+        max_image_bytes: the most the logged images may take on disk; oldest go first.
         max_bytes: rotate before a line would take the file past this size.
         backups: rotated files kept; 0 truncates the log instead.
         seed: salts the request-id hash; replicas with the same seed keep the same requests.
@@ -117,15 +139,19 @@ class PredictionLog:
         *,
         sample_rate: float = 0.1,
         log_images: bool = False,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_bytes: int = DEFAULT_MAX_BYTES,
         backups: int = 3,
         seed: int | None = None,
         queue_records: int = DEFAULT_QUEUE_RECORDS,
     ) -> None:
         _check_settings(sample_rate, max_bytes, backups, queue_records)
-        self.path = check_output_file(path, what="prediction log")
+        self.path = _check_log_path(path)
         self.sample_rate = sample_rate
         self.log_images = log_images
+        self.images: ImageStore | None = None
+        if log_images:
+            self.images = ImageStore(self.path.parent / IMAGES_FOLDER, max_bytes=max_image_bytes)
         self._max_bytes = max_bytes
         self._backups = backups
         self._seed = seed
@@ -137,7 +163,11 @@ class PredictionLog:
         self._dropped = 0
         self._written = 0
         self._errors = 0
-        self._file, self._size = _open_for_append(self.path)
+        self._queued_image_bytes = 0
+        self._images_dropped = 0
+        self._image_errors = 0
+        self._reopen_requested = False
+        self._file, self._size, self._identity = _open_for_append(self.path)
         self._thread = threading.Thread(target=self._drain, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -158,14 +188,36 @@ class PredictionLog:
             return False
         logged_at = datetime.now(timezone.utc)
         with self._lock:
+            record = self._bound_image(record)
             if not self._closed:
                 try:
                     self._queue.put_nowait((record, logged_at))
+                    self._queued_image_bytes += len(record.image or b"")
                     return True
                 except queue.Full:
                     pass
             self._dropped += 1
             return False
+
+    def _bound_image(self, record: PredictionRecord) -> PredictionRecord:
+        """``record`` without its image when images are off or too many bytes wait already."""
+        if record.image is None:
+            return record
+        if self.log_images and (
+            self._queued_image_bytes + len(record.image) <= MAX_QUEUED_IMAGE_BYTES
+        ):
+            return record
+        if self.log_images:
+            self._images_dropped += 1
+        return dataclasses.replace(record, image=None, image_content_type=None)
+
+    def reopen(self) -> None:
+        """Reopen the file at :attr:`path` before the next line (after an external rotation).
+
+        Only sets a flag, so it is safe to call from a signal handler; an idle writer acts
+        on it within a second.
+        """
+        self._reopen_requested = True
 
     @property
     def dropped(self) -> int:
@@ -181,6 +233,16 @@ class PredictionLog:
     def write_errors(self) -> int:
         """Records lost to an encoding or disk error (each is logged)."""
         return self._errors
+
+    @property
+    def image_write_errors(self) -> int:
+        """Images left out of their line because writing the file failed."""
+        return self._image_errors
+
+    @property
+    def images_dropped(self) -> int:
+        """Images left out because :data:`MAX_QUEUED_IMAGE_BYTES` were waiting already."""
+        return self._images_dropped
 
     def flush(self) -> None:
         """Wait until every queued record is written."""
@@ -211,7 +273,11 @@ class PredictionLog:
 
     def _drain(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=_IDLE_CHECK_S)
+            except queue.Empty:
+                self._reopen_if_asked()
+                continue
             try:
                 if item is None:
                     return
@@ -222,7 +288,36 @@ class PredictionLog:
                 if self._errors == 1 or self._errors % _ERRORS_PER_REPORT == 0:
                     logger.exception("prediction log %s: %d records lost", self.path, self._errors)
             finally:
+                if item is not None and item[0].image is not None:
+                    with self._lock:
+                        self._queued_image_bytes -= len(item[0].image)
                 self._queue.task_done()
+
+    def _reopen_if_asked(self) -> None:
+        if not self._reopen_requested:
+            return
+        try:
+            self._reopen()
+        except ConfigError as exc:  # the next write tries again, and counts its record lost
+            logger.warning("%s", exc)
+
+    def _store_image(self, record: PredictionRecord) -> str | None:
+        """Write the record's image; its path relative to the log's folder, or None."""
+        if self.images is None or record.image is None:
+            return None
+        try:
+            stored = self.images.put(record.image, record.image_content_type)
+        except OSError as exc:
+            self._image_errors += 1
+            if self._image_errors == 1 or self._image_errors % _ERRORS_PER_REPORT == 0:
+                logger.warning(
+                    "image log %s: cannot write an image (%s); %d left out so far",
+                    self.images.root,
+                    exc.strerror or exc,
+                    self._image_errors,
+                )
+            return None
+        return None if stored is None else f"{IMAGES_FOLDER}/{stored}"
 
     def _encode(self, record: PredictionRecord, logged_at: datetime) -> bytes:
         doc: dict[str, Any] = {
@@ -237,14 +332,15 @@ class PredictionLog:
         if record.embedding is not None:
             values = np.asarray(record.embedding, dtype=np.float64).ravel()
             doc["embedding"] = [_round(v) for v in values.tolist()]
-        if self.log_images and record.image is not None:
-            doc["image"] = base64.b64encode(record.image).decode("ascii")
+        image = self._store_image(record)  # before the line, so the line never leads the file
+        if image is not None:
+            doc["image"] = image
         # ASCII-only JSON escapes every newline and odd character: one record, one line.
         return (json.dumps(doc, allow_nan=False, separators=(",", ":")) + "\n").encode("ascii")
 
     def _write(self, line: bytes) -> None:
-        if self._file.closed:  # a rotation failed: try again
-            self._file, self._size = _open_for_append(self.path)
+        if self._file.closed or self._reopen_requested or self._moved_away():
+            self._reopen()  # after a failed rotation, a SIGHUP, or another tool's rotation
         if self._size > 0 and self._size + len(line) > self._max_bytes:
             self._rotate()
         view = memoryview(line)
@@ -262,7 +358,23 @@ class PredictionLog:
                 if older.exists():
                     os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._file, self._size = _open_for_append(self.path)
+        self._file, self._size, self._identity = _open_for_append(self.path)
+
+    def _moved_away(self) -> bool:
+        """Whether :attr:`path` is no longer the file being written (one ``stat``)."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            return True
+        self._size = min(self._size, stat.st_size)  # truncated in place (copytruncate)
+        return False
+
+    def _reopen(self) -> None:
+        self._reopen_requested = False
+        self._file.close()
+        self._file, self._size, self._identity = _open_for_append(self.path)
 
 
 def _check_settings(sample_rate: float, max_bytes: int, backups: int, queue_records: int) -> None:
@@ -276,8 +388,22 @@ def _check_settings(sample_rate: float, max_bytes: int, backups: int, queue_reco
         raise ConfigError(f"queue_records must be at least 1, got {queue_records}")
 
 
-def _open_for_append(path: Path) -> tuple[io.FileIO, int]:
-    """Open ``path`` unbuffered for appending, after trimming a line a crash cut short."""
+def _check_log_path(path: str | os.PathLike[str]) -> Path:
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(
+            f"prediction log {target} is a folder; give a file name in it, "
+            f"e.g. {target / 'predictions.jsonl'}"
+        )
+    return check_output_file(target, what="prediction log")
+
+
+def _open_for_append(path: Path) -> tuple[io.FileIO, int, tuple[int, int]]:
+    """Open ``path`` unbuffered for appending, after trimming a line a crash cut short.
+
+    Returns:
+        The file, its size, and its ``(st_dev, st_ino)`` identity.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
@@ -285,7 +411,8 @@ def _open_for_append(path: Path) -> tuple[io.FileIO, int]:
         handle = path.open("ab", buffering=0)
     except OSError as exc:
         raise ConfigError(f"prediction log {path}: cannot open it ({exc.strerror})") from exc
-    return handle, handle.seek(0, os.SEEK_END)
+    stat = os.fstat(handle.fileno())
+    return handle, handle.seek(0, os.SEEK_END), (stat.st_dev, stat.st_ino)
 
 
 def _trim_partial_line(path: Path) -> None:
