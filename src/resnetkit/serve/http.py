@@ -2,8 +2,9 @@
 
 * :func:`read_body` refuses a body over the limit from its ``Content-Length`` before reading
   a byte, and stops reading a chunked body as soon as it passes the limit.
-* :func:`upload_from` takes the image of a ``POST``: a raw ``image/*`` body, or the ``file``
-  field of a ``multipart/form-data`` form.
+* :func:`upload_from` takes the image of a ``POST``: a raw body of an image type (the one table
+  is :data:`~resnetkit.serve.validation.IMAGE_TYPES`; the bytes decide the format), or the
+  ``file`` field of a ``multipart/form-data`` form, whose declared type is not trusted.
 * :data:`ERROR_STATUS` is the one table from exception class to HTTP status (Starlette's
   habit); :func:`error_response` answers every error as ``{"error": "..."}``.
 * :class:`AccessLog` is a pure ASGI middleware: a request id (``X-Request-Id``, honoured when
@@ -46,7 +47,7 @@ from resnetkit.errors import (
 )
 from resnetkit.serve.auth import WWW_AUTHENTICATE
 from resnetkit.serve.metrics import ServerMetrics
-from resnetkit.serve.validation import read_limited
+from resnetkit.serve.validation import IMAGE_TYPES, is_upload_type, read_limited
 
 __all__ = [
     "ERROR_STATUS",
@@ -82,7 +83,6 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (ServeError, 500),
     (ResNetKitError, 500),
 )
-_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif")
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _UPLOAD_FIELD = "file"
 
@@ -111,8 +111,15 @@ def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", "")) or uuid.uuid4().hex
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(
+    request: Request, max_bytes: int, *, expected: str = "an image or a V2 inference request"
+) -> bytes:
     """The request body, refused (413) past ``max_bytes`` without reading it all.
+
+    Args:
+        request: the request.
+        max_bytes: the most bytes the body may have.
+        expected: what the route takes, for the message about an empty body.
 
     Raises:
         PayloadTooLarge: the declared or the actual length is over the limit.
@@ -128,7 +135,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             )
     body = await read_limited(request.stream(), max_bytes)
     if not body:
-        raise InvalidInput("empty request body: send an image (or a V2 inference request)")
+        raise InvalidInput(f"empty request body: send {expected}")
     return body
 
 
@@ -139,10 +146,10 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         InvalidInput: not JSON, or not an object.
         PayloadTooLarge: over ``max_bytes``.
     """
-    body = await read_body(request, max_bytes)
+    body = await read_body(request, max_bytes, expected="a JSON object")
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidInput(f"the body must be a JSON object: {exc}") from exc
     if not isinstance(payload, dict):
         raise InvalidInput("the body must be a JSON object")
@@ -150,7 +157,8 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
 
 
 class Upload:
-    """An uploaded file: its bytes and the content type its sender declared."""
+    """An uploaded file: its bytes and the content type its sender declared (None for a form
+    part: browsers set it from the file name, so only the bytes are trusted)."""
 
     def __init__(self, data: bytes, content_type: str | None) -> None:
         self.data = data
@@ -161,7 +169,7 @@ def upload_from(body: bytes, content_type: str | None) -> Upload:
     """The image in a request body: raw ``image/*`` or the ``file`` field of a form.
 
     Raises:
-        UnsupportedMediaType: another content type.
+        UnsupportedMediaType: a content type that cannot carry an image (``text/plain``).
         InvalidInput: a malformed form, or one without a ``file`` field.
     """
     kind, params = parse_options_header(content_type or "")
@@ -171,11 +179,13 @@ def upload_from(body: bytes, content_type: str | None) -> Upload:
         if not boundary:
             raise InvalidInput("multipart/form-data without a boundary")
         return _form_file(body, boundary)
-    if kind_text in _IMAGE_TYPES or kind_text == "application/octet-stream":
+    if kind_text and is_upload_type(kind_text):
         return Upload(body, kind_text)
+    canonical = ", ".join(types[0] for types in IMAGE_TYPES.values())
     raise UnsupportedMediaType(
         f"content type {kind_text or 'none'!r} is not an image: send the image as the body "
-        f"({', '.join(_IMAGE_TYPES[:4])}) or as the field 'file' of multipart/form-data"
+        f"({canonical} or application/octet-stream) or as the field 'file' of "
+        "multipart/form-data"
     )
 
 
@@ -221,7 +231,7 @@ def _form_file(body: bytes, boundary: bytes) -> Upload:
     for part in parts:
         _, params = parse_options_header(part["headers"].get("content-disposition", ""))
         if params.get(b"name", b"").decode("latin-1") == _UPLOAD_FIELD:
-            return Upload(b"".join(part["data"]), part["headers"].get("content-type"))
+            return Upload(b"".join(part["data"]), None)
     raise InvalidInput(f"the form has no field {_UPLOAD_FIELD!r}: upload the image as 'file'")
 
 

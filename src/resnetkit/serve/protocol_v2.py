@@ -34,18 +34,17 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from resnetkit.data import PreprocessingSpec, image_to_array, normalize
-from resnetkit.errors import ConfigError, DataError, InvalidInput, PayloadTooLarge
+from resnetkit.data import PreprocessingSpec
+from resnetkit.errors import ConfigError, InvalidInput, PayloadTooLarge
+from resnetkit.serve.validation import MAX_PIXELS, check_image_size, image_to_model_input
 
 __all__ = [
     "DATATYPES",
     "EXTENSIONS",
     "HEADER_LENGTH",
     "INPUT_NAME",
-    "MAX_IMAGE_SIDE",
     "OUTPUT_NAME",
     "PLATFORM",
     "InferRequest",
@@ -75,8 +74,6 @@ EXTENSIONS = ("binary_tensor_data", "classification")
 PLATFORM = "resnetkit"
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-#: The largest height or width of a UINT8 pixel input; each image is resized to the model's.
-MAX_IMAGE_SIDE = 4096
 _MAX_DIMS = 16
 
 # Little-endian, as the binary extension requires; BYTES elements are Python bytes objects.
@@ -204,18 +201,25 @@ def parse_infer_request(
     header_length: int | None,
     *,
     max_elements: int,
+    max_pixels: int = MAX_PIXELS,
 ) -> InferRequest:
     """Parse and check an inference request body.
+
+    The size policy is that of ``/v1`` (:data:`resnetkit.serve.validation.SIZE_POLICY`): a
+    UINT8 ``[N, H, W, 1 or 3]`` input is N images, each held to ``max_pixels`` pixels as an
+    uploaded file is; any other input to ``max_elements`` elements.
 
     Args:
         body: the whole HTTP body.
         header_length: the ``Inference-Header-Content-Length`` header as a number, or None
             when absent (then the body is JSON only).
-        max_elements: the most elements one input may hold.
+        max_elements: the most elements one input that is not a pixel batch may hold, and
+            the most images in a pixel batch.
+        max_pixels: the most pixels (width x height) of one image of a pixel batch.
 
     Raises:
         InvalidInput: anything wrong with the request, naming the field.
-        PayloadTooLarge: an input's shape holds more than ``max_elements`` elements.
+        PayloadTooLarge: an input over the size policy.
     """
     if max_elements < 1:
         raise ConfigError(f"max_elements must be at least 1, got {max_elements}")
@@ -234,7 +238,7 @@ def parse_infer_request(
         raise InvalidInput("inputs must be a non-empty JSON array of input tensors")
     return InferRequest(
         id=request_id,
-        inputs=_parse_inputs(raw_inputs, binary, max_elements),
+        inputs=_parse_inputs(raw_inputs, binary, _Limits(max_elements, max_pixels)),
         outputs=_parse_outputs(doc),
         parameters=parameters,
     )
@@ -308,6 +312,12 @@ def _parameters(obj: dict[str, Any], where: str) -> Mapping[str, ParamValue]:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Limits:
+    max_elements: int
+    max_pixels: int
+
+
+@dataclasses.dataclass(frozen=True)
 class _InputHeader:
     name: str
     datatype: str
@@ -318,11 +328,9 @@ class _InputHeader:
 
 
 def _parse_inputs(
-    raw_inputs: list[Any], binary: memoryview | None, max_elements: int
+    raw_inputs: list[Any], binary: memoryview | None, limits: _Limits
 ) -> tuple[InputTensor, ...]:
-    headers = [
-        _input_header(item, f"inputs[{i}]", max_elements) for i, item in enumerate(raw_inputs)
-    ]
+    headers = [_input_header(item, f"inputs[{i}]", limits) for i, item in enumerate(raw_inputs)]
     first: dict[str, int] = {}
     for i, header in enumerate(headers):
         if header.name in first:
@@ -363,7 +371,7 @@ def _parse_inputs(
     return tuple(tensors)
 
 
-def _input_header(item: Any, where: str, max_elements: int) -> _InputHeader:
+def _input_header(item: Any, where: str, limits: _Limits) -> _InputHeader:
     if not isinstance(item, dict):
         raise InvalidInput(
             f"{where} must be a JSON object with name, shape, datatype and data, got {_kind(item)}"
@@ -375,7 +383,7 @@ def _input_header(item: Any, where: str, max_elements: int) -> _InputHeader:
             f"{where}.datatype {_show(datatype)} is not a datatype of the protocol; "
             f"expected one of {', '.join(DATATYPES)}"
         )
-    shape = _parse_shape(item, where, max_elements)
+    shape = _parse_shape(item, where, datatype, limits)
     parameters = _parameters(item, where)
     size = parameters.get("binary_data_size")
     if size is not None:
@@ -404,7 +412,14 @@ def _required_str(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _parse_shape(item: dict[str, Any], where: str, max_elements: int) -> tuple[int, ...]:
+def _is_pixel_batch(datatype: str, shape: list[int]) -> bool:
+    """UINT8 ``[N, H, W, 1 or 3]``: images, held to the size policy of uploaded files."""
+    return datatype == "UINT8" and len(shape) == 4 and shape[3] in (1, 3)
+
+
+def _parse_shape(
+    item: dict[str, Any], where: str, datatype: str, limits: _Limits
+) -> tuple[int, ...]:
     field = f"{where}.shape"
     if "shape" not in item:
         raise InvalidInput(f"{field} is missing")
@@ -416,6 +431,12 @@ def _parse_shape(item: dict[str, Any], where: str, max_elements: int) -> tuple[i
     for j, dim in enumerate(raw):
         if type(dim) is not int or dim < 0:
             raise InvalidInput(f"{field}[{j}] must be a non-negative integer, got {_show(dim)}")
+    max_elements = limits.max_elements
+    if _is_pixel_batch(datatype, raw):
+        check_image_size(raw[2], raw[1], limits.max_pixels, f"{field}: each image")
+        if raw[0] > max_elements:
+            raise PayloadTooLarge(f"{field} {raw} holds more than {max_elements} images")
+        return tuple(raw)
     # A dimension over the limit is refused even when another is 0: numpy could not hold it.
     if math.prod(raw) > max_elements or max(raw, default=0) > max_elements:
         raise PayloadTooLarge(
@@ -585,8 +606,9 @@ def prepare_model_input(
 
     Two forms are accepted: FP32 ``[N, C, H, W]`` exactly as the spec says, already
     normalised by the client (finite values only); or UINT8 ``[N, H, W, C]`` raw pixels
-    (C 1 or 3, H and W up to :data:`MAX_IMAGE_SIDE`), which are resized and converted per
-    image with the code training uses (``data.image_to_array``) and then normalised.
+    (C 1 or 3; each image within the size policy, checked by :func:`parse_infer_request`),
+    each made into model input by the code an uploaded ``/v1`` image goes through
+    (``validation.image_to_model_input``: training's resize, conversion and normalisation).
 
     Raises:
         InvalidInput: not exactly one input, a datatype or shape that fits neither form, a
@@ -609,12 +631,11 @@ def prepare_model_input(
     if tensor.datatype == "FP32":
         fits = len(shape) == 4 and shape[1:] == (c, h, w)
     else:
-        fits = len(shape) == 4 and shape[3] in (1, 3)
-        fits = fits and all(1 <= side <= MAX_IMAGE_SIDE for side in shape[1:3])
+        fits = len(shape) == 4 and shape[3] in (1, 3) and min(shape[1:3]) >= 1
     if not fits:
         raise InvalidInput(
             f"inputs[0].shape {list(shape)} does not fit {tensor.datatype} for this model, "
-            f"which takes {forms}; height and width at most {MAX_IMAGE_SIDE}"
+            f"which takes {forms}"
         )
     if not 1 <= shape[0] <= max_batch_size:
         raise InvalidInput(
@@ -629,17 +650,15 @@ def prepare_model_input(
 
 def _pixels_to_batch(pixels: np.ndarray, spec: PreprocessingSpec) -> np.ndarray:
     """``uint8 (N, H, W, C)`` to normalised ``float32 (N, C, H, W)``, image by image."""
-    try:
-        images = []
-        for image in pixels:  # (H, W, C); Pillow wants (H, W) for one channel
-            pil = Image.fromarray(
-                np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image)
-            )
-            images.append(image_to_array(pil, spec.size, spec.channels))
-        batch = normalize(torch.from_numpy(np.stack(images)), spec)
-    except DataError as exc:
-        raise InvalidInput(f"inputs[0].data cannot be made into model input: {exc}") from exc
-    return batch.numpy()
+    images = []
+    for image in pixels:  # (H, W, C); Pillow wants (H, W) for one channel
+        plane = image[..., 0] if image.shape[-1] == 1 else image
+        pil = Image.fromarray(np.ascontiguousarray(plane))
+        try:
+            images.append(image_to_model_input(pil, spec))
+        except InvalidInput as exc:
+            raise InvalidInput(f"inputs[0].data: {exc}") from exc
+    return np.stack(images)
 
 
 # --- Responses -----------------------------------------------------------------------------

@@ -8,15 +8,18 @@ and evaluation use, so the server cannot drift from them. Every bad upload is an
 
 Decoding rules:
 
-* Formats: JPEG, PNG, WebP, BMP and GIF, recognised by their magic bytes; only the matching
-  Pillow plugin parses the body. ``application/octet-stream`` or no content type: the bytes
-  decide. A content type that is no format we take (``text/plain``, ``image/tiff``, a
-  multipart form: the route extracts the file part first) is 415, and so are bytes of no
-  format we take. A declared image type that the bytes contradict (JPEG bytes sent as
-  ``image/png``, a text file sent as ``image/png``) is 400.
-* Size: the pixel count is read from the header and checked against ``max_pixels`` before any
-  pixel is decoded (413); Pillow's own decompression-bomb guard maps to 413 as well.
-* Animated GIF, PNG and WebP: the first frame is used.
+* Formats: JPEG, PNG, WebP, BMP, GIF and TIFF (:data:`IMAGE_TYPES`, the one table of the
+  formats and media types the server takes, for ``/v1`` bodies, form parts and the OpenAPI
+  document), recognised by their magic bytes; only the matching Pillow plugin parses the body.
+  The bytes decide, never the declared type: browsers set a part's type from the file name,
+  so a PNG saved as ``photo.jpg`` arrives as ``image/jpeg`` and is decoded as the PNG it is.
+  Any ``image/*`` type, ``application/octet-stream`` or no type at all is taken; another type
+  (``text/plain``, ``application/json``) is 415, and so are bytes of no format we take. Bytes
+  of no format sent under a type of the table (a text file sent as ``image/png``) are 400.
+* Size (:data:`SIZE_POLICY`): the pixel count is read from the header and checked against
+  ``max_pixels`` before any pixel is decoded (413); Pillow's own decompression-bomb guard maps
+  to 413 as well. The same rule bounds V2 pixel tensors (:func:`check_image_size`).
+* Animated GIF, PNG and WebP, multi-page TIFF: the first frame is used.
 * EXIF orientation is applied, so the model sees the photo the way a viewer shows it.
 * Transparency (RGBA, LA, PA, palette or 8-bit colour-key transparency) is composited over
   **black**: the background of MNIST-style data, and what most encoders store under fully
@@ -46,27 +49,43 @@ from resnetkit.errors import (
 )
 
 __all__ = [
+    "GENERIC_TYPES",
     "IMAGE_TYPES",
     "MAX_PIXELS",
+    "SIZE_POLICY",
+    "check_image_size",
     "decode_image",
     "image_to_model_input",
+    "is_upload_type",
+    "media_type",
     "parse_size",
     "read_limited",
     "sniff_format",
 ]
 
-#: Accepted media types by Pillow format name; the first is the canonical one.
+#: The formats the server decodes, by Pillow format name, with the media types that name
+#: them (the first is the canonical one; the others are aliases clients send).
 IMAGE_TYPES: dict[str, tuple[str, ...]] = {
     "JPEG": ("image/jpeg", "image/jpg", "image/pjpeg"),
-    "PNG": ("image/png", "image/apng"),
+    "PNG": ("image/png", "image/x-png", "image/apng"),
     "WEBP": ("image/webp",),
-    "BMP": ("image/bmp", "image/x-bmp", "image/x-ms-bmp"),
+    "BMP": ("image/bmp", "image/x-bmp", "image/x-ms-bmp", "image/x-windows-bmp"),
     "GIF": ("image/gif",),
+    "TIFF": ("image/tiff", "image/tif", "image/x-tiff"),
 }
 #: Content types that say nothing about the format: the bytes decide.
-_GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+#: The size policy, one rule for every protocol: an image holds at most this many pixels
+#: (width x height), whether it arrives as a file (``/v1``) or as a UINT8 pixel tensor (V2);
+#: FP32 tensors have the model's own input size. ``HttpSettings.max_pixels`` overrides it.
 MAX_PIXELS = 40_000_000
-#: Grey level that transparent pixels are composited over (0 is black).
+SIZE_POLICY = (
+    "one size policy for every protocol: a request body of at most max_body_bytes; each "
+    "image (a /v1 file or a V2 UINT8 [N, H, W, C] tensor) of at most max_pixels pixels "
+    "(width x height), resized to the model's input by training's code; a V2 FP32 tensor "
+    "of exactly the model's input shape; at most the batcher's capacity of images a request"
+)
+_FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 # The sizes a BMP's DIB header can have (BITMAPCOREHEADER ... BITMAPV5HEADER).
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _UNITS = {
@@ -95,7 +114,36 @@ def sniff_format(head: bytes) -> str | None:
         return "GIF"
     if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
         return "BMP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
     return None
+
+
+def media_type(content_type: str | None) -> str:
+    """The bare media type of a ``Content-Type`` value: lower case, without parameters."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def is_upload_type(content_type: str | None) -> bool:
+    """Whether a declared type may carry an image: any ``image/*``, or a generic type."""
+    declared = media_type(content_type)
+    return declared in GENERIC_TYPES or declared.startswith("image/")
+
+
+def check_image_size(width: int, height: int, max_pixels: int, what: str = "the image") -> None:
+    """Apply the size policy to one image of ``width`` x ``height`` pixels.
+
+    Raises:
+        PayloadTooLarge: over ``max_pixels``, with the limit in the message.
+        InvalidInput: an image without pixels.
+    """
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"{what} is {width}x{height} = {width * height} pixels, over this server's limit "
+            f"of {max_pixels} pixels per image; send a smaller image"
+        )
+    if width < 1 or height < 1:
+        raise InvalidInput(f"{what} is {width}x{height}: it has no pixels")
 
 
 def decode_image(
@@ -115,10 +163,10 @@ def decode_image(
         A fully loaded image, upright, without alpha, in a mode ``data.image_to_array`` takes.
 
     Raises:
-        InvalidInput: an empty body, a content type that contradicts the bytes, or a
-            truncated or corrupt file.
-        UnsupportedMediaType: a content type or file format that is not JPEG, PNG, WebP, BMP
-            or GIF.
+        InvalidInput: an empty body, bytes of no image format under an image type of
+            :data:`IMAGE_TYPES`, or a truncated or corrupt file.
+        UnsupportedMediaType: a content type that cannot carry an image, or bytes of a format
+            that is not JPEG, PNG, WebP, BMP, GIF or TIFF.
         PayloadTooLarge: more than ``max_pixels`` pixels.
     """
     if not body:
@@ -130,14 +178,7 @@ def decode_image(
         raise PayloadTooLarge(f"the {fmt} image is too large to decode: {exc}") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
         raise InvalidInput(f"truncated or corrupt image ({fmt}): {exc}") from exc
-    width, height = image.size
-    if width * height > max_pixels:
-        raise PayloadTooLarge(
-            f"the image is {width}x{height} = {width * height} pixels, over the limit of "
-            f"{max_pixels}; send a smaller image"
-        )
-    if width < 1 or height < 1:
-        raise InvalidInput(f"the image is {width}x{height}: it has no pixels")
+    check_image_size(*image.size, max_pixels)
     try:
         image.load()  # the first frame of an animation
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -148,32 +189,23 @@ def decode_image(
 
 
 def _check_format(body: bytes, content_type: str | None) -> str:
-    """The sniffed format, after checking that the declared content type agrees with it."""
-    declared = (content_type or "").split(";")[0].strip().lower()
-    declared_fmt = next((f for f, types in IMAGE_TYPES.items() if declared in types), None)
-    accepted = ", ".join(types[0] for types in IMAGE_TYPES.values())
-    if declared not in _GENERIC_TYPES and declared_fmt is None:
+    """The format of the bytes; the declared type only chooses between 400 and 415."""
+    declared = media_type(content_type)
+    if not is_upload_type(declared):
         raise UnsupportedMediaType(
-            f"content type {declared!r} is not accepted; send {accepted} "
-            "(or application/octet-stream)"
+            f"content type {declared!r} is not accepted; send a {_FORMAT_NAMES} image as "
+            "image/* or application/octet-stream"
         )
     fmt = sniff_format(body[:32])
-    if fmt is None:
-        head = body[:8]
-        if declared_fmt is not None:
-            raise InvalidInput(
-                f"the body is declared {declared} but is not a {declared_fmt} file "
-                f"(it starts with {head!r})"
-            )
-        raise UnsupportedMediaType(
-            f"the body is not a JPEG, PNG, WebP, BMP or GIF image (it starts with {head!r})"
-        )
-    if declared_fmt is not None and declared_fmt != fmt:
+    if fmt is not None:
+        return fmt
+    head = body[:8]
+    if any(declared in types for types in IMAGE_TYPES.values()):
         raise InvalidInput(
-            f"the body is declared {declared} but its bytes are a {fmt} file; send the right "
-            "Content-Type"
+            f"the body is declared {declared} but is no {_FORMAT_NAMES} file "
+            f"(it starts with {head!r})"
         )
-    return fmt
+    raise UnsupportedMediaType(f"the body is not a {_FORMAT_NAMES} image (it starts with {head!r})")
 
 
 def image_to_model_input(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
