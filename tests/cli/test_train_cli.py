@@ -67,7 +67,7 @@ def test_training_leaves_a_run_evaluated_on_the_test_split(
         (["--test-limit", "0"], "data.test_limit must be >= 1"),
         (["--val-fraction", "1.5"], "data.val_fraction must be in [0, 1)"),
         (["--model", "resnet_tabular"], "resnet_tabular takes vector input"),
-        (["--resume", "--out", "somewhere", "--epochs", "3"], "--epochs, --batch-size would"),
+        (["--resume", "--out", "somewhere", "--epochs", "3"], "has no checkpoint to resume"),
         (["--device", "cuda:7"], "cuda"),
     ],
 )
@@ -101,3 +101,34 @@ def test_resume_of_a_finished_or_empty_run_says_so(
 ) -> None:
     assert main(["train", "--resume", "--out", str(tmp_path)]) == 1
     assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_resume_with_the_original_flags_is_accepted_and_only_real_changes_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train", *_TINY, "--epochs", "2", "--seed", "7", "--no-eval", "--out", str(out)]
+    assert main(argv) == 0
+    weights = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    # A run keeps its latest checkpoint; resuming it at its end must change nothing.
+    assert main([*argv, "--resume"]) == 0
+    assert (out / "model.safetensors").read_bytes() == weights
+    # How it executes may change: threads, device, progress bars.
+    assert main([*argv, "--resume", "--num-threads", "2", "--device", "cpu"]) == 0
+    capsys.readouterr()
+
+    changed = [*argv, "--resume", "--epochs", "3", "--model-arg", "width=0.25", "--lr", "0.05"]
+    assert main(changed) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "--epochs (recorded 2, given 3)" in err
+    assert "--model-arg width (recorded 0.5, given 0.25)" in err
+    assert "--lr (recorded 0.2, given 0.05)" in err
+    assert "--seed" not in err and "--model " not in err  # the same values are no change
+    assert (out / "model.safetensors").read_bytes() == weights
+
+    recipe = str(CONFIGS / "fashion_mnist_fast.toml")
+    assert main(["train", "--config", recipe, "--out", str(out), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert f"--config {recipe} with" in err and "model.arch (recorded 'resnet8', given" in err

@@ -19,12 +19,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from resnetkit.config import TrainConfig, from_dict, load_toml
+from resnetkit.config import TrainConfig, from_dict, load_toml, to_dict
 from resnetkit.contract import CONFIG_TOML, read_summary, write_summary
 from resnetkit.errors import ConfigError
 from resnetkit.fileio import check_output_dir
 from resnetkit.train import TrainResult, check_config, evaluate_run, train
-from resnetkit.train.rundir import has_checkpoint
+from resnetkit.train.rundir import RESUMABLE_SETTINGS, flatten_settings, has_checkpoint
 
 # flag → (section, field) of TrainConfig; section None means top level.
 _OVERRIDES: dict[str, tuple[str | None, str]] = {
@@ -137,30 +137,63 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(base, **updates)
 
 
-# Flags --resume accepts: they change how a run executes, not what it computes.
-_RESUME_FLAGS = ("out", "resume", "no_eval", "no_progress", "device", "num_threads")
+def _given_paths(args: argparse.Namespace) -> dict[str, str | None]:
+    """Dotted config path → the flag that sets it (None: the --config recipe sets it)."""
+    given: dict[str, str | None] = {}
+    if args.config:
+        given.update(dict.fromkeys(flatten_settings(load_toml(args.config))))
+    for flag, (section, name) in _OVERRIDES.items():
+        if getattr(args, flag, None) is not None:
+            given[f"{section}.{name}" if section else name] = f"--{flag.replace('_', '-')}"
+    if args.model:
+        given["model.arch"] = "--model"
+    for key in _parse_model_args(args.model_arg):
+        given[f"model.kwargs.{key}"] = f"--model-arg {key}"
+    return given
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is None else repr(value)
+
+
+def _resume_changes(args: argparse.Namespace, saved: TrainConfig) -> str:
+    """What the command line would change in the recorded config, as ``--flag (recorded
+    A, given B), ...``, or ``""``; settings that only change how a run executes are left out."""
+    recorded = flatten_settings(to_dict(saved))
+    wanted = flatten_settings(to_dict(build_config(args)))
+    flags: list[str] = []
+    recipe: list[str] = []
+    for path, flag in _given_paths(args).items():
+        if path.split(".")[0] in RESUMABLE_SETTINGS or recorded.get(path) == wanted.get(path):
+            continue
+        values = f"(recorded {_show(recorded.get(path))}, given {_show(wanted.get(path))})"
+        (flags if flag else recipe).append(f"{flag or path} {values}")
+    if recipe:
+        flags.append(f"--config {args.config} with {', '.join(recipe)};")
+    return ", ".join(flags).removesuffix(";")
 
 
 def _resume_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's recorded config; flags may repeat it, and change only how the run executes.
+
+    Raises:
+        ConfigError: without --out or a checkpoint, or naming every flag that would change
+            the recorded config, with its recorded and given value.
+    """
     if not args.out:
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
     out = Path(args.out)
-    given = [
-        f"--{name.replace('_', '-')}"
-        for name, value in vars(args).items()
-        if name not in (*_RESUME_FLAGS, "func", "debug", "command")
-        and value not in (None, False, [])
-    ]
-    if given:
-        raise ConfigError(
-            f"--resume continues {out} with its recorded config; {', '.join(given)} would "
-            "change it (start a new run with another --out instead)"
-        )
     if not has_checkpoint(out):
         done = (out / "model.safetensors").is_file()
         what = "finished: nothing to resume" if done else "has no checkpoint to resume from"
         raise ConfigError(f"{out} {what}; start a new run without --resume")
     saved = from_dict(TrainConfig, load_toml(out / CONFIG_TOML))
+    changed = _resume_changes(args, saved)
+    if changed:
+        raise ConfigError(
+            f"--resume continues {out} with its recorded config; {changed} would "
+            "change it (start a new run with another --out instead)"
+        )
     changes: dict[str, Any] = {}
     if args.no_progress:
         changes["progress"] = False

@@ -30,9 +30,11 @@ from resnetkit.errors import ConfigError
 from resnetkit.fileio import atomic_write
 
 __all__ = [
+    "RESUMABLE_SETTINGS",
     "append_metrics",
     "config_differences",
     "discard_if_unstarted",
+    "flatten_settings",
     "has_checkpoint",
     "rewrite_metrics",
     "start",
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 # Settings that may change between a run and its resumption without changing the result.
-_RESUMABLE = {"progress", "num_threads", "device"}
+RESUMABLE_SETTINGS = frozenset({"progress", "num_threads", "device"})
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -87,16 +89,17 @@ def discard_if_unstarted(run_dir: Path, created: bool) -> None:
 
 def config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
     """Dotted names of the settings that differ (ignoring those safe to change)."""
-    a, b = _flatten(to_dict(saved)), _flatten(to_dict(current))
+    a, b = flatten_settings(to_dict(saved)), flatten_settings(to_dict(current))
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if a.get(k) != b.get(k) and k.split(".")[0] not in _RESUMABLE]
+    return [k for k in keys if a.get(k) != b.get(k) and k.split(".")[0] not in RESUMABLE_SETTINGS]
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"optim.lr": 0.1, "model.kwargs.width": 0.5, ...}``."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_settings(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
