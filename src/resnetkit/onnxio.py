@@ -24,6 +24,7 @@ from resnetkit.contract import ModelCard
 from resnetkit.errors import CheckpointError, ConfigError, ExportError
 
 __all__ = [
+    "DEFAULT_OPSET",
     "EMBEDDING_NAME",
     "INPUT_NAME",
     "METADATA_PREFIX",
@@ -42,6 +43,9 @@ __all__ = [
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 EMBEDDING_NAME = "embedding"
+#: The opset :func:`resnetkit.export.export_onnx` writes by default (the exporter lives beside
+#: torch; the number lives here so the torch-free loader can name cached exports).
+DEFAULT_OPSET = 18
 METADATA_PREFIX = "resnetkit."
 _CARD_KEYS = ("arch", "kwargs", "labels", "preprocessing")
 

@@ -6,37 +6,72 @@
   tolerance.
 * :class:`TorchBackend` and :class:`OnnxBackend` implement :class:`InferenceBackend`;
   :func:`measure_latency` and :func:`peak_rss_delta` time and size them.
+
+Names are imported from their submodules on first use: loading a model reference and
+running it with ONNX Runtime imports no torch (the serving runtime), exporting does.
 """
 
-from resnetkit.export.loading import (
-    BACKEND_KINDS,
-    LoadedModel,
-    ModelIdentity,
-    cache_root,
-    check_loadable,
-    load_model_ref,
-)
-from resnetkit.export.onnx import (
-    DEFAULT_OPSET,
-    MAX_OPSET,
-    MIN_OPSET,
-    ParityReport,
-    check_opset,
-    check_parity,
-    export_onnx,
-)
-from resnetkit.export.runtime import (
-    BackendBenchmark,
-    InferenceBackend,
-    LatencyStats,
-    OnnxBackend,
-    TorchBackend,
-    benchmark_backend,
-    default_threads,
-    measure_latency,
-    peak_rss_delta,
-    timed_load,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from resnetkit.export.loading import (
+        BACKEND_KINDS,
+        LoadedModel,
+        ModelIdentity,
+        cache_root,
+        check_loadable,
+        load_model_ref,
+    )
+    from resnetkit.export.onnx import (
+        DEFAULT_OPSET,
+        MAX_OPSET,
+        MIN_OPSET,
+        ParityReport,
+        check_opset,
+        check_parity,
+        export_onnx,
+    )
+    from resnetkit.export.runtime import (
+        BackendBenchmark,
+        InferenceBackend,
+        LatencyStats,
+        OnnxBackend,
+        benchmark_backend,
+        default_threads,
+        measure_latency,
+        peak_rss_delta,
+        timed_load,
+    )
+    from resnetkit.export.torch_backend import TorchBackend
+
+_LAZY: dict[str, str] = {
+    "BACKEND_KINDS": "resnetkit.export.loading",
+    "BackendBenchmark": "resnetkit.export.runtime",
+    "DEFAULT_OPSET": "resnetkit.export.onnx",
+    "InferenceBackend": "resnetkit.export.runtime",
+    "LatencyStats": "resnetkit.export.runtime",
+    "LoadedModel": "resnetkit.export.loading",
+    "MAX_OPSET": "resnetkit.export.onnx",
+    "MIN_OPSET": "resnetkit.export.onnx",
+    "ModelIdentity": "resnetkit.export.loading",
+    "OnnxBackend": "resnetkit.export.runtime",
+    "ParityReport": "resnetkit.export.onnx",
+    "TorchBackend": "resnetkit.export.torch_backend",
+    "benchmark_backend": "resnetkit.export.runtime",
+    "cache_root": "resnetkit.export.loading",
+    "check_loadable": "resnetkit.export.loading",
+    "check_opset": "resnetkit.export.onnx",
+    "check_parity": "resnetkit.export.onnx",
+    "default_threads": "resnetkit.export.runtime",
+    "export_onnx": "resnetkit.export.onnx",
+    "load_model_ref": "resnetkit.export.loading",
+    "measure_latency": "resnetkit.export.runtime",
+    "peak_rss_delta": "resnetkit.export.runtime",
+    "timed_load": "resnetkit.export.runtime",
+}
 
 __all__ = [
     "BACKEND_KINDS",
@@ -63,3 +98,11 @@ __all__ = [
     "peak_rss_delta",
     "timed_load",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'resnetkit.export' has no attribute {name!r}")

@@ -27,10 +27,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from resnetkit.config import DataConfig, TrainConfig, from_dict, load_toml
 from resnetkit.contract import (
@@ -43,16 +40,26 @@ from resnetkit.contract import (
     PreprocessingSpec,
     read_summary,
 )
-from resnetkit.data import ImageDataset, has_fixed_shape, load_dataset, normalize
 from resnetkit.errors import CheckpointError, ConfigError, ResNetKitError
-from resnetkit.evaluate import map_batches, predict_embeddings
-from resnetkit.export.onnx import DEFAULT_OPSET, export_onnx
-from resnetkit.export.runtime import InferenceBackend, OnnxBackend, TorchBackend
-from resnetkit.models import load_weights, model_from_card
-from resnetkit.onnxio import EMBEDDING_NAME, OUTPUT_NAME, card_metadata, load_proto, read_metadata
+from resnetkit.export.runtime import InferenceBackend, OnnxBackend
+from resnetkit.onnxio import (
+    DEFAULT_OPSET,
+    EMBEDDING_NAME,
+    OUTPUT_NAME,
+    card_metadata,
+    load_proto,
+    read_metadata,
+)
 from resnetkit.registry import PathRef, RegistryRef, open_registry, parse_ref
 from resnetkit.registry.artifacts import sha256_file
 from resnetkit.registry.sources import read_source
+
+if TYPE_CHECKING:  # torch and the model code are imported where used: ONNX serving needs neither
+    import torch
+    from torch import nn
+
+    from resnetkit.data import ImageDataset
+    from resnetkit.export.torch_backend import TorchBackend
 
 __all__ = [
     "BACKEND_KINDS",
@@ -159,6 +166,8 @@ class LoadedModel:
                 f"{self.identity.label} is an ONNX model without torch weights; use the run "
                 "directory or the weights version it was exported from"
             )
+        from resnetkit.models import load_weights, model_from_card
+
         model = model_from_card(self.card)
         load_weights(model, self.folder / MODEL_WEIGHTS, label=self.identity.label)
         if device is not None:
@@ -171,6 +180,8 @@ class LoadedModel:
             return self.onnx_file
         target = cache_root() / "onnx" / f"{self.identity.sha256}-opset{opset}.onnx"
         if not target.is_file():
+            from resnetkit.export.onnx import export_onnx
+
             model = self.module()
             export_onnx(
                 model, target, input_size=self.input_size, opset=opset,
@@ -212,6 +223,8 @@ class LoadedModel:
         """``count`` random training images (seeded), normalised: int8 calibration data."""
         if count < 1:
             raise ConfigError(f"calibration needs at least 1 image, got {count}")
+        import torch
+
         train = self.dataset("train", data=data)
         gen = torch.Generator().manual_seed(seed)
         index = torch.randperm(len(train), generator=gen)[: min(count, len(train))]
@@ -233,7 +246,10 @@ class LoadedModel:
         return target
 
     def _torch_backend(self, kind: str, device: str) -> TorchBackend:
+        import torch
+
         from resnetkit.compress import fold_batchnorm
+        from resnetkit.export.torch_backend import TorchBackend
 
         model = self.module(device)
         if kind == "torch":
@@ -264,6 +280,8 @@ class LoadedModel:
             ConfigError: no ``data`` given and the training data are unknown.
             DataError: the data are missing or corrupt.
         """
+        from resnetkit.data import has_fixed_shape, load_dataset
+
         spec = self.spec
         if data is not None:
             name, data_dir = data, None
@@ -289,6 +307,11 @@ class LoadedModel:
         Raises:
             CheckpointError: an ONNX model exported without an embedding output.
         """
+        import torch
+
+        from resnetkit.data import normalize
+        from resnetkit.evaluate import map_batches, predict_embeddings
+
         if self.has_weights:
             return predict_embeddings(self.module(), images, self.spec)
         backend = self.backend("onnx")
@@ -310,6 +333,8 @@ class LoadedModel:
 
     def normalized(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8`` images normalised with this model's spec."""
+        from resnetkit.data import normalize
+
         return normalize(images, self.spec)
 
 

@@ -38,6 +38,7 @@ from resnetkit.errors import ConfigError, ExportError
 from resnetkit.fileio import atomic_write
 from resnetkit.models import ClassifierModel
 from resnetkit.onnxio import (
+    DEFAULT_OPSET,
     EMBEDDING_NAME,
     INPUT_NAME,
     OUTPUT_NAME,
@@ -58,7 +59,6 @@ __all__ = [
 
 BATCH_AXIS = "batch"
 MIN_OPSET = 18
-DEFAULT_OPSET = 18
 MAX_OPSET = 23  # the newest opset this onnx/onnxruntime pair runs
 _EXAMPLE_BATCH = 2  # not 1: torch.export specialises size-1 dimensions
 

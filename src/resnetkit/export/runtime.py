@@ -17,8 +17,9 @@ canary model) must not run at the same time on the same cores: the server serial
 forward passes (see ``serve.batcher``) instead of letting two pools fight over the cores.
 
 The five backends of the benchmark are :class:`TorchBackend` (eager fp32; BN-folded with
-``channels_last``; bf16 autocast) and :class:`OnnxBackend` (an fp32 or an int8 file); the
-loader (:mod:`resnetkit.export.loading`) builds them by kind.
+``channels_last``; bf16 autocast; in :mod:`resnetkit.export.torch_backend`) and
+:class:`OnnxBackend` (an fp32 or an int8 file); the loader (:mod:`resnetkit.export.loading`)
+builds them by kind. This module imports no torch: the serving runtime runs ONNX without it.
 """
 
 from __future__ import annotations
@@ -30,20 +31,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
-import torch
-from torch import nn
 
-from resnetkit.onnxio import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME, default_threads, ort_session
+from resnetkit.onnxio import INPUT_NAME, OUTPUT_NAME, default_threads, ort_session
+
+if TYPE_CHECKING:
+    import torch
+
 
 __all__ = [
     "BackendBenchmark",
     "InferenceBackend",
     "LatencyStats",
     "OnnxBackend",
-    "TorchBackend",
     "benchmark_backend",
     "default_threads",
     "measure_latency",
@@ -51,7 +53,7 @@ __all__ = [
     "timed_load",
 ]
 
-Batch = np.ndarray | torch.Tensor
+Batch = Any  # np.ndarray or torch.Tensor; torch is not imported here (the serving runtime)
 B = TypeVar("B", bound="InferenceBackend")
 
 
@@ -75,81 +77,6 @@ class InferenceBackend(Protocol):
         ...
 
 
-def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    ref = next(model.parameters(), None)
-    return ref.device if ref is not None else torch.device("cpu")
-
-
-class TorchBackend:
-    """A PyTorch module behind the backend interface.
-
-    Args:
-        model: the module to run (eval mode is set on it). For the "folded + channels_last"
-            backend pass ``resnetkit.compress.fold_batchnorm(model, channels_last=True)``.
-        name: e.g. ``torch-eager``, ``torch-folded-cl``, ``torch-bf16``.
-        device: where to run; default: where the model's parameters are.
-        channels_last: feed inputs as NHWC (match a ``channels_last`` model).
-        autocast_dtype: e.g. ``torch.bfloat16`` to run under ``torch.autocast``; outputs
-            come back as float32.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        name: str = "torch-eager",
-        device: str | torch.device | None = None,
-        channels_last: bool = False,
-        autocast_dtype: torch.dtype | None = None,
-    ) -> None:
-        start = time.perf_counter()
-        self.name = name
-        self._device = _resolve_device(model, device)
-        self.device = str(self._device)
-        self.model = model.to(self._device).eval()
-        self.channels_last = channels_last
-        self.autocast_dtype = autocast_dtype
-        self.threads = torch.get_num_threads()
-        has_head = hasattr(model, "forward_features") and hasattr(model, "forward_head")
-        self.outputs: tuple[str, ...] = (
-            (OUTPUT_NAME, EMBEDDING_NAME) if has_head else (OUTPUT_NAME,)
-        )
-        self.size_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        self.load_time_s = time.perf_counter() - start
-
-    def _input(self, batch: Batch) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(batch)) if not isinstance(batch, torch.Tensor) else batch
-        x = x.to(self._device, torch.float32, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self._device.type, dtype=self.autocast_dtype)
-
-    def predict(self, batch: Batch) -> np.ndarray:
-        """Logits ``(B, num_classes)`` float32."""
-        with torch.inference_mode(), self._autocast():
-            logits = self.model(self._input(batch))
-        return logits.float().cpu().numpy()
-
-    def run(self, batch: Batch) -> dict[str, np.ndarray]:
-        """Logits and, for zoo models, the pre-logits embedding, as float32 arrays."""
-        if EMBEDDING_NAME not in self.outputs:
-            return {OUTPUT_NAME: self.predict(batch)}
-        model: Any = self.model
-        with torch.inference_mode(), self._autocast():
-            features = model.forward_features(self._input(batch))
-            embedding = model.forward_head(features, pre_logits=True)
-            logits = model.forward_head(features)
-        return {
-            OUTPUT_NAME: logits.float().cpu().numpy(),
-            EMBEDDING_NAME: embedding.float().cpu().numpy(),
-        }
-
-
 class OnnxBackend:
     """An ONNX file under ONNX Runtime, with explicit threads and full graph optimisation.
 
@@ -171,7 +98,7 @@ class OnnxBackend:
         path: str | os.PathLike[str],
         *,
         name: str = "onnx-fp32",
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "cpu",  # a torch.device works; torch is not needed
         threads: int | None = None,
         spinning: bool = True,
     ) -> None:
@@ -190,7 +117,7 @@ class OnnxBackend:
 
     @staticmethod
     def _input(batch: Batch) -> np.ndarray:
-        if isinstance(batch, torch.Tensor):
+        if hasattr(batch, "detach"):  # a torch tensor; checked without importing torch
             batch = batch.detach().cpu().numpy()
         return np.ascontiguousarray(batch, dtype=np.float32)
 
@@ -345,13 +272,13 @@ def benchmark_backend(
 
     Inputs are seeded standard-normal batches: latency does not depend on pixel values.
     """
-    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     with peak_rss_delta() as rss:
         backend = timed_load(factory)
         stats = tuple(
             measure_latency(
                 backend,
-                torch.randn((b, *input_size), generator=gen).numpy(),
+                rng.standard_normal((b, *input_size), dtype=np.float32),
                 warmup=warmup,
                 min_time_s=min_time_s,
             )
@@ -365,3 +292,11 @@ def benchmark_backend(
         peak_rss_bytes=rss["bytes"],
         latencies=stats,
     )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TorchBackend":  # kept importable from here; it lives beside torch
+        from resnetkit.export.torch_backend import TorchBackend
+
+        return TorchBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
