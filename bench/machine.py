@@ -1,0 +1,70 @@
+"""What a benchmark ran on, printed first by every bench: a timing without its machine is no
+result (the same project has run on AVX2-only, AVX-512 BF16 and AMX machines)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+#: /proc/cpuinfo flags that change how fast our kernels run, with the names we print.
+ISA_FLAGS = {
+    "avx2": "AVX2",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX512-VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "AVX512-BF16",
+    "amx_tile": "AMX",
+    "amx_bf16": "AMX-BF16",
+    "amx_int8": "AMX-INT8",
+}
+PACKAGES = ("torch", "onnxruntime", "numpy", "resnetkit")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        return platform.processor() or platform.machine(), set()
+    model, flags = "unknown CPU", set()
+    for line in path.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown CPU":
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, usable cores, the instruction sets that matter, package versions."""
+    model, flags = _cpuinfo()
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "isa": [label for flag, label in ISA_FLAGS.items() if flag in flags],
+        "python": platform.python_version(),
+        "packages": versions,
+        "load_average": os.getloadavg(),
+    }
+
+
+def describe(info: dict[str, Any] | None = None) -> str:
+    """One line for the top of a report."""
+    info = info or machine()
+    isa = ", ".join(info["isa"]) or "no AVX2"
+    versions = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
+    load = ", ".join(f"{x:.2f}" for x in info["load_average"])
+    return (
+        f"machine: {info['cpu']}, {info['cores']} cores ({isa}); Python {info['python']}, "
+        f"{versions}; load average {load}"
+    )
