@@ -53,8 +53,26 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run_drift)
 
 
-def _sample(loaded: LoadedModel, args: argparse.Namespace, split: str) -> torch.Tensor:
+def _make_reference_hint(args: argparse.Namespace) -> str:
+    return (
+        f"build one with `resnetkit drift --model {args.model} --data DATA --make-reference`, "
+        "then pass --reference"
+    )
+
+
+def _sample(
+    loaded: LoadedModel, args: argparse.Namespace, split: str, min_images: int
+) -> torch.Tensor:
+    """Up to ``--sample`` images of ``split``; fewer than ``min_images`` is an error that
+    speaks of the user's data, not of the detectors' windows."""
     data = loaded.dataset(split, data=args.data)
+    if len(data) < min_images:
+        other = " (a folder of class folders keeps a share of its images as test)"
+        raise DriftError(
+            f"--data {args.data} has {len(data)} images in its {split} split; drift detection "
+            f"needs at least {min_images}: give more images"
+            + (f", or pass --split train{other}" if split == "test" else "")
+        )
     if len(data) > args.sample:
         gen = torch.Generator().manual_seed(args.seed)
         index = torch.randperm(len(data), generator=gen)[: args.sample]
@@ -62,8 +80,8 @@ def _sample(loaded: LoadedModel, args: argparse.Namespace, split: str) -> torch.
     return data.images
 
 
-def _make_reference(loaded: LoadedModel, args: argparse.Namespace) -> int:
-    images = _sample(loaded, args, "train")
+def _make_reference(loaded: LoadedModel, args: argparse.Namespace, min_images: int) -> int:
+    images = _sample(loaded, args, "train", min_images)
     with status(f"embedding {len(images)} training images"):
         embeddings, probabilities = loaded.embed(images)
     target = args.out / DRIFT_REFERENCE
@@ -79,23 +97,27 @@ def _make_reference(loaded: LoadedModel, args: argparse.Namespace) -> int:
 
 def run_drift(args: argparse.Namespace) -> int:
     """``resnetkit drift``: a verdict with its evidence, or a new reference."""
-    from resnetkit.monitor.drift import DriftReference
+    from resnetkit.monitor.drift import DriftReference, DriftSettings
     from resnetkit.monitor.drift_plots import plot_drift
 
-    check_at_least("--sample", args.sample, 20)
+    min_images = DriftSettings().min_window
+    check_at_least("--sample", args.sample, min_images)
     check_output_dir(args.out, what="--out")
+    if args.reference is not None and not args.reference.exists():
+        raise DriftError(
+            f"--reference {args.reference} does not exist; {_make_reference_hint(args)}"
+        )
     loaded = load_model_ref(args.model, registry=args.registry)
     if args.make_reference:
-        return _make_reference(loaded, args)
+        return _make_reference(loaded, args, min_images)
     path = args.reference or loaded.drift_reference
     if path is None:
         raise DriftError(
             f"{loaded.identity.label} has no drift reference (runs trained before references "
-            "existed, and .onnx files, have none); build one with `resnetkit drift --model "
-            f"{args.model} --data DATA --make-reference`, then pass --reference"
+            f"existed, and .onnx files, have none); {_make_reference_hint(args)}"
         )
     reference = DriftReference.from_file(path)
-    images = _sample(loaded, args, args.split)
+    images = _sample(loaded, args, args.split, reference.settings.min_window)
     with status(f"embedding {len(images)} images of {args.data}"):
         embeddings, probabilities = loaded.embed(images)
     report = reference.evaluate(embeddings.numpy(), probabilities.numpy(), seed=args.seed)

@@ -700,7 +700,8 @@ class DriftReference:
         except FileNotFoundError as exc:
             raise DriftError(
                 f"no drift reference at {target}; `resnetkit train` writes {DRIFT_REFERENCE} "
-                "into every run directory (retrain, or point at a run directory holding one)"
+                "into every run directory: point at one, or build one from data with "
+                "`resnetkit drift --model REF --data DATA --make-reference`"
             ) from exc
         except (OSError, SafetensorError, ValueError) as exc:
             raise DriftError(f"cannot read the drift reference {target}: {exc}") from exc
