@@ -1,4 +1,4 @@
-"""DESIGN.md's dependency rules, checked by reading every import in the package."""
+"""The dependency rules of docs/architecture.md, checked by reading every import in the package."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_module_imports_only_what_its_stage_may(path: Path) -> None:
     assert "cli" not in imported, f"{path.name} imports the CLI; nothing may"
     if stage == "__init__" or stage == "__main__":
         return
-    assert stage in ALLOWED, f"{stage} is not a stage of DESIGN.md; add it to the rules"
+    assert stage in ALLOWED, f"{stage} is not a stage of docs/architecture.md; add it to the rules"
     forbidden = imported - ALLOWED[stage]
     assert not forbidden, f"{stage}/{path.name} imports {sorted(forbidden)}"
 
