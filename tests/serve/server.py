@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -94,3 +95,44 @@ def serving(
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def in_process(
+    refs: list[str],
+    *,
+    registry: str | None = None,
+    token: str | None = None,
+    prediction_log: Path | None = None,
+    poll_s: float = 0.1,
+) -> Iterator[tuple[Any, Any]]:
+    """A server built in this process (no subprocess, no socket): ``(client, state)``, the
+    client a Starlette ``TestClient`` that runs the app's lifespan, ready when yielded."""
+    from starlette.testclient import TestClient
+
+    from resnetkit.serve.app import create_app
+    from resnetkit.serve.auth import AdminAuth
+    from resnetkit.serve.metrics import ServerMetrics
+    from resnetkit.serve.pool import ModelPool, PoolSettings
+    from resnetkit.serve.predlog import PredictionLog
+    from resnetkit.serve.router import RolloutController
+    from resnetkit.serve.state import ServerState
+
+    metrics = ServerMetrics()
+    pool = ModelPool(PoolSettings(registry=registry, threads=1, warmup_batches=1), metrics)
+    predlog = None if prediction_log is None else PredictionLog(prediction_log, sample_rate=1.0)
+    state = ServerState(
+        pool=pool,
+        metrics=metrics,
+        auth=AdminAuth(token),
+        router=RolloutController(pool, metrics, registry=registry, poll_s=poll_s, drain_s=0.0),
+        predlog=predlog,
+        initial_refs=tuple(refs),
+    )
+    with TestClient(create_app(state)) as client:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while client.get("/readyz").status_code != 200:
+            if state.failed or time.monotonic() > deadline:
+                raise RuntimeError(f"in-process server not ready: {state.failed}")
+            time.sleep(0.05)
+        yield client, state

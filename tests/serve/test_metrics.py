@@ -30,17 +30,20 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "resnetkit_queue_capacity": ("gauge", {"model", "version"}),
     "resnetkit_inflight_requests": ("gauge", set()),
     "resnetkit_rejected_total": ("counter", {"model", "version", "reason"}),
+    "resnetkit_model_errors_total": ("counter", {"model", "version", "reason"}),
     "resnetkit_model_ready": ("gauge", {"model", "version"}),
     "resnetkit_model_load_seconds": ("gauge", {"model", "version"}),
     "resnetkit_cold_start_seconds": ("gauge", set()),
     "resnetkit_predictions_total": ("counter", {"model", "version", "label"}),
     "resnetkit_prediction_confidence": ("histogram", {"model", "version"}),
     "resnetkit_feedback_total": ("counter", {"model", "version", "outcome"}),
+    "resnetkit_feedback_retracted_total": ("counter", {"model", "version", "outcome"}),
     "resnetkit_model_baseline_accuracy": ("gauge", {"model", "version"}),
     "resnetkit_drift_statistic": ("gauge", {"model", "version", "detector"}),
     "resnetkit_drift_p_value": ("gauge", {"model", "version", "detector"}),
     "resnetkit_drift_detected": ("gauge", {"model", "version", "detector"}),
     "resnetkit_rollout_canary_weight": ("gauge", {"model"}),
+    "resnetkit_rollout_mirrored_share": ("gauge", {"model"}),
     "resnetkit_rollout_step": ("gauge", {"model"}),
     "resnetkit_rollout_check_value": ("gauge", {"model", "check"}),
     "resnetkit_rollout_check_passed": ("gauge", {"model", "check"}),
@@ -58,6 +61,8 @@ def exercise(metrics: ServerMetrics, model: str = "fashion", version: str | int 
     metrics.observe_rejection(model, version, "queue_full")
     metrics.observe_prediction(model, version, "sneaker", 0.87)
     metrics.observe_feedback(model, version, correct=True)
+    metrics.retract_feedback(model, version, correct=True)
+    metrics.observe_model_error(model, version, "non_finite")
     metrics.set_drift(model, version, "ks", statistic=0.2, p_value=0.01, detected=True)
     metrics.set_rollout(model, canary_weight=0.1, step=1)
     metrics.set_rollout_check(model, "error_rate", value=0.001, passed=True)
@@ -209,6 +214,15 @@ def test_rejection_and_feedback_counters_start_at_zero_for_every_reason() -> Non
     assert rejected == {"queue_full": 0.0, "deadline": 0.0, "invalid": 0.0}
     feedback = {s.labels["outcome"] for s in samples_named(metrics, "resnetkit_feedback_total")}
     assert feedback == {"correct", "incorrect"}
+    retracted = samples_named(metrics, "resnetkit_feedback_retracted_total")
+    assert {s.labels["outcome"] for s in retracted} == {"correct", "incorrect"}
+    errors = samples_named(metrics, "resnetkit_model_errors_total")
+    assert {s.labels["reason"]: s.value for s in errors} == {"non_finite": 0.0, "failed": 0.0}
+
+
+def test_a_model_error_reason_outside_the_contract_is_refused() -> None:
+    with pytest.raises(ConfigError, match="non_finite"):
+        ServerMetrics().observe_model_error("fashion", 1, "nan")
 
 
 def test_a_finished_rollout_is_counted_and_its_checks_are_dropped() -> None:

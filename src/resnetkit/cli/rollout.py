@@ -124,7 +124,7 @@ def _show(rollout: dict[str, Any], as_json: bool) -> None:
     steps = rollout.get("steps") or []
     where = {
         "progressing": f"progressing at step {rollout['step'] + 1} of {len(steps)} "
-        f"({rollout['canary_weight']:g}% to the canary)",
+        f"({_traffic(rollout)})",
         "promoted": "promoted",
         "rolled_back": "rolled back",
         "aborted": "aborted",
@@ -146,6 +146,14 @@ def _show(rollout: dict[str, Any], as_json: bool) -> None:
                 check["detail"],
             )  # fmt: skip
         console.print(table)
+
+
+def _traffic(rollout: dict[str, Any]) -> str:
+    """Who answers: the canary's share, or shadow mode (it answers nobody)."""
+    if rollout.get("mode") == "shadow":
+        mirrored = rollout.get("mirrored_percent", 100.0)
+        return f"shadow: stable answers every request; {mirrored:g}% also run on the canary"
+    return f"{rollout['canary_weight']:g}% to the canary"
 
 
 def _num(value: float | None) -> str:

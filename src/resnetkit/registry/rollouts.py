@@ -42,6 +42,7 @@ __all__ = [
     "RolloutConflict",
     "RolloutEvent",
     "RolloutRecord",
+    "RolloutRefused",
     "acquire_lease",
     "active_rollout",
     "latest_rollout",
@@ -59,6 +60,11 @@ FINISHED = ("promoted", "rolled_back", "aborted")
 
 class RolloutConflict(RegistryError):
     """The rollout changed since it was read (another replica acted first); read it again."""
+
+
+class RolloutRefused(RegistryError):
+    """A rollout that cannot start in the model's current state: one is already progressing,
+    or the canary is the stable version itself (the server answers 409)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,11 +172,12 @@ def start_rollout(
     """Record a new rollout of ``name`` from ``stable_version`` to ``canary_version``.
 
     Raises:
-        RegistryError: a version does not exist, they are the same, or a rollout of the
-            model is already progressing.
+        RolloutRefused: the versions are the same, or a rollout of the model is already
+            progressing.
+        RegistryError: a version does not exist.
     """
     if stable_version == canary_version:
-        raise RegistryError(f"{name}:{canary_version} is already the stable version")
+        raise RolloutRefused(f"{name}:{canary_version} is already the stable version")
 
     def work(conn: Connection) -> RolloutRecord:
         model_id = queries.require_model_id(conn, name, lock=True)
@@ -178,7 +185,7 @@ def start_rollout(
             alias_ops.version_id_of(conn, model_id, name, number)
         running = _latest(conn, name, only_active=True)
         if running is not None:
-            raise RegistryError(
+            raise RolloutRefused(
                 f"{name} already has a rollout in progress ({name}:{running.stable_version} -> "
                 f"{name}:{running.canary_version}); promote or abort it first"
             )

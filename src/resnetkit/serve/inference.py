@@ -1,50 +1,100 @@
 """Answering a request: decode, route (stable or canary), batch, measure, log, watch drift.
 
 The routes in :mod:`resnetkit.serve.app` parse HTTP; everything a prediction does after that
-is here, the same for ``/v1`` images and KServe V2 tensors. During a rollout the router picks
-the version that answers, may shadow the request to the canary (in the background, never
-delaying the answer), and counts each version's answers, errors and latency.
+is here, the same for ``/v1`` images, KServe V2 tensors (REST) and the gRPC layer, which all
+go through :func:`infer_tensor` (or, for ``/v1``, through the same two steps it is made of:
+:func:`_answer` then :func:`_record`). During a rollout the router picks the version that
+answers, may shadow the request to the canary (in the background, never delaying the answer),
+and counts each version's answers, errors and latency.
+
+Every forward pass is checked: an output with NaN or infinity (a diverged or corrupt model) is
+a :class:`~resnetkit.errors.ModelOutputError`, counted against the version that produced it.
+During a rollout a request whose canary run fails on the server's side (status 500 or more:
+never a client error, never a shadowed run, which answers nobody) runs once more on stable
+within the same deadline: a broken canary costs its users latency, not errors, while the
+analysis counts the failure and rolls it back.
+
+Every protocol writes the prediction log and is scored by feedback: one record per sample.
+A request of one sample is known by its request id (``X-Request-Id``, the ``request_id`` of a
+``/v1`` answer) and, for V2, by the ``id`` its body carried (the ``id`` of the answer, which
+is the request id when the body had none); sample ``i`` of a larger V2 batch by
+``<id>:<i>`` for either id. ``POST /v1/feedback`` takes any of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from resnetkit.errors import InvalidInput, NotReady, ResNetKitError, ServeError
+from resnetkit.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelOutputError,
+    NotReady,
+    QueueFull,
+    ResNetKitError,
+    ServeError,
+)
 from resnetkit.onnxio import EMBEDDING_NAME, INPUT_NAME
 from resnetkit.serve import protocol_v2 as v2
 from resnetkit.serve.batcher import Reservation
 from resnetkit.serve.http import read_body, request_id, status_for, upload_from
+from resnetkit.serve.jsonsafe import FiniteJSONResponse
 from resnetkit.serve.pool import PROBABILITIES, ServedModel
 from resnetkit.serve.predlog import PredictionRecord
 from resnetkit.serve.router import Route
 from resnetkit.serve.state import ServerState
 from resnetkit.serve.validation import decode_image, image_to_model_input
 
-__all__ = ["alias_history", "explain_image", "infer", "predict_image", "v2_metadata"]
+__all__ = [
+    "Outputs",
+    "alias_history",
+    "explain_image",
+    "infer",
+    "infer_tensor",
+    "predict_image",
+    "sample_ids",
+    "v2_metadata",
+]
 
 Outputs = dict[str, np.ndarray]
+_LOG_TOP_K = 5  # classes a V2 sample's prediction-log record keeps
 
 
-def _route(request: Request, state: ServerState, name: str | None) -> Route:
-    """The version that answers a request for ``name`` (the one served model for None)."""
+def _route(
+    state: ServerState, name: str | None, headers: Mapping[str, str], version: str | None = None
+) -> Route:
+    """The version that answers a request for ``name`` (the one served model for None);
+    an explicit ``version`` bypasses the rollout router."""
     if name is None:
         name = state.pool.only().name
+    if version is not None:
+        return Route(state.pool.get(name, version))
     if state.router is None:
         return Route(state.pool.get(name))
-    return state.router.route(name, request.headers)
+    return state.router.route(name, headers)
 
 
-def _deadline_s(state: ServerState, start: float) -> float:
-    return max(0.0, state.http.timeout_ms / 1000 - (time.perf_counter() - start))
+def _deadline_s(start: float, budget_s: float) -> float:
+    """Seconds left of a request's time budget (counted from its ``start``)."""
+    return max(0.0, budget_s - (time.perf_counter() - start))
+
+
+def _budget_s(state: ServerState, start: float, deadline_s: float | None = None) -> float:
+    """A request's time budget from its start: the server's timeout, or less if the client's
+    own deadline (``deadline_s`` from now) ends sooner."""
+    budget_s = state.http.timeout_ms / 1000
+    if deadline_s is not None:
+        budget_s = min(budget_s, time.perf_counter() - start + max(0.0, deadline_s))
+    return budget_s
 
 
 def _tag(request: Request, served: ServedModel) -> None:
@@ -59,6 +109,28 @@ def _spawn(state: ServerState, work: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(state.background.discard)
 
 
+def check_finite(served: ServedModel, outputs: Outputs) -> None:
+    """Refuse outputs with NaN or infinity: the model, not the request, is broken.
+
+    Raises:
+        ModelOutputError: naming the outputs that are not finite.
+    """
+    bad = [k for k, a in outputs.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    if bad:
+        raise ModelOutputError(
+            f"{served.name}:{served.version} answered non-finite numbers (NaN or infinity) in "
+            f"{', '.join(sorted(bad))}: the model is diverged or corrupt"
+        )
+
+
+def _count_failure(state: ServerState, served: ServedModel, exc: ResNetKitError) -> None:
+    """Count a failed forward pass of ``served`` in the error metrics."""
+    if isinstance(exc, (QueueFull, DeadlineExceeded, NotReady)):
+        return  # backpressure, counted as a rejection where it is answered
+    reason = "non_finite" if isinstance(exc, ModelOutputError) else "failed"
+    state.metrics.observe_model_error(served.name, served.version, reason)
+
+
 async def _run(
     state: ServerState,
     served: ServedModel,
@@ -67,7 +139,7 @@ async def _run(
     deadline_s: float,
     reservation: Reservation | None = None,
 ) -> Outputs:
-    """One forward pass through ``served``'s batcher, counted for the rollout analysis."""
+    """One forward pass through ``served``'s batcher, checked, counted for the analysis."""
     started = time.perf_counter()
     assert served.batcher is not None
     try:
@@ -77,9 +149,12 @@ async def _run(
             await asyncio.sleep(fault.delay_ms / 1000)
             if random.random() < fault.error_rate:
                 raise ServeError(f"{served.name}:{served.version}: injected fault")
+        check_finite(served, outputs)
     except ResNetKitError as exc:
-        if state.router is not None and status_for(exc) >= 500:
-            state.router.record(served.name, role, False, time.perf_counter() - started, None)
+        if status_for(exc) >= 500:
+            _count_failure(state, served, exc)
+            if state.router is not None:
+                state.router.record(served.name, role, False, time.perf_counter() - started, None)
         raise
     if state.router is not None:
         confidence = float(outputs[PROBABILITIES].max(axis=1).mean())
@@ -88,7 +163,7 @@ async def _run(
 
 
 async def _shadow(
-    state: ServerState, route: Route, x: np.ndarray, answered: Outputs, rid: str
+    state: ServerState, route: Route, x: np.ndarray, answered: Outputs, keys: list[list[str]]
 ) -> None:
     """Run the request on the other version too and compare (its errors count against it;
     the client already has its answer)."""
@@ -98,44 +173,171 @@ async def _shadow(
         outputs = await _run(state, other, role, x, state.http.timeout_ms / 1000)
     except ResNetKitError:
         return
-    tops = {
-        route.role: int(answered[PROBABILITIES][0].argmax()),
-        role: int(outputs[PROBABILITIES][0].argmax()),
-    }
-    state.router.compare(other.name, tops["stable"], tops["canary"])
-    state.router.remember(rid, other.name, role, other.version, tops[role])
+    mine = answered[PROBABILITIES].argmax(axis=1).tolist()
+    theirs = outputs[PROBABILITIES].argmax(axis=1).tolist()
+    for ids, top1, other_top1 in zip(keys, mine, theirs, strict=True):
+        tops = {route.role: int(top1), role: int(other_top1)}
+        state.router.compare(other.name, tops["stable"], tops["canary"])
+        state.router.remember(ids, other.name, role, other.version, tops[role])
 
 
 async def _answer(
-    request: Request,
     state: ServerState,
     route: Route,
     x: np.ndarray,
+    *,
     start: float,
+    budget_s: float,
+    headers: Mapping[str, str],
     reservation: Reservation | None = None,
 ) -> tuple[Route, Outputs]:
     """Run the request on the routed version; the route that answered, and its outputs.
 
     A version taken out of a rollout between routing and running (a rollback or promotion
-    unloading it) is not the client's problem: the request is routed again.
+    unloading it) is not the client's problem: the request is routed again. A canary that
+    fails on the server's side (already counted against it by :func:`_run`) is not either:
+    stable answers, once, within what is left of the deadline.
     """
     try:
-        deadline_s = _deadline_s(state, start)
-        outputs = await _run(state, route.primary, route.role, x, deadline_s, reservation)
+        deadline_s = _deadline_s(start, budget_s)
+        return route, await _run(state, route.primary, route.role, x, deadline_s, reservation)
     except NotReady:
         if route.role is None:
             raise
-        route = _route(request, state, route.primary.name)
-        outputs = await _run(state, route.primary, route.role, x, _deadline_s(state, start))
+        route = _route(state, route.primary.name, headers)
+    except ResNetKitError as exc:
+        if route.role != "canary" or status_for(exc) < 500:
+            raise
+        route = Route(state.pool.get(route.primary.name), "stable")
+    return route, await _run(state, route.primary, route.role, x, _deadline_s(start, budget_s))
+
+
+def sample_ids(ids: Sequence[str | None], batch: int) -> list[list[str]]:
+    """The ids each sample of a request is known by: the request's own for one sample,
+    ``<id>:<i>`` for sample ``i`` of a larger batch (None and repeated ids left out)."""
+    unique = list(dict.fromkeys(i for i in ids if i))
+    if batch == 1:
+        return [unique]
+    return [[f"{i}:{row}" for i in unique] for row in range(batch)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Upload:
+    """The encoded image a ``/v1`` request sent, for the prediction log."""
+
+    data: bytes
+    content_type: str | None
+
+
+def _record(
+    state: ServerState,
+    route: Route,
+    x: np.ndarray,
+    outputs: Outputs,
+    keys: list[list[str]],
+    *,
+    latency_ms: float,
+    log_k: int,
+    upload: _Upload | None = None,
+) -> None:
+    """Everything an answered request leaves behind: prediction metrics, the prediction log
+    (one record per sample), what feedback needs, the shadow run, the drift window."""
     served = route.primary
-    _tag(request, served)
-    rid = request_id(request)
-    if state.router is not None:
-        top1 = int(outputs[PROBABILITIES][0].argmax())
-        state.router.remember(rid, served.name, route.role, served.version, top1)
-        if route.shadow is not None:
-            _spawn(state, _shadow(state, route, x, outputs, rid))
+    probabilities = outputs[PROBABILITIES]
+    embeddings = outputs.get(EMBEDDING_NAME)
+    logged = state.predlog is not None and state.predlog.should_log(keys[0][0])
+    for row, ids in enumerate(keys):
+        top = int(probabilities[row].argmax())
+        label, confidence = served.labels[top], float(probabilities[row, top])
+        state.metrics.observe_prediction(served.name, served.version, label, confidence)
+        if state.router is not None:
+            state.router.remember(ids, served.name, route.role, served.version, top)
+        if logged:
+            embedding = None if embeddings is None else embeddings[row]
+            _log(state, served, ids[0], probabilities[row], log_k, latency_ms, embedding, upload)
+    if state.router is not None and route.shadow is not None:
+        _spawn(state, _shadow(state, route, x, outputs, keys))
     _watch_drift(state, served, outputs)
+
+
+def _log(
+    state: ServerState,
+    served: ServedModel,
+    rid: str,
+    probabilities: np.ndarray,
+    k: int,
+    latency_ms: float,
+    embedding: np.ndarray | None,
+    upload: _Upload | None,
+) -> None:
+    assert state.predlog is not None
+    top_k = [(p["label"], p["probability"]) for p in _top_k(probabilities, served.labels, k)]
+    state.predlog.log(
+        PredictionRecord(
+            request_id=rid,
+            model=served.name,
+            version=served.version,
+            top_k=top_k,
+            confidence=top_k[0][1],
+            latency_ms=latency_ms,
+            embedding=None if embedding is None else embedding.tolist(),
+            image=None if upload is None else upload.data,
+        )
+    )
+
+
+async def infer_tensor(
+    state: ServerState,
+    name: str,
+    version: str | None,
+    x: np.ndarray,
+    *,
+    request_id: str,
+    headers: Mapping[str, str],
+    start: float,
+    deadline_s: float | None = None,
+    client_id: str | None = None,
+    route: Route | None = None,
+    reservation: Reservation | None = None,
+) -> tuple[Route, Outputs]:
+    """Answer an already decoded batch, whatever the protocol: route, run, record.
+
+    Routing (stable or canary; an explicit ``version`` bypasses the router), the checked
+    forward pass (a failed canary run answered by stable), then every record: prediction
+    metrics, the prediction log (one record per sample), feedback ids, the shadow run and
+    the drift window. Protocols only decode before and encode after.
+
+    Args:
+        state: the server's state.
+        name: the served model.
+        version: one served version, or None for the routed one.
+        x: ``(N, C, H, W)`` float32, preprocessed (normalised) as the model expects.
+        request_id: the server's id of the request (logs, feedback).
+        headers: the request's headers (a sticky rollout header is read from them).
+        start: ``time.perf_counter()`` when the request arrived; the deadline runs from it.
+        deadline_s: the client's own deadline, in seconds from now (a gRPC deadline), or
+            None; the server's ``--timeout-ms`` applies either way, whichever ends first.
+        client_id: the id the client gave the request (V2's ``id``), also usable for
+            feedback; None if it gave none.
+        route, reservation: a route already chosen, and places already reserved on its
+            primary's batcher (the REST layer reserves before it reads a body).
+
+    Returns:
+        The route that answered (``route.primary`` is the version) and its outputs.
+
+    Raises:
+        ResNetKitError: as the request path (404 unknown model, 503 busy, 504 deadline,
+            500 a model error).
+    """
+    if route is None:
+        route = _route(state, name, headers, version)
+    budget_s = _budget_s(state, start, deadline_s)
+    route, outputs = await _answer(
+        state, route, x, start=start, budget_s=budget_s, headers=headers, reservation=reservation
+    )
+    keys = sample_ids([request_id, client_id], len(x))
+    latency_ms = (time.perf_counter() - start) * 1000
+    _record(state, route, x, outputs, keys, latency_ms=latency_ms, log_k=_LOG_TOP_K)
     return route, outputs
 
 
@@ -153,10 +355,10 @@ def _top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[dict[st
 
 async def predict_image(
     request: Request, state: ServerState, name: str | None, k: int
-) -> JSONResponse:
+) -> FiniteJSONResponse:
     """``/v1`` prediction: one uploaded image, its top-``k`` classes."""
     start = time.perf_counter()
-    route = _route(request, state, name)
+    route = _route(state, name, request.headers)
     _tag(request, route.primary)
     assert route.primary.batcher is not None
     # Refused before reading and decoding when busy; once let in, its place is held.
@@ -167,20 +369,25 @@ async def predict_image(
             state.decoder(), _decode, upload.data, upload.content_type, route.primary,
             state.http.max_pixels,
         )  # fmt: skip
-        route, outputs = await _answer(request, state, route, x[None], start, reservation)
+        x = x[None]
+        route, outputs = await _answer(
+            state, route, x, start=start, budget_s=_budget_s(state, start),
+            headers=request.headers, reservation=reservation,
+        )  # fmt: skip
     served = route.primary
-    predictions = _top_k(outputs[PROBABILITIES][0], served.labels, k)
+    _tag(request, served)
     rid = request_id(request)
     latency_ms = (time.perf_counter() - start) * 1000
-    _observe(state, served, rid, predictions, latency_ms, outputs.get(EMBEDDING_NAME))
+    _record(state, route, x, outputs, [[rid]], latency_ms=latency_ms, log_k=k,
+            upload=_Upload(upload.data, upload.content_type))  # fmt: skip
     answer = {
         "model": served.name,
         "version": served.version,
         "request_id": rid,
-        "predictions": predictions,
+        "predictions": _top_k(outputs[PROBABILITIES][0], served.labels, k),
         "latency_ms": round(latency_ms, 3),
     }
-    return JSONResponse(answer, headers={"X-Model-Version": served.version})
+    return FiniteJSONResponse(answer, headers={"X-Model-Version": served.version})
 
 
 def _watch_drift(state: ServerState, served: ServedModel, outputs: Outputs) -> None:
@@ -189,30 +396,6 @@ def _watch_drift(state: ServerState, served: ServedModel, outputs: Outputs) -> N
         return
     if served.drift.add(outputs[EMBEDDING_NAME], outputs[PROBABILITIES]):
         _spawn(state, served.drift.evaluate_soon())
-
-
-def _observe(
-    state: ServerState,
-    served: ServedModel,
-    rid: str,
-    predictions: list[dict[str, Any]],
-    latency_ms: float,
-    embedding: np.ndarray | None,
-) -> None:
-    top = predictions[0]
-    state.metrics.observe_prediction(served.name, served.version, top["label"], top["probability"])
-    if state.predlog is not None and state.predlog.should_log(rid):
-        state.predlog.log(
-            PredictionRecord(
-                request_id=rid,
-                model=served.name,
-                version=served.version,
-                top_k=[(p["label"], p["probability"]) for p in predictions],
-                confidence=top["probability"],
-                latency_ms=latency_ms,
-                embedding=None if embedding is None else embedding[0].tolist(),
-            )
-        )
 
 
 def alias_history(state: ServerState, served: ServedModel) -> list[dict[str, Any]]:
@@ -252,10 +435,11 @@ async def explain_image(
         return image, served.explain(x, target=target, stage=stage, method=method)
 
     image, result = await asyncio.get_running_loop().run_in_executor(state.decoder(), work)
+    check_finite(served, {PROBABILITIES: result.probabilities.cpu().numpy()})
     top = [{"label": served.labels[i], "index": i, "probability": p} for i, p in result.topk(5)[0]]
     explained = int(result.target_classes[0])
     if fmt == "json":
-        return JSONResponse(
+        return FiniteJSONResponse(
             {
                 "model": served.name,
                 "version": served.version,
@@ -296,9 +480,9 @@ def v2_metadata(served: list[ServedModel]) -> dict[str, Any]:
 
 
 async def infer(request: Request, state: ServerState, name: str, version: str | None) -> Response:
-    """KServe V2 inference; an explicit version bypasses the rollout router."""
+    """KServe V2 inference over REST: decode, :func:`infer_tensor`, encode."""
     start = time.perf_counter()
-    route = Route(state.pool.get(name, version)) if version else _route(request, state, name)
+    route = _route(state, name, request.headers, version)
     served = route.primary
     _tag(request, served)
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
@@ -317,15 +501,17 @@ async def infer(request: Request, state: ServerState, name: str, version: str | 
         body = await read_body(request, state.http.max_body_bytes)
         loop = asyncio.get_running_loop()
         parsed, x = await loop.run_in_executor(state.decoder(), parse, body)
-        route, outputs = await _answer(request, state, route, x, start, reservation)
+        rid = request_id(request)
+        route, outputs = await infer_tensor(
+            state, name, version, x, request_id=rid, headers=request.headers, start=start,
+            client_id=parsed.id, route=route, reservation=reservation,
+        )  # fmt: skip
     served = route.primary
+    _tag(request, served)
     tensors, binary = v2.resolve_outputs(parsed, outputs, labels=served.labels)
+    # The answer's id: the client's, or the server's request id (both work for feedback).
     payload, headers = v2.encode_infer_response(
-        served.name, served.version, parsed.id, tensors, binary=binary
+        served.name, served.version, parsed.id or rid, tensors, binary=binary
     )
-    probabilities = outputs[PROBABILITIES]
-    for row, index in enumerate(probabilities.argmax(axis=1).tolist()):
-        label, confidence = served.labels[index], float(probabilities[row, index])
-        state.metrics.observe_prediction(served.name, served.version, label, confidence)
     headers["X-Model-Version"] = served.version
     return Response(payload, headers=headers)

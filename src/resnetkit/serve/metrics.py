@@ -12,17 +12,25 @@ Traffic (labels ``model, version`` unless noted):
 - ``resnetkit_queue_depth``, ``resnetkit_queue_capacity`` gauges (samples);
   ``resnetkit_inflight_requests`` gauge (no labels)
 - ``resnetkit_rejected_total{reason}`` counter, reason in :data:`REJECTION_REASONS`
+- ``resnetkit_model_errors_total{reason}`` counter, reason in :data:`MODEL_ERROR_REASONS`:
+  forward passes of the version that failed on the server's side (``non_finite``: NaN or
+  infinity in its outputs). Counted even when the request was then answered by stable (a
+  failed canary run is retried there), so a broken version shows here, not in 5xx answers.
 
 Lifecycle: ``resnetkit_model_ready`` (0/1) and ``resnetkit_model_load_seconds`` gauges;
 ``resnetkit_cold_start_seconds`` gauge (no labels).
 
 Quality: ``resnetkit_predictions_total{label}`` counter, ``resnetkit_prediction_confidence``
 histogram (:data:`CONFIDENCE_BUCKETS`), ``resnetkit_feedback_total{outcome}`` counter (outcome in
-:data:`FEEDBACK_OUTCOMES`), ``resnetkit_model_baseline_accuracy`` gauge;
+:data:`FEEDBACK_OUTCOMES`; one label per request id), ``resnetkit_feedback_retracted_total
+{outcome}`` counter (earlier labels replaced by a different one: the live count of an outcome
+is ``feedback_total - feedback_retracted_total``), ``resnetkit_model_baseline_accuracy`` gauge;
 ``resnetkit_drift_statistic``, ``resnetkit_drift_p_value``, ``resnetkit_drift_detected`` gauges
 ``{detector}``.
 
-Rollouts (labels ``model`` only): ``resnetkit_rollout_canary_weight``, ``resnetkit_rollout_step``,
+Rollouts (labels ``model`` only): ``resnetkit_rollout_canary_weight`` (share of answers given by
+the canary: 0 in shadow mode), ``resnetkit_rollout_mirrored_share`` (share of stable's requests
+also run on the canary in the background: 1 in shadow mode), ``resnetkit_rollout_step``,
 ``resnetkit_rollout_check_value{check}``, ``resnetkit_rollout_check_passed{check}`` gauges;
 ``resnetkit_rollouts_total{outcome}`` counter, outcome in :data:`ROLLOUT_OUTCOMES`.
 
@@ -51,6 +59,7 @@ __all__ = [
     "CONFIDENCE_BUCKETS",
     "FEEDBACK_OUTCOMES",
     "LATENCY_BUCKETS_S",
+    "MODEL_ERROR_REASONS",
     "REJECTION_REASONS",
     "ROLLOUT_OUTCOMES",
     "ModelSnapshot",
@@ -64,6 +73,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 REJECTION_REASONS = ("queue_full", "deadline", "invalid")
 FEEDBACK_OUTCOMES = ("correct", "incorrect")
+MODEL_ERROR_REASONS = ("non_finite", "failed")
 ROLLOUT_OUTCOMES = ("promoted", "rolled_back", "aborted")
 
 _MV = ("model", "version")
@@ -174,6 +184,11 @@ class ServerMetrics:
             "Requests refused: queue_full, deadline or invalid.",
             (*_MV, "reason"),
         )
+        self._model_errors = self._counter(
+            "resnetkit_model_errors_total",
+            "Forward passes that failed on the server's side: non_finite outputs or failed.",
+            (*_MV, "reason"),
+        )
 
     def _define_lifecycle(self) -> None:
         self._ready = self._gauge(
@@ -201,6 +216,11 @@ class ServerMetrics:
             "Ground-truth feedback: correct or incorrect.",
             (*_MV, "outcome"),
         )
+        self._feedback_retracted = self._counter(
+            "resnetkit_feedback_retracted_total",
+            "Feedback replaced by a different label for the same request, by its old outcome.",
+            (*_MV, "outcome"),
+        )
         self._baseline_accuracy = self._gauge(
             "resnetkit_model_baseline_accuracy", "Test accuracy recorded at registration.", _MV
         )
@@ -217,7 +237,14 @@ class ServerMetrics:
 
     def _define_rollout(self) -> None:
         self._canary_weight = self._gauge(
-            "resnetkit_rollout_canary_weight", "Share of traffic sent to the canary.", ("model",)
+            "resnetkit_rollout_canary_weight",
+            "Share of answers given by the canary (0 in shadow mode).",
+            ("model",),
+        )
+        self._mirrored_share = self._gauge(
+            "resnetkit_rollout_mirrored_share",
+            "Share of stable's requests also run on the canary in the background.",
+            ("model",),
         )
         self._rollout_step = self._gauge(
             "resnetkit_rollout_step", "Current step of the canary rollout.", ("model",)
@@ -296,6 +323,9 @@ class ServerMetrics:
             self._rejected.labels(model, version, reason)
         for outcome in FEEDBACK_OUTCOMES:
             self._feedback.labels(model, version, outcome)
+            self._feedback_retracted.labels(model, version, outcome)
+        for reason in MODEL_ERROR_REASONS:
+            self._model_errors.labels(model, version, reason)
 
     def set_ready(self, model: str, version: Version, ready: bool) -> None:
         """Mark a version ready (1) or not (0), e.g. while it warms up."""
@@ -325,6 +355,20 @@ class ServerMetrics:
         """Count ground-truth feedback on a prediction."""
         self._feedback.labels(model, version, "correct" if correct else "incorrect").inc()
 
+    def retract_feedback(self, model: str, version: Version, correct: bool) -> None:
+        """Count an earlier feedback outcome that a different label for its request replaced
+        (counters only rise: the live count is ``feedback_total - feedback_retracted_total``)."""
+        self._feedback_retracted.labels(model, version, "correct" if correct else "incorrect").inc()
+
+    def observe_model_error(self, model: str, version: Version, reason: str) -> None:
+        """Count a forward pass of the version that failed on the server's side.
+
+        Args:
+            reason: one of :data:`MODEL_ERROR_REASONS`.
+        """
+        _check_choice("reason", reason, MODEL_ERROR_REASONS)
+        self._model_errors.labels(model, version, reason).inc()
+
     def set_baseline_accuracy(self, model: str, version: Version, accuracy: float) -> None:
         """Set the accuracy the version reached offline, to compare live feedback against."""
         self._baseline_accuracy.labels(model, version).set(accuracy)
@@ -346,9 +390,12 @@ class ServerMetrics:
 
     # -- rollouts --------------------------------------------------------------------------
 
-    def set_rollout(self, model: str, *, canary_weight: float, step: int) -> None:
-        """Publish the canary's traffic share (0 to 1) and the rollout step."""
+    def set_rollout(
+        self, model: str, *, canary_weight: float, step: int, mirrored_share: float = 0.0
+    ) -> None:
+        """Publish the canary's share of answers and of mirrored requests (0 to 1) and the step."""
         self._canary_weight.labels(model).set(canary_weight)
+        self._mirrored_share.labels(model).set(mirrored_share)
         self._rollout_step.labels(model).set(step)
 
     def set_rollout_check(self, model: str, check: str, *, value: float, passed: bool) -> None:
@@ -365,6 +412,7 @@ class ServerMetrics:
         _check_choice("outcome", outcome, ROLLOUT_OUTCOMES)
         self._rollouts.labels(model, outcome).inc()
         self._canary_weight.labels(model).set(0)
+        self._mirrored_share.labels(model).set(0)
         self._rollout_step.remove(model)
         for metric in (self._check_value, self._check_passed):
             for values in _label_sets(metric, ("model", "check"), {"model": model}):

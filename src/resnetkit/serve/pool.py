@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from resnetkit.errors import ConfigError, ModelNotServed, NotReady, ServeError
+from resnetkit.errors import ConfigError, Conflict, ModelNotServed, NotReady, ServeError
 from resnetkit.export import InferenceBackend, LoadedModel, load_model_ref
 from resnetkit.onnxio import EMBEDDING_NAME, OUTPUT_NAME
 from resnetkit.serve.batcher import BatchStats, DynamicBatcher
@@ -60,10 +60,12 @@ class PoolSettings:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32, stable for large logits."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted, dtype=np.float32)
-    out: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    """Row-wise softmax in float32, stable for large logits (non-finite logits give NaN,
+    which the request path refuses as a model error)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted, dtype=np.float32)
+        out: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
     return out
 
 
@@ -337,13 +339,15 @@ class ModelPool:
         """The one served model, for routes without a model name.
 
         Raises:
-            ModelNotServed: none, or several (then the route must name one).
+            ModelNotServed: none is served.
+            Conflict: several are (the request is ambiguous: it must name one).
         """
-        if len(self.models) != 1:
-            names = ", ".join(sorted(self.models)) or "none"
-            raise ModelNotServed(
-                f"this route needs exactly one served model; served: {names} "
-                "(use /v1/models/{name}/predict)"
+        if not self.models:
+            raise ModelNotServed("no model is served yet; load one with POST /v1/admin/models")
+        if len(self.models) > 1:
+            raise Conflict(
+                f"this route answers only while one model is served; served: "
+                f"{', '.join(sorted(self.models))}: name one, as /v1/models/NAME/predict"
             )
         return self.get(next(iter(self.models)))
 

@@ -2,7 +2,10 @@
 
 Read-only (no token): ``GET /v1/rollouts`` (the latest rollout of every served registry
 model, for the dashboard) and ``GET /v1/rollouts/{name}`` (with its audit log);
-``POST /v1/feedback`` (``{"request_id", "label"}``: the true label of an answered request).
+``POST /v1/feedback`` (``{"request_id", "label"}``: the true label of an answered request; the
+id is a ``/v1`` answer's ``request_id`` (its ``X-Request-Id``), or a V2 request's ``id`` as
+sent or as answered; one label per request: a repeat is not counted again, another label
+replaces the first and the answer says so).
 Management (bearer token): ``POST /v1/admin/rollouts`` (start), ``POST
 /v1/admin/rollouts/{name}/promote|abort``, ``PUT|DELETE /v1/admin/faults/{name}/{version}``
 (inject latency or errors into one version: chaos testing, and how the rollback tests make
@@ -17,6 +20,7 @@ from fastapi import FastAPI, Request
 
 from resnetkit.errors import InvalidInput, ModelNotServed
 from resnetkit.serve.http import read_json
+from resnetkit.serve.jsonsafe import FiniteJSONResponse
 from resnetkit.serve.rollout import RolloutConfig
 from resnetkit.serve.router import Fault, RolloutController
 from resnetkit.serve.state import ServerState
@@ -50,7 +54,7 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
         state.auth.check(request.headers.get("authorization"))
         return "admin-api"
 
-    @app.get("/v1/rollouts", tags=["rollouts"])
+    @app.get("/v1/rollouts", tags=["rollouts"], response_class=FiniteJSONResponse)
     async def rollouts() -> dict[str, Any]:
         """The latest rollout of every served registry model (read-only)."""
         found = []
@@ -62,13 +66,15 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
                     continue
         return {"rollouts": [{k: v for k, v in r.items() if k != "events"} for r in found]}
 
-    @app.get("/v1/rollouts/{name}", tags=["rollouts"])
+    @app.get("/v1/rollouts/{name}", tags=["rollouts"], response_class=FiniteJSONResponse)
     async def rollout(name: str) -> dict[str, Any]:
         """The latest rollout of ``name`` with its audit log (read-only)."""
         state.pool.get(name)
         return await controller().describe(name)
 
-    @app.post("/v1/admin/rollouts", tags=["rollouts"], status_code=201)
+    @app.post(
+        "/v1/admin/rollouts", tags=["rollouts"], response_class=FiniteJSONResponse, status_code=201
+    )
     async def start(request: Request) -> dict[str, Any]:
         """Start a rollout: ``{"model", "canary": V, ...rollout file keys}`` (token required)."""
         actor = authorize(request)
@@ -83,30 +89,40 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
         )
         return await controller().describe(record.name)
 
-    @app.post("/v1/admin/rollouts/{name}/promote", tags=["rollouts"])
+    @app.post(
+        "/v1/admin/rollouts/{name}/promote", tags=["rollouts"], response_class=FiniteJSONResponse
+    )
     async def promote(request: Request, name: str) -> dict[str, Any]:
         """Promote the canary now (token required)."""
         authorize(request)
         await controller().decide(name, "promoted", "admin-api")
         return await controller().describe(name)
 
-    @app.post("/v1/admin/rollouts/{name}/abort", tags=["rollouts"])
+    @app.post(
+        "/v1/admin/rollouts/{name}/abort", tags=["rollouts"], response_class=FiniteJSONResponse
+    )
     async def abort(request: Request, name: str) -> dict[str, Any]:
         """Stop the rollout and send every request to stable (token required)."""
         authorize(request)
         await controller().decide(name, "aborted", "admin-api")
         return await controller().describe(name)
 
-    @app.post("/v1/feedback", tags=["rollouts"])
+    @app.post("/v1/feedback", tags=["rollouts"], response_class=FiniteJSONResponse)
     async def feedback(request: Request) -> dict[str, Any]:
-        """The true label of an answered request: ``{"request_id", "label"}``."""
+        """The true label of an answered request: ``{"request_id", "label"}``.
+
+        ``request_id``: a ``/v1`` answer's ``request_id``, or a V2 request's ``id`` (as sent,
+        or as answered); ``<id>:<i>`` for sample ``i`` of a V2 batch. One label per request:
+        the same again answers ``"repeated": true`` and counts nothing; a different one
+        replaces the first in every count and answers ``"replaced"`` (its class index).
+        """
         payload = await read_json(request, state.http.max_body_bytes)
         rid, label = payload.get("request_id"), payload.get("label")
         if not isinstance(rid, str) or not isinstance(label, (str, int)):
             raise InvalidInput('body needs "request_id" (string) and "label" (index or name)')
         return controller().feedback(rid, label)
 
-    @app.put("/v1/admin/faults/{name}/{version}", tags=["admin"])
+    @app.put("/v1/admin/faults/{name}/{version}", tags=["admin"], response_class=FiniteJSONResponse)
     async def inject(request: Request, name: str, version: str) -> dict[str, Any]:
         """Inject ``{"delay_ms", "error_rate"}`` into one version (token required)."""
         authorize(request)
@@ -121,7 +137,9 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
             raise InvalidInput(f"delay_ms and error_rate must be numbers: {exc}") from exc
         return {"model": name, "version": version, "fault": vars(served.fault)}
 
-    @app.delete("/v1/admin/faults/{name}/{version}", tags=["admin"])
+    @app.delete(
+        "/v1/admin/faults/{name}/{version}", tags=["admin"], response_class=FiniteJSONResponse
+    )
     async def clear(request: Request, name: str, version: str) -> dict[str, Any]:
         """Remove an injected fault (token required)."""
         authorize(request)

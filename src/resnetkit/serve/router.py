@@ -6,16 +6,24 @@ every replica sharing the registry follows the same one. Each replica, every ``p
 1. reads the model's latest rollout; loads the canary version if it is not loaded yet (a
    canary that cannot be loaded rolls the rollout back, with the reason);
 2. routes by the recorded canary weight (sticky by a request header if configured), or in
-   shadow mode runs every request on both versions and answers from stable; in split mode a
-   share of stable's requests is mirrored to the canary, in the background, to compare them;
+   shadow mode runs every request on both versions and answers from stable (the canary's
+   weight is then 0: it answers nobody); in split mode a share of stable's requests is
+   mirrored to the canary, in the background, to compare them. A canary run that fails on
+   the server's side is counted against the canary and answered by stable
+   (:mod:`resnetkit.serve.inference`);
 3. writes what it measured in this step to the database;
 4. takes the analysis lease if it is free; the holder analyses every ``interval_s`` and moves
    the rollout on: next step, promotion (the alias moves, in the same transaction, with the
    analysis summary as its reason) or rollback (weight 0, alias unchanged, the failed checks
    and their values in the rollout's audit log).
 
-A finished rollout is applied everywhere: after promotion the canary is the default version
-and the old stable is unloaded; after a rollback or an abort the canary is unloaded.
+A finished rollout is applied everywhere it was followed: after promotion the canary is the
+default version and the old stable is unloaded; after a rollback or an abort the canary is
+unloaded. A replica that starts after a rollout finished serves what it was asked to serve
+(``serve fm:1 fm:2`` keeps both, whatever an old rollout of ``fm`` decided).
+
+Feedback (``POST /v1/feedback``) is one label per request: the same label again changes
+nothing, a different one replaces the first in the counts (the answer says which it replaced).
 """
 
 from __future__ import annotations
@@ -32,12 +40,18 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from resnetkit.errors import InvalidInput, ModelNotServed, RegistryError, ResNetKitError
+from resnetkit.errors import (
+    Conflict,
+    InvalidInput,
+    ModelNotServed,
+    RegistryError,
+    ResNetKitError,
+)
 from resnetkit.registry import RegistryStore, open_registry
 from resnetkit.registry import rollouts as db
 from resnetkit.serve.metrics import ServerMetrics
@@ -86,6 +100,8 @@ class _Answered:
     versions: dict[str, str]  # role ("stable", "canary" or "served") -> version
     top1: dict[str, int]
     rollout: tuple[int, int] | None  # (rollout id, step) when it was part of a rollout
+    label: int | None = None  # the true label given as feedback, once given
+    counted: bool = False  # whether that label is in the rollout step's feedback counts
 
 
 def _utc(text: str) -> float:
@@ -116,6 +132,7 @@ class RolloutController:
         self._baseline: dict[tuple[int, int], StepStats] = {}
         self._last_analysis: dict[int, float] = {}
         self._applied: set[int] = set()
+        self._followed: set[int] = set()  # rollouts this replica saw progressing
         self._loading: set[str] = set()
         self._answered: collections.OrderedDict[str, _Answered] = collections.OrderedDict()
         self._store: RegistryStore | None = None
@@ -201,22 +218,38 @@ class RolloutController:
             current[1].agree += int(stable_top1 == canary_top1)
 
     def remember(
-        self, request_id: str, name: str, role: str | None, version: str, top1: int
+        self,
+        request_ids: str | Sequence[str],
+        name: str,
+        role: str | None,
+        version: str,
+        top1: int,
     ) -> None:
-        """Keep what a request got, for a later ``POST /v1/feedback``."""
-        record = self.records.get(name)
-        answered = self._answered.get(request_id)
+        """Keep what a request got, for a later ``POST /v1/feedback``.
+
+        Args:
+            request_ids: every id the request is known by (the server's request id, the
+                id a V2 client sent): feedback under any of them scores the same answer.
+        """
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        answered = next((self._answered[i] for i in ids if i in self._answered), None)
         if answered is None:
+            record = self.records.get(name)
             rollout = (record.id, record.step) if record is not None and record.active else None
             answered = _Answered(name, {}, {}, rollout)
+        for request_id in ids:
             self._answered[request_id] = answered
-            while len(self._answered) > _FEEDBACK_MEMORY:
-                self._answered.popitem(last=False)
+        while len(self._answered) > _FEEDBACK_MEMORY:
+            self._answered.popitem(last=False)
         key = role or "served"
         answered.versions[key], answered.top1[key] = version, top1
 
     def feedback(self, request_id: str, label: str | int) -> dict[str, Any]:
         """Score the versions that answered ``request_id`` against the true ``label``.
+
+        One label per request: the same label again is not counted again (``"repeated":
+        true``); a different one takes the first one's place in every count (``"replaced"``:
+        the index of the label it replaced).
 
         Raises:
             InvalidInput: an unknown request id or label.
@@ -229,18 +262,37 @@ class RolloutController:
             )
         served = self.pool.get(answered.name)
         index = _label_index(label, served.labels)
+        scores = {role: top1 == index for role, top1 in answered.top1.items()}
+        answer: dict[str, Any] = {"request_id": request_id, "label": index, "correct": scores}
+        previous = answered.label
+        if previous == index:
+            return {**answer, "repeated": True}
+        if previous is not None:
+            self._count_feedback(answered, previous, -1)
+            answer["replaced"] = previous
+        answered.label = index
+        self._count_feedback(answered, index, 1)
+        return answer
+
+    def _count_feedback(self, answered: _Answered, label: int, sign: int) -> None:
+        """Add (``sign=1``) or take back (-1) one label of a request in every count: the
+        metrics (a retraction is a counter of its own) and the rollout step it belongs to."""
         current = self._step_stats(answered.name)
-        scores = {}
+        in_step = current is not None and answered.rollout == (current[0].id, current[0].step)
+        if sign < 0 and not answered.counted:
+            in_step = False  # its step is over: that window was judged with the old label
         for role, top1 in answered.top1.items():
-            correct = top1 == index
-            scores[role] = correct
-            self.metrics.observe_feedback(answered.name, answered.versions[role], correct)
-            in_step = current is not None and answered.rollout == (current[0].id, current[0].step)
-            if in_step and role in ("stable", "canary"):
-                stats = current[1].role(role)  # type: ignore[index]
-                stats.feedback_total += 1
-                stats.feedback_correct += int(correct)
-        return {"request_id": request_id, "label": index, "correct": scores}
+            correct = top1 == label
+            version = answered.versions[role]
+            if sign > 0:
+                self.metrics.observe_feedback(answered.name, version, correct)
+            else:
+                self.metrics.retract_feedback(answered.name, version, correct)
+            if in_step and current is not None and role in ("stable", "canary"):
+                stats = current[1].role(role)
+                stats.feedback_total += sign
+                stats.feedback_correct += sign * int(correct)
+        answered.counted = in_step and sign > 0
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -271,7 +323,12 @@ class RolloutController:
         if not record.active:
             await self._apply_outcome(name, record)
             return
-        self.metrics.set_rollout(name, canary_weight=record.canary_weight / 100, step=record.step)
+        self._followed.add(record.id)
+        cfg = self.config(record)
+        self.metrics.set_rollout(
+            name, canary_weight=answer_share(record, cfg), step=record.step,
+            mirrored_share=mirrored_share(cfg),
+        )  # fmt: skip
         if not await self._ensure_canary(name, record):
             return
         current = self._step_stats(name)
@@ -280,7 +337,6 @@ class RolloutController:
                 db.write_stats, self.store(), record.id, self.replica, record.step,
                 current[1].to_dict(),
             )  # fmt: skip
-        cfg = self.config(record)
         leader = await asyncio.to_thread(
             db.acquire_lease, self.store(), name, self.replica, 1.5 * cfg.interval_s
         )
@@ -369,7 +425,7 @@ class RolloutController:
             )
             await self._finish(name, record, "promoted", summary, checks)
             return
-        weight = cfg.weight(record.step + 1)
+        weight = 0.0 if cfg.shadow else cfg.weight(record.step + 1)
         changes = {
             "step": record.step + 1, "canary_weight": weight, "checks": checks,
             "step_started_at": db.utc_now(), "reason": f"step {record.step + 1}: {weight:g}%",
@@ -423,10 +479,13 @@ class RolloutController:
         return updated
 
     async def _apply_outcome(self, name: str, record: db.RolloutRecord) -> None:
-        """Serve what a finished rollout decided (once per rollout, on every replica)."""
+        """Serve what a finished rollout decided (once per rollout, on every replica that
+        followed it; one that started later serves what its command line or admin asked)."""
         if record.id in self._applied:
             return
         self._applied.add(record.id)
+        if record.id not in self._followed:
+            return
         versions = self.pool.models.get(name, {})
         canary, stable = str(record.canary_version), str(record.stable_version)
         if record.state == "promoted":
@@ -457,7 +516,8 @@ class RolloutController:
 
         Raises:
             ModelNotServed: the model is not served here, or not from the registry.
-            RegistryError: a rollout is already progressing, or the version does not exist.
+            Conflict: a rollout is already progressing, or the canary is the stable version.
+            RegistryError: the version does not exist.
         """
         stable = self.pool.get(name)
         if stable.loaded.identity.version is None:
@@ -465,11 +525,15 @@ class RolloutController:
                 f"{name} is served from a file, not a registry version; a rollout moves "
                 "registry aliases, so serve it as name@alias"
             )
-        record = await asyncio.to_thread(
-            db.start_rollout, self.store(), name, stable_version=stable.loaded.identity.version,
-            canary_version=canary_version, config=cfg.to_dict(), first_weight=cfg.weight(0),
-            actor=actor,
-        )  # fmt: skip
+        try:
+            record = await asyncio.to_thread(
+                db.start_rollout, self.store(), name,
+                stable_version=stable.loaded.identity.version, canary_version=canary_version,
+                config=cfg.to_dict(), first_weight=0.0 if cfg.shadow else cfg.weight(0),
+                actor=actor,
+            )  # fmt: skip
+        except db.RolloutRefused as exc:
+            raise Conflict(str(exc)) from exc
         self.records[name] = record
         await self.sync(name)
         return self.records[name]
@@ -500,8 +564,23 @@ class RolloutController:
             **record.to_dict(),
             "model": name,
             "steps": list(cfg.steps),
+            "mode": "shadow" if cfg.shadow else "split",
+            # percent, as canary_weight: the canary's share of answers, and of requests it
+            # also runs in the background (for comparison; their answers are stable's)
+            "canary_weight": 100 * answer_share(record, cfg),
+            "mirrored_percent": 100 * mirrored_share(cfg) if record.active else 0.0,
             "events": [e.to_dict() for e in events],
         }
+
+
+def answer_share(record: db.RolloutRecord, cfg: RolloutConfig) -> float:
+    """The share of answers (0 to 1) the canary of ``record`` gives: none in shadow mode."""
+    return 0.0 if cfg.shadow and record.active else record.canary_weight / 100
+
+
+def mirrored_share(cfg: RolloutConfig) -> float:
+    """The share of stable's requests (0 to 1) also run on the canary in the background."""
+    return 1.0 if cfg.shadow else cfg.mirror_fraction
 
 
 def _describe(check: Mapping[str, Any]) -> str:
