@@ -9,13 +9,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "resnetkit"
 # The base of the package: contracts every stage shares, importing no stage.
-BASE = {"errors", "fileio", "config", "contract", "onnxio"}
+BASE = {"errors", "fileio", "config", "contract", "onnxio", "telemetry"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "fileio": {"errors"},
     "config": {"errors", "fileio"},
     "contract": {"errors", "fileio"},
     "onnxio": {"errors", "contract"},
+    "telemetry": {"errors"},
     "models": BASE,
     "data": BASE,
     "evaluate": BASE | {"models", "data"},
