@@ -282,6 +282,7 @@ def _log(
             latency_ms=latency_ms,
             embedding=None if embedding is None else embedding.tolist(),
             image=None if upload is None else upload.data,
+            image_content_type=None if upload is None else upload.content_type,
         )
     )
 
