@@ -2,8 +2,10 @@
 
 Every REF (``name@production``, ``name:3``, ``name``, a run directory or an ``.onnx`` file) is
 checked before the server starts; loading and warm-up then run while the server already
-answers ``/healthz`` (``/readyz`` turns 200 when every model is ready). SIGTERM or Ctrl-C
-stops accepting, finishes what is in flight, and exits 0.
+answers ``/healthz`` (``/readyz`` turns 200 when every model is ready). The port is bound
+before anything is announced: a port in use is one ``error:`` line. SIGTERM or Ctrl-C stops
+accepting, answers every request already sent (keep-alive clients are told
+``Connection: close``), and exits 0. SIGHUP reopens the prediction log (after logrotate).
 """
 
 from __future__ import annotations
@@ -53,7 +55,17 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--admin-token-file", type=Path, help="bearer token for management routes")
     p.add_argument("--prediction-log", type=Path, help="JSON lines of sampled predictions")
     p.add_argument("--prediction-log-rate", type=float, default=0.1, help="share logged")
-    p.add_argument("--log-images", action="store_true", help="also log raw images (base64)")
+    p.add_argument(
+        "--log-images",
+        action="store_true",
+        help="keep each logged request's image (V1 uploads) as a file in images/ beside the "
+        "prediction log, named by its SHA-256; the line holds its relative path",
+    )
+    p.add_argument(
+        "--log-images-max-bytes",
+        default="1GB",
+        help="most the logged images may take on disk; the oldest are deleted first (1GB)",
+    )
     p.add_argument("--access-log", action="store_true", help="one JSON line per request")
     p.add_argument(
         "--rollout-poll-s",
@@ -79,6 +91,8 @@ def _check(args: argparse.Namespace) -> None:
         )
     if args.queue_size < args.max_batch_size:
         raise ConfigError("--queue-size must be at least --max-batch-size")
+    if args.log_images and args.prediction_log is None:
+        raise ConfigError("--log-images needs --prediction-log FILE: images are kept beside it")
 
 
 def _logging(access: bool) -> None:
@@ -102,6 +116,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from resnetkit.serve.metrics import ServerMetrics
     from resnetkit.serve.pool import ModelPool, PoolSettings
     from resnetkit.serve.predlog import PredictionLog
+    from resnetkit.serve.process import CloseWhenDraining, DrainingServer, bind_listener
     from resnetkit.serve.router import RolloutController
     from resnetkit.serve.validation import parse_size
 
@@ -111,6 +126,7 @@ def run_serve(args: argparse.Namespace) -> int:
         timeout_ms=args.timeout_ms,
         decode_threads=args.decode_threads,
     )
+    max_image_bytes = parse_size(args.log_images_max_bytes)
     for ref in args.refs:  # fail in the first second on a wrong reference, before binding
         load_model_ref(ref, registry=args.registry)
     if args.threads:
@@ -129,7 +145,10 @@ def run_serve(args: argparse.Namespace) -> int:
     predlog = None
     if args.prediction_log is not None:
         predlog = PredictionLog(
-            args.prediction_log, sample_rate=args.prediction_log_rate, log_images=args.log_images
+            args.prediction_log,
+            sample_rate=args.prediction_log_rate,
+            log_images=args.log_images,
+            max_image_bytes=max_image_bytes,
         )
     router = RolloutController(pool, metrics, registry=args.registry, poll_s=args.rollout_poll_s)
     state = ServerState(
@@ -144,11 +163,12 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     _logging(args.access_log)
     config = uvicorn.Config(
-        create_app(state), host=args.host, port=args.port, log_level="warning",
-        access_log=False, timeout_graceful_shutdown=30, lifespan="on",
+        CloseWhenDraining(create_app(state)), host=args.host, port=args.port,
+        log_level="warning", access_log=False, timeout_graceful_shutdown=30, lifespan="on",
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = DrainingServer(config)
     state.on_startup_failure = lambda _message: setattr(server, "should_exit", True)
+    listener = bind_listener(args.host, args.port)  # a port in use fails here, unannounced
     print(
         f"resnetkit serve: http://{args.host}:{args.port}/ (Ctrl-C or SIGTERM to stop)",
         file=sys.stderr,
@@ -157,10 +177,17 @@ def run_serve(args: argparse.Namespace) -> int:
     # was installed before it: with this one the process exits 0 after the drain, as an
     # orchestrator expects, instead of dying of the signal.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    # Log rotators send SIGHUP to have the log reopened (it would otherwise end the process).
+    previous_hup = None
+    if predlog is not None:
+        previous_hup = signal.signal(signal.SIGHUP, lambda *_: predlog.reopen())
     try:
-        server.run()
+        server.run(sockets=[listener])
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_hup is not None:
+            signal.signal(signal.SIGHUP, previous_hup)
+        listener.close()
     if state.failed:
         raise ServeError(state.failed)
     return 0

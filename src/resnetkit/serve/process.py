@@ -1,0 +1,113 @@
+"""The server process around the ASGI app: the port bound first, a drain that loses nothing.
+
+:func:`bind_listener` binds the port before anything is announced, so a port in use is one
+clear error instead of a banner followed by uvicorn's ``[Errno 98]``.
+
+:class:`DrainingServer` changes how uvicorn stops. uvicorn's own shutdown stops listening and
+at once closes every idle keep-alive connection, and closes a busy one right after its
+response. A client that is sending its next request on such a connection at that moment
+gets a read error for a request it had already sent. Here, on SIGTERM:
+
+1. the listening socket closes (new connections are refused: nothing was sent on them);
+2. every response from then on carries ``Connection: close`` (:class:`CloseWhenDraining`), so
+   each client learns, in the answer to the request it sent, not to send another one on it;
+3. the server waits until the open connections have closed, at most the keep-alive timeout
+   (after which uvicorn closes an idle connection in normal service too);
+4. uvicorn's shutdown then finishes what is in flight and runs the lifespan shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Any
+
+import uvicorn
+
+from resnetkit.errors import ConfigError
+
+__all__ = ["CloseWhenDraining", "DrainingServer", "bind_listener"]
+
+_POLL_S = 0.05
+_CLOSE_HEADER = (b"connection", b"close")
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not yet listening), for :meth:`DrainingServer.run`.
+
+    Raises:
+        ConfigError: the host does not resolve, the port is in use, or binding is refused.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"--host {host}: not an address of this machine ({exc.strerror})"
+        ) from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is in use (another server?): stop it or choose "
+                "another --port"
+            ) from exc
+        raise ConfigError(f"cannot listen on {host} port {port} ({exc.strerror})") from exc
+    return sock
+
+
+class CloseWhenDraining:
+    """ASGI wrapper: once ``server.draining`` is set, every response says ``Connection: close``.
+
+    Args:
+        app: the ASGI application.
+        server: the :class:`DrainingServer` whose state it follows (set after construction).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.server: DrainingServer | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Any) -> None:
+            draining = self.server is not None and self.server.draining
+            if message["type"] == "http.response.start" and draining:
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+                message = {**message, "headers": [*headers, _CLOSE_HEADER]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
+
+
+class DrainingServer(uvicorn.Server):
+    """``uvicorn.Server`` whose shutdown lets keep-alive clients leave without a lost request.
+
+    Wrap the app in :class:`CloseWhenDraining` (this server attaches itself to it).
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.draining = False
+        if isinstance(config.app, CloseWhenDraining):
+            config.app.server = self
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, let open connections finish with ``Connection: close``, then stop."""
+        self.draining = True
+        for server in self.servers:
+            server.close()  # uvicorn's shutdown closes them again: a no-op
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout_keep_alive
+        while self.server_state.connections and loop.time() < deadline:
+            await asyncio.sleep(_POLL_S)
+        await super().shutdown(sockets)
