@@ -108,6 +108,6 @@ class DrainingServer(uvicorn.Server):
             server.close()  # uvicorn's shutdown closes them again: a no-op
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.timeout_keep_alive
-        while self.server_state.connections and loop.time() < deadline:
+        while self.server_state.connections and loop.time() < deadline and not self.force_exit:
             await asyncio.sleep(_POLL_S)
         await super().shutdown(sockets)
