@@ -3,7 +3,8 @@
 Routes (the OpenAPI document at ``/openapi.json`` lists them all):
 
 * ``POST /v1/models/{name}/predict`` and ``POST /v1/predict`` (one served model): one image as
-  the body (``image/jpeg|png|webp|bmp``) or as the ``file`` field of a form; top-``k`` labels.
+  the body (JPEG, PNG, WebP, BMP, GIF or TIFF: ``validation.IMAGE_TYPES``) or as the ``file``
+  field of a form; top-``k`` labels.
 * KServe V2 / Open Inference Protocol: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
   ``GET /v2/models/{name}[/versions/{v}]``, ``.../ready``, ``POST .../infer`` (JSON or the
   binary tensor extension), via :mod:`resnetkit.serve.protocol_v2`.
@@ -14,6 +15,9 @@ Routes (the OpenAPI document at ``/openapi.json`` lists them all):
 
 Decoding and preprocessing run in a thread pool (Pillow releases the GIL), forward passes on
 the pool's inference thread through each model's batcher; the event loop only moves bytes.
+
+The OpenAPI document is the contract (``openapi.py``): every status a route can answer is
+declared with the ``{"error": string}`` body, and a wrong method answers 405 with ``Allow``.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from resnetkit import __version__
 from resnetkit.errors import DeadlineExceeded, InvalidInput, QueueFull, ResNetKitError
+from resnetkit.registry import validate_name
 from resnetkit.serve import protocol_v2 as v2
 from resnetkit.serve.http import AccessLog, error_response, read_json
 from resnetkit.serve.inference import (
@@ -44,7 +50,8 @@ from resnetkit.serve.inference import (
     v2_metadata,
 )
 from resnetkit.serve.metrics import ServerMetrics
-from resnetkit.serve.pool import ModelPool
+from resnetkit.serve.openapi import IMAGE_BODY, TIMEOUT_NOTE, V2_BODY, document
+from resnetkit.serve.pool import ModelPool, ServedModel
 from resnetkit.serve.rollout_api import add_rollout_routes
 from resnetkit.serve.state import HttpSettings, ServerState
 
@@ -53,39 +60,6 @@ __all__ = ["HttpSettings", "ServerState", "create_app"]  # the state is re-expor
 log = logging.getLogger("resnetkit.serve")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-_IMAGE_BODY = {
-    "content": {
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary"}},
-                "required": ["file"],
-            }
-        },
-    },
-    "required": True,
-}
-_V2_BODY = {
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["inputs"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "inputs": {"type": "array", "items": {"type": "object"}},
-                    "outputs": {"type": "array", "items": {"type": "object"}},
-                    "parameters": {"type": "object"},
-                },
-            }
-        },
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    },
-    "required": True,
-}
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -115,7 +89,10 @@ def create_app(state: ServerState) -> FastAPI:
         title="resnetkit",
         version=__version__,
         lifespan=lifespan,
-        description="ResNet inference: image predictions, the KServe V2 protocol, metrics.",
+        description=(
+            "ResNet inference: image predictions, the KServe V2 protocol, metrics. "
+            f'{TIMEOUT_NOTE} Errors are {{"error": message}}.'
+        ),
     )
     _add_error_handlers(app, state.metrics)
     _add_health_routes(app, state)
@@ -125,6 +102,7 @@ def create_app(state: ServerState) -> FastAPI:
     add_rollout_routes(app, state)
     _add_dashboard(app)
     app.add_middleware(AccessLog, metrics=state.metrics)
+    app.openapi = lambda: document(app)  # type: ignore[method-assign]
     return app
 
 
@@ -181,13 +159,32 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
         return error_response(InvalidInput(f"{where}: {first.get('msg', 'invalid request')}"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route of the path only; RFC
+            # 9110 asks for every method the resource takes (GET and POST /v1/admin/models).
+            headers["Allow"] = ", ".join(_allowed_methods(app, request))
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=headers
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # Starlette re-raises it after this answer, and uvicorn logs the traceback once.
         return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route of ``request``'s path answers."""
+    scope = {**request.scope, "method": "GET"}
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and isinstance(route_methods, set):
+            methods |= route_methods
+    return sorted(methods)
 
 
 def _add_health_routes(app: FastAPI, state: ServerState) -> None:
@@ -207,7 +204,7 @@ def _add_health_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/metrics", tags=["health"])
     async def metrics(request: Request) -> Response:
-        """Prometheus metrics (text format, or OpenMetrics when asked for)."""
+        """Prometheus metrics: the text exposition format, or OpenMetrics when asked for."""
         body, content_type = state.metrics.render(request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
@@ -225,28 +222,38 @@ def _model_states(state: ServerState) -> list[dict[str, Any]]:
 def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
     k_query = Query(5, ge=1, le=state.http.max_top_k, description="how many classes to return")
 
-    @app.post("/v1/models/{name}/predict", tags=["v1"], openapi_extra={"requestBody": _IMAGE_BODY})
+    @app.post("/v1/models/{name}/predict", tags=["v1"], openapi_extra={"requestBody": IMAGE_BODY})
     async def predict(request: Request, name: str, k: int = k_query) -> JSONResponse:
-        """Classify one image: the top-``k`` labels with their probabilities."""
+        """Classify one image: the top-``k`` labels with their probabilities.
+
+        The image is the body (any ``image/*`` type or ``application/octet-stream``: the bytes
+        decide between JPEG, PNG, WebP, BMP, GIF and TIFF) or the ``file`` field of a form.
+        """
         return await predict_image(request, state, name, k)
 
-    @app.post("/v1/predict", tags=["v1"], openapi_extra={"requestBody": _IMAGE_BODY})
+    @app.post("/v1/predict", tags=["v1"], openapi_extra={"requestBody": IMAGE_BODY})
     async def predict_only(request: Request, k: int = k_query) -> JSONResponse:
         """Classify one image with the one served model."""
         return await predict_image(request, state, None, k)
 
-    @app.post("/v1/models/{name}/explain", tags=["v1"], openapi_extra={"requestBody": _IMAGE_BODY})
+    @app.post("/v1/models/{name}/explain", tags=["v1"], openapi_extra={"requestBody": IMAGE_BODY})
     async def explain(
         request: Request,
         name: str,
         format: str = Query("png", pattern="^(png|json)$"),
-        target: int | None = Query(None, alias="class", ge=0, description="class to explain"),
+        target: str | None = Query(
+            None,
+            alias="class",
+            max_length=128,
+            description="the class to explain: its index or its label (default: the top one)",
+        ),
         stage: str | None = Query(None, max_length=64, description="stage, e.g. layer3"),
         method: str = Query("gradcam", pattern="^(gradcam|gradcam\\+\\+)$"),
     ) -> Response:
         """Grad-CAM of one image: the heat map over the image (PNG), or JSON with the map."""
         served = state.pool.get(name)
-        return await explain_image(request, state, served, format, target, stage, method)
+        index = None if target is None else _class_index(served, target)
+        return await explain_image(request, state, served, format, index, stage, method)
 
     @app.get("/v1/models", tags=["v1"])
     async def models() -> dict[str, Any]:
@@ -263,6 +270,18 @@ def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
         """The registry's alias history of a served registry model (read-only)."""
         served = state.pool.get(name)
         return {"name": name, "events": await asyncio.to_thread(alias_history, state, served)}
+
+
+def _class_index(served: ServedModel, target: str) -> int:
+    """``?class=``: an index, or a label as ``resnetkit explain --class`` takes it."""
+    if target.isdigit():
+        return int(target)
+    if target in served.labels:
+        return served.labels.index(target)
+    raise InvalidInput(
+        f"class {target[:64]!r} is neither an index nor a label of {served.name}; its labels "
+        f"are {', '.join(served.labels[:20])}{' ...' if len(served.labels) > 20 else ''}"
+    )
 
 
 def _add_v2_routes(app: FastAPI, state: ServerState) -> None:
@@ -305,7 +324,7 @@ def _add_v2_routes(app: FastAPI, state: ServerState) -> None:
         """The version is loaded and warmed up (400 while not)."""
         return _ready_answer(pool, name, version)
 
-    @app.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra={"requestBody": _V2_BODY})
+    @app.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra={"requestBody": V2_BODY})
     async def v2_infer(request: Request, name: str) -> Response:
         """Inference: FP32 normalised NCHW or UINT8 NHWC pixels; JSON or binary tensors."""
         return await infer(request, state, name, None)
@@ -313,7 +332,7 @@ def _add_v2_routes(app: FastAPI, state: ServerState) -> None:
     @app.post(
         "/v2/models/{name}/versions/{version}/infer",
         tags=["v2"],
-        openapi_extra={"requestBody": _V2_BODY},
+        openapi_extra={"requestBody": V2_BODY},
     )
     async def v2_infer_version(request: Request, name: str, version: str) -> Response:
         """Inference on one version."""
@@ -352,8 +371,12 @@ def _add_admin_routes(app: FastAPI, state: ServerState) -> None:
         ref, name = payload.get("ref"), payload.get("name")
         if not isinstance(ref, str) or not ref:
             raise InvalidInput('body needs "ref": a registry reference or a path on the server')
-        if name is not None and not isinstance(name, str):
-            raise InvalidInput('"name" must be a string')
+        if name is not None:
+            if not isinstance(name, str):
+                raise InvalidInput('"name" must be a string')
+            # Names become URL segments and metric labels: the registry's rule, so every
+            # loaded model can be routed to, and unloaded.
+            validate_name(name, kind='"name"')
         served = await state.pool.load(ref, name=name)
         return served.describe()
 
