@@ -21,6 +21,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import load_file, save_file
 
+from resnetkit.cli.rollout import show_rollout
 from resnetkit.registry import RegistrationOptions, open_registry
 from resnetkit.registry import rollouts as db
 from resnetkit.serve.metrics import ServerMetrics
@@ -226,7 +227,7 @@ def test_v2_requests_are_logged_and_take_feedback_by_either_id(
 
 
 def test_a_shadow_rollout_reports_no_traffic_share_for_the_canary(
-    registry: str, image: bytes
+    registry: str, image: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shadow = {"steps": [50, 100], "interval_s": 3600, "shadow": True}
     with in_process(["fm@production"], registry=registry, token=TOKEN) as (client, _state):
@@ -242,6 +243,10 @@ def test_a_shadow_rollout_reports_no_traffic_share_for_the_canary(
         "shadow", 0, 100
     )  # fmt: skip
     assert (weight, mirrored) == (0, 1)
+    show_rollout(listed, as_json=False)  # what `resnetkit rollout status` prints
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "shadow: stable answers every request; 100% also run on the canary" in printed
+    assert "to the canary)" not in printed
 
 
 def test_conflicting_requests_answer_409_naming_the_conflict(registry: str, image: bytes) -> None:

@@ -101,7 +101,7 @@ def run_start(args: argparse.Namespace) -> int:
     """``rollout start NAME --canary NAME:V``."""
     body = {"model": args.name, "canary": args.canary, **to_dict(_config(args))}
     result = _call("POST", f"{args.server.rstrip('/')}/v1/admin/rollouts", token=True, body=body)
-    _show(result, args.json)
+    show_rollout(result, as_json=args.json)
     return 0
 
 
@@ -112,11 +112,12 @@ def run_action(args: argparse.Namespace) -> int:
         result = _call("GET", f"{base}/v1/rollouts/{args.name}", token=False)
     else:
         result = _call("POST", f"{base}/v1/admin/rollouts/{args.name}/{args.action}", token=True)
-    _show(result, args.json)
+    show_rollout(result, as_json=args.json)
     return 0
 
 
-def _show(rollout: dict[str, Any], as_json: bool) -> None:
+def show_rollout(rollout: dict[str, Any], *, as_json: bool) -> None:
+    """Print a rollout as the server describes it: who answers, the reason, the checks."""
     if as_json:
         print_json(rollout)
         return
