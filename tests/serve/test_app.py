@@ -293,8 +293,8 @@ def test_the_server_keeps_every_promise_of_its_openapi_document(
     auth = ["-H", f"Authorization: Bearer {token}"] if token else []
     proc = subprocess.run(
         [
-            str(schemathesis), "run", f"{server.url}/openapi.json", "--checks", "all",
-            "--config-file", str(REPO / "schemathesis.toml"), *auth,
+            str(schemathesis), "--config-file", str(REPO / "schemathesis.toml"), "run",
+            f"{server.url}/openapi.json", "--checks", "all", *auth,
             "--max-examples", "10", "--seed", "1", "--workers", "1",
             "--request-timeout", "30", "--generation-database", "none", "--max-time", "90",
         ],

@@ -220,3 +220,11 @@ def test_explain_takes_a_class_label_as_the_cli_does(client: Any, shirt: np.ndar
     assert by_index.json()["class"] == 3
     unknown = client.post(url + "Hat", content=png(shirt), headers=headers)
     assert unknown.status_code == 400 and "neither an index nor a label" in unknown.json()["error"]
+
+
+def test_an_error_quoting_a_lone_surrogate_is_still_a_4xx(client: Any) -> None:
+    # JSON "\ud8cc" decodes to a lone surrogate, which UTF-8 cannot encode: once a 500.
+    body = b'{"ref": "&/\\ud8ccb"}'
+    answer = client.post("/v1/admin/models", content=body, headers=AUTH)
+    assert answer.status_code == 400, answer.text
+    assert "\\ud8cc" in answer.json()["error"]

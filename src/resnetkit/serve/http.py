@@ -96,6 +96,9 @@ def error_response(exc: BaseException, status: int | None = None) -> JSONRespons
     """``{"error": message}`` with the status of the table, and the headers it calls for."""
     code = status if status is not None else status_for(exc)
     message = str(exc) if code < 500 or isinstance(exc, ResNetKitError) else "internal error"
+    # A message may quote what the client sent, lone surrogates included (JSON's "\ud8cc"
+    # decodes to one); UTF-8 cannot encode them, and the answer would become a 500.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     headers = {}
     if isinstance(exc, QueueFull):
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
