@@ -128,6 +128,9 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("rollout_check_passed", "gauge", ("model", "check"), "1 when the check passed, else 0."),
     _m("rollouts_total", "counter", ("model", "outcome"),
        "Finished rollouts: promoted, rolled_back or aborted."),
+    # Logs
+    _m("prediction_log_dropped_total", "counter", ("what", "reason"),
+       "Prediction-log records and logged images dropped: queue_full or write_error."),
 )  # fmt: skip
 
 METRICS_BY_NAME: Mapping[str, MetricSpec] = MappingProxyType({m.name: m for m in METRICS})

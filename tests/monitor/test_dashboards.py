@@ -55,8 +55,13 @@ def test_every_query_is_filtered_by_the_model_variable(dashboards) -> None:
     for dashboard in dashboards.values():
         for target in _targets(dashboard):
             metrics = metrics_used(target)
-            if metrics <= {"resnetkit_inflight_requests", "resnetkit_cold_start_seconds"}:
-                continue  # per-process gauges without a model label
+            per_process = {
+                "resnetkit_inflight_requests",
+                "resnetkit_cold_start_seconds",
+                "resnetkit_prediction_log_dropped_total",
+            }
+            if metrics <= per_process:
+                continue  # per-process series without a model label
             assert 'model=~"$model"' in target["expr"], target["expr"]
 
 

@@ -79,6 +79,7 @@ EXPORTED_ON_USE = {
     # Rollouts run on registry models (state in the registry database); a model served from
     # a run directory never rolls out, so these need a registry, a canary and its analysis.
     "resnetkit_rollout_canary_weight",
+    "resnetkit_rollout_mirrored_share",
     "resnetkit_rollout_step",
     "resnetkit_rollout_check_value",
     "resnetkit_rollout_check_passed",

@@ -12,43 +12,17 @@ from prometheus_client.samples import Sample
 
 from resnetkit.errors import ConfigError
 from resnetkit.serve.batcher import BatchStats
-from resnetkit.serve.metrics import (
+from resnetkit.serve.metrics import ServerMetrics
+from resnetkit.telemetry import (
     BATCH_SIZE_BUCKETS,
     CONFIDENCE_BUCKETS,
     LATENCY_BUCKETS_S,
-    ServerMetrics,
+    METRICS,
 )
 
-# The contract alert rules and dashboards are generated from: name -> (type, labels).
-CONTRACT: dict[str, tuple[str, set[str]]] = {
-    "resnetkit_requests_total": ("counter", {"model", "version", "route", "code"}),
-    "resnetkit_request_duration_seconds": ("histogram", {"model", "version", "route"}),
-    "resnetkit_queue_wait_seconds": ("histogram", {"model", "version"}),
-    "resnetkit_inference_duration_seconds": ("histogram", {"model", "version"}),
-    "resnetkit_batch_size": ("histogram", {"model", "version"}),
-    "resnetkit_queue_depth": ("gauge", {"model", "version"}),
-    "resnetkit_queue_capacity": ("gauge", {"model", "version"}),
-    "resnetkit_inflight_requests": ("gauge", set()),
-    "resnetkit_rejected_total": ("counter", {"model", "version", "reason"}),
-    "resnetkit_model_errors_total": ("counter", {"model", "version", "reason"}),
-    "resnetkit_model_ready": ("gauge", {"model", "version"}),
-    "resnetkit_model_load_seconds": ("gauge", {"model", "version"}),
-    "resnetkit_cold_start_seconds": ("gauge", set()),
-    "resnetkit_predictions_total": ("counter", {"model", "version", "label"}),
-    "resnetkit_prediction_confidence": ("histogram", {"model", "version"}),
-    "resnetkit_feedback_total": ("counter", {"model", "version", "outcome"}),
-    "resnetkit_feedback_retracted_total": ("counter", {"model", "version", "outcome"}),
-    "resnetkit_model_baseline_accuracy": ("gauge", {"model", "version"}),
-    "resnetkit_drift_statistic": ("gauge", {"model", "version", "detector"}),
-    "resnetkit_drift_p_value": ("gauge", {"model", "version", "detector"}),
-    "resnetkit_drift_detected": ("gauge", {"model", "version", "detector"}),
-    "resnetkit_rollout_canary_weight": ("gauge", {"model"}),
-    "resnetkit_rollout_mirrored_share": ("gauge", {"model"}),
-    "resnetkit_rollout_step": ("gauge", {"model"}),
-    "resnetkit_rollout_check_value": ("gauge", {"model", "check"}),
-    "resnetkit_rollout_check_passed": ("gauge", {"model", "check"}),
-    "resnetkit_rollouts_total": ("counter", {"model", "outcome"}),
-}
+# The contract alert rules and dashboards are generated from (resnetkit.telemetry): read, not
+# copied, so this test holds the server to the one definition.
+CONTRACT: dict[str, tuple[str, set[str]]] = {m.name: (m.kind, set(m.labels)) for m in METRICS}
 
 
 def exercise(metrics: ServerMetrics, model: str = "fashion", version: str | int = 3) -> None:
@@ -92,6 +66,26 @@ def test_every_contract_name_is_exposed_with_its_type_once_a_model_is_registered
         assert exposed[name].type == kind, name
 
 
+def test_nothing_is_exposed_outside_the_contract_and_help_texts_match() -> None:
+    metrics = ServerMetrics()
+    exercise(metrics)
+    exposed = families(metrics)
+    # prometheus_client adds a *_created gauge beside each counter and histogram.
+    assert {n for n in exposed if not n.endswith("_created")} == set(CONTRACT)
+    for spec in METRICS:
+        assert exposed[spec.name].documentation == spec.help, spec.name
+
+
+def test_prediction_log_drops_are_read_at_scrape() -> None:
+    metrics = ServerMetrics()
+    counts = {("image", "write_error"): 0}
+    metrics.watch_prediction_log(lambda: counts)
+    counts[("image", "write_error")] = 3
+    samples = samples_named(metrics, "resnetkit_prediction_log_dropped_total")
+    values = {(s.labels["what"], s.labels["reason"]): s.value for s in samples}
+    assert values[("image", "write_error")] == 3 and values[("record", "queue_full")] == 0
+
+
 def test_every_contract_metric_carries_exactly_its_labels() -> None:
     metrics = ServerMetrics()
     exercise(metrics)
@@ -104,14 +98,7 @@ def test_every_contract_metric_carries_exactly_its_labels() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "buckets"),
-    [
-        ("resnetkit_request_duration_seconds", LATENCY_BUCKETS_S),
-        ("resnetkit_queue_wait_seconds", LATENCY_BUCKETS_S),
-        ("resnetkit_inference_duration_seconds", LATENCY_BUCKETS_S),
-        ("resnetkit_batch_size", BATCH_SIZE_BUCKETS),
-        ("resnetkit_prediction_confidence", CONFIDENCE_BUCKETS),
-    ],
+    ("name", "buckets"), [(m.name, m.buckets) for m in METRICS if m.kind == "histogram"]
 )
 def test_histograms_have_the_contract_buckets(name: str, buckets: tuple[float, ...]) -> None:
     metrics = ServerMetrics()

@@ -390,9 +390,26 @@ def _on_call_rollouts() -> list[dict[str, Any]]:
     return [
         _panel(
             "Canary traffic weight",
-            [(_gauge("max", "model", "resnetkit_rollout_canary_weight"), "{{model}}")],
+            [
+                (_gauge("max", "model", "resnetkit_rollout_canary_weight"), "{{model}} answers"),
+                (_gauge("max", "model", "resnetkit_rollout_mirrored_share"), "{{model}} mirrored"),
+            ],
             unit="percentunit",
             custom=steps,
+            description="Share of answers the canary gives, and of stable's requests also run "
+            "on it in the background (shadow mode: 0 answers, 100% mirrored).",
+        ),
+        _panel(
+            "Model errors (non-finite outputs, failed passes)",
+            [
+                (
+                    _sum("model, version, reason", "resnetkit_model_errors_total"),
+                    "{{model}} v{{version}} {{reason}}",
+                )
+            ],
+            unit="ops",
+            description="Forward passes that failed on the server's side. A canary's show here "
+            "even though stable answered its requests.",
         ),
         _panel(
             "Rollout step",
@@ -484,10 +501,27 @@ def _debug(slo: SLOConfig) -> dict[str, Any]:
                 (
                     _sum("model, version, outcome", "resnetkit_feedback_total"),
                     f"{mv} {{{{outcome}}}}",
-                )
+                ),
+                (
+                    _sum("model, version, outcome", "resnetkit_feedback_retracted_total"),
+                    f"{mv} {{{{outcome}}}} replaced",
+                ),
             ],
             unit="reqps",
-            description="Requests whose true label came back; accuracy needs enough of them.",
+            description="Requests whose true label came back (one label per request; a label "
+            "replaced by another counts as replaced); accuracy needs enough of them.",
+        ),
+        _panel(
+            "Prediction log: dropped records and images",
+            [
+                (
+                    "sum by (what, reason) (rate(resnetkit_prediction_log_dropped_total[5m]))",
+                    "{{what}} {{reason}}",
+                )
+            ],
+            unit="ops",
+            description="Samples the prediction log could not keep: its queue was full, or "
+            "writing failed (a full disk). Requests are answered regardless.",
         ),
         _panel(
             "Mean prediction confidence",

@@ -2,8 +2,9 @@
 
 Three parts, each plain data:
 
-* :data:`SERVER_METRICS` — the metrics contract: every series the server exports (name,
-  type, labels, help, buckets), and the label values the rules match on. Rules and
+* :data:`SERVER_METRICS` — the metrics contract of :mod:`resnetkit.telemetry`: every series
+  the server exports (name, type, labels, help, buckets), and the label values the rules
+  match on. Rules and
   dashboards are checked against it, so a renamed metric fails a test instead of leaving
   a silent panel.
 * :class:`SLOConfig` — the objectives, loaded from TOML by :func:`load_slo`
@@ -33,6 +34,17 @@ import yaml
 from resnetkit.config import from_dict, load_toml
 from resnetkit.errors import ConfigError
 from resnetkit.fileio import atomic_write
+from resnetkit.telemetry import (
+    BATCH_SIZE_BUCKETS,
+    CONFIDENCE_BUCKETS,
+    DRIFT_DETECTORS,
+    FEEDBACK_OUTCOMES,
+    LATENCY_BUCKETS_S,
+    METRICS,
+    REJECTION_REASONS,
+    ROLLOUT_OUTCOMES,
+    MetricSpec,
+)
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
@@ -63,70 +75,10 @@ __all__ = [
     "write_rules",
 ]
 
-# --- The metrics contract ----------------------------------------------------------------
+# --- The metrics contract (resnetkit.telemetry; re-exported under the names rules use) ---
 
-LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-CONFIDENCE_BUCKETS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
-
-
-@dataclasses.dataclass(frozen=True)
-class MetricSpec:
-    """One metric family the server exports (histograms also export ``_bucket|_sum|_count``)."""
-
-    name: str
-    kind: str  # counter | gauge | histogram
-    labels: tuple[str, ...]
-    help: str
-    buckets: tuple[float, ...] = ()
-
-
-_MV = ("model", "version")
-
-
-def _metric(name: str, kind: str, labels: tuple[str, ...], help_text: str) -> MetricSpec:
-    buckets = {"histogram": LATENCY_BUCKETS_S}.get(kind, ())
-    return MetricSpec(f"resnetkit_{name}", kind, labels, help_text, buckets)
-
-
-SERVER_METRICS: tuple[MetricSpec, ...] = (
-    _metric("requests_total", "counter", (*_MV, "route", "code"), "HTTP responses by status"),
-    _metric("request_duration_seconds", "histogram", (*_MV, "route"), "End-to-end latency"),
-    _metric("queue_wait_seconds", "histogram", _MV, "Time from enqueue to batch start"),
-    _metric("inference_duration_seconds", "histogram", _MV, "Forward pass time per batch"),
-    dataclasses.replace(
-        _metric("batch_size", "histogram", _MV, "Requests per batch"), buckets=BATCH_SIZE_BUCKETS
-    ),
-    _metric("queue_depth", "gauge", _MV, "Requests waiting in the batcher queue"),
-    _metric("queue_capacity", "gauge", _MV, "Bound of the batcher queue"),
-    _metric("inflight_requests", "gauge", (), "Requests being handled"),
-    _metric("rejected_total", "counter", (*_MV, "reason"), "Rejected requests by reason"),
-    _metric("model_ready", "gauge", _MV, "1 when the version answers requests"),
-    _metric("model_load_seconds", "gauge", _MV, "Time the version took to load"),
-    _metric("cold_start_seconds", "gauge", (), "Time from process start to ready"),
-    _metric("predictions_total", "counter", (*_MV, "label"), "Predicted top-1 classes"),
-    dataclasses.replace(
-        _metric("prediction_confidence", "histogram", _MV, "Top-1 softmax probability"),
-        buckets=CONFIDENCE_BUCKETS,
-    ),
-    _metric("feedback_total", "counter", (*_MV, "outcome"), "Labelled feedback by outcome"),
-    _metric("model_baseline_accuracy", "gauge", _MV, "Test accuracy from the registry (0..1)"),
-    _metric("drift_statistic", "gauge", (*_MV, "detector"), "Drift test statistic"),
-    _metric("drift_p_value", "gauge", (*_MV, "detector"), "Drift test p-value"),
-    _metric("drift_detected", "gauge", (*_MV, "detector"), "1 when the detector flags drift"),
-    _metric("rollout_canary_weight", "gauge", ("model",), "Traffic share of the canary (0..1)"),
-    _metric("rollout_check_value", "gauge", ("model", "check"), "Last value of a canary check"),
-    _metric("rollout_check_passed", "gauge", ("model", "check"), "1 when the check passed"),
-    _metric("rollouts_total", "counter", ("model", "outcome"), "Finished rollouts by outcome"),
-    _metric("rollout_step", "gauge", ("model",), "Current step of the rollout"),
-)
-# Label values the rules rely on; the server must use exactly these.
-REJECT_REASONS = ("queue_full", "deadline", "invalid")
-FEEDBACK_OUTCOMES = ("correct", "incorrect")
-DRIFT_DETECTORS = ("ks_pca", "mmd", "chi2_class", "ks_confidence", "combined")
-ROLLOUT_OUTCOMES = ("promoted", "rolled_back", "aborted")
+SERVER_METRICS: tuple[MetricSpec, ...] = METRICS
+REJECT_REASONS = REJECTION_REASONS
 
 # --- The SLO file --------------------------------------------------------------------------
 
@@ -422,13 +374,23 @@ def feedback_rule_names(slo: SLOConfig) -> tuple[str, str]:
 def _feedback_records(slo: SLOConfig) -> list[dict[str, Any]]:
     w = slo.quality.feedback_window
     accuracy, labelled = feedback_rule_names(slo)
-    total = f"sum by (model, version) (rate(resnetkit_feedback_total[{w}]))"
-    correct = f'resnetkit_feedback_total{{outcome="correct"}}[{w}]'
-    ratio = f"(\n  sum by (model, version) (rate({correct}))\n  or\n  0 * {total}\n)\n/\n{total}"
+    total = _live_feedback("rate", w, "")
+    correct = _live_feedback("rate", w, '{outcome="correct"}')
+    ratio = f"(\n  {correct}\n  or\n  0 * {total}\n)\n/\n{total}"
     return [
         {"record": accuracy, "expr": ratio},
-        {"record": labelled, "expr": total.replace("rate(", "increase(")},
+        {"record": labelled, "expr": _live_feedback("increase", w, "")},
     ]
+
+
+def _live_feedback(fn: str, window: str, selector: str) -> str:
+    """Feedback still standing: labels given minus labels replaced by another one (one label
+    per request id; a replica that never saw a replacement has no retracted series)."""
+    given = f"sum by (model, version) ({fn}(resnetkit_feedback_total{selector}[{window}]))"
+    taken = (
+        f"sum by (model, version) ({fn}(resnetkit_feedback_retracted_total{selector}[{window}]))"
+    )
+    return f"({given} - ({taken} or 0 * {given}))"
 
 
 def _accuracy_alert(slo: SLOConfig) -> dict[str, Any]:

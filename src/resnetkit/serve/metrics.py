@@ -1,38 +1,25 @@
 """Prometheus metrics of one server process, in a registry of its own.
 
 :class:`ServerMetrics` owns a :class:`prometheus_client.CollectorRegistry` (never the global
-default one), so two servers in one process, or two tests, never share a series. The metric
-names and labels below are a contract: alert rules and dashboards are generated from them.
+default one), so two servers in one process, or two tests, never share a series. Every
+collector is built from the metrics contract, :data:`resnetkit.telemetry.METRICS` (names,
+types, labels, help, buckets), which the alert rules, the dashboards and the tests read too;
+this module adds only the ways to update them.
 
-Traffic (labels ``model, version`` unless noted):
+Notes on their meaning (the contract lists them all):
 
-- ``resnetkit_requests_total{route,code}`` counter; ``resnetkit_request_duration_seconds{route}``,
-  ``resnetkit_queue_wait_seconds``, ``resnetkit_inference_duration_seconds`` histograms (buckets
-  :data:`LATENCY_BUCKETS_S`); ``resnetkit_batch_size`` histogram (:data:`BATCH_SIZE_BUCKETS`)
-- ``resnetkit_queue_depth``, ``resnetkit_queue_capacity`` gauges (samples);
-  ``resnetkit_inflight_requests`` gauge (no labels)
-- ``resnetkit_rejected_total{reason}`` counter, reason in :data:`REJECTION_REASONS`
-- ``resnetkit_model_errors_total{reason}`` counter, reason in :data:`MODEL_ERROR_REASONS`:
-  forward passes of the version that failed on the server's side (``non_finite``: NaN or
-  infinity in its outputs). Counted even when the request was then answered by stable (a
-  failed canary run is retried there), so a broken version shows here, not in 5xx answers.
-
-Lifecycle: ``resnetkit_model_ready`` (0/1) and ``resnetkit_model_load_seconds`` gauges;
-``resnetkit_cold_start_seconds`` gauge (no labels).
-
-Quality: ``resnetkit_predictions_total{label}`` counter, ``resnetkit_prediction_confidence``
-histogram (:data:`CONFIDENCE_BUCKETS`), ``resnetkit_feedback_total{outcome}`` counter (outcome in
-:data:`FEEDBACK_OUTCOMES`; one label per request id), ``resnetkit_feedback_retracted_total
-{outcome}`` counter (earlier labels replaced by a different one: the live count of an outcome
-is ``feedback_total - feedback_retracted_total``), ``resnetkit_model_baseline_accuracy`` gauge;
-``resnetkit_drift_statistic``, ``resnetkit_drift_p_value``, ``resnetkit_drift_detected`` gauges
-``{detector}``.
-
-Rollouts (labels ``model`` only): ``resnetkit_rollout_canary_weight`` (share of answers given by
-the canary: 0 in shadow mode), ``resnetkit_rollout_mirrored_share`` (share of stable's requests
-also run on the canary in the background: 1 in shadow mode), ``resnetkit_rollout_step``,
-``resnetkit_rollout_check_value{check}``, ``resnetkit_rollout_check_passed{check}`` gauges;
-``resnetkit_rollouts_total{outcome}`` counter, outcome in :data:`ROLLOUT_OUTCOMES`.
+- ``resnetkit_model_errors_total{reason}``: forward passes of the version that failed on the
+  server's side (``non_finite``: NaN or infinity in its outputs). Counted even when the request
+  was then answered by stable (a failed canary run is retried there), so a broken version
+  shows here, not in 5xx answers.
+- ``resnetkit_feedback_total{outcome}``: one label per request id; a label replaced by a
+  different one is counted in ``resnetkit_feedback_retracted_total`` (the live count of an
+  outcome is ``feedback_total - feedback_retracted_total``).
+- ``resnetkit_rollout_canary_weight``: share of answers given by the canary (0 in shadow
+  mode); ``resnetkit_rollout_mirrored_share``: share of stable's requests also run on the
+  canary in the background (1 in shadow mode).
+- ``resnetkit_prediction_log_dropped_total{what,reason}``: records and images the prediction
+  log dropped (``queue_full`` or ``write_error``, a full disk say), read from the log at scrape.
 
 :meth:`ServerMetrics.render` writes the Prometheus text format, or OpenMetrics when the
 scraper's ``Accept`` header asks for it; :meth:`ServerMetrics.snapshot` gives the dashboard
@@ -43,16 +30,30 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 
 from resnetkit.errors import ConfigError
 from resnetkit.serve.batcher import BatchStats
+from resnetkit.telemetry import (
+    BATCH_SIZE_BUCKETS,
+    CONFIDENCE_BUCKETS,
+    FEEDBACK_OUTCOMES,
+    LATENCY_BUCKETS_S,
+    LOG_DROP_REASONS,
+    METRICS,
+    MODEL_ERROR_REASONS,
+    REJECTION_REASONS,
+    ROLLOUT_OUTCOMES,
+    MetricSpec,
+)
+from resnetkit.telemetry import metric as metric_spec
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
@@ -68,15 +69,9 @@ __all__ = [
     "quantile_from_buckets",
 ]
 
-LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2.5, 5, 10)
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-REJECTION_REASONS = ("queue_full", "deadline", "invalid")
-FEEDBACK_OUTCOMES = ("correct", "incorrect")
-MODEL_ERROR_REASONS = ("non_finite", "failed")
-ROLLOUT_OUTCOMES = ("promoted", "rolled_back", "aborted")
-
 _MV = ("model", "version")
+# Counted elsewhere and read when scraped (:class:`_LogDrops`), not kept here.
+_READ_AT_SCRAPE = frozenset({"resnetkit_prediction_log_dropped_total"})
 Version = str | int
 
 
@@ -116,150 +111,63 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         # (metric, label names) of every metric labelled by model and version, for unloading.
         self._per_version: list[tuple[MetricWrapperBase, tuple[str, ...]]] = []
-        self._define_traffic()
-        self._define_lifecycle()
-        self._define_quality()
-        self._define_rollout()
+        self._log_counts: Callable[[], dict[tuple[str, str], int]] | None = None
+        c = {spec.name: self._make(spec) for spec in METRICS if spec.name not in _READ_AT_SCRAPE}
+        # Traffic
+        self._requests = c["resnetkit_requests_total"]
+        self._request_s = c["resnetkit_request_duration_seconds"]
+        self._queue_wait_s = c["resnetkit_queue_wait_seconds"]
+        self._inference_s = c["resnetkit_inference_duration_seconds"]
+        self._batch_size = c["resnetkit_batch_size"]
+        self._queue_depth = c["resnetkit_queue_depth"]
+        self._queue_capacity = c["resnetkit_queue_capacity"]
+        self._inflight = c["resnetkit_inflight_requests"]
+        self._rejected = c["resnetkit_rejected_total"]
+        self._model_errors = c["resnetkit_model_errors_total"]
+        # Lifecycle
+        self._ready = c["resnetkit_model_ready"]
+        self._load_s = c["resnetkit_model_load_seconds"]
+        self._cold_start_s = c["resnetkit_cold_start_seconds"]
+        # Quality
+        self._predictions = c["resnetkit_predictions_total"]
+        self._confidence = c["resnetkit_prediction_confidence"]
+        self._feedback = c["resnetkit_feedback_total"]
+        self._feedback_retracted = c["resnetkit_feedback_retracted_total"]
+        self._baseline_accuracy = c["resnetkit_model_baseline_accuracy"]
+        self._drift_statistic = c["resnetkit_drift_statistic"]
+        self._drift_p_value = c["resnetkit_drift_p_value"]
+        self._drift_detected = c["resnetkit_drift_detected"]
+        # Rollouts
+        self._canary_weight = c["resnetkit_rollout_canary_weight"]
+        self._mirrored_share = c["resnetkit_rollout_mirrored_share"]
+        self._rollout_step = c["resnetkit_rollout_step"]
+        self._check_value = c["resnetkit_rollout_check_value"]
+        self._check_passed = c["resnetkit_rollout_check_passed"]
+        self._rollouts = c["resnetkit_rollouts_total"]
+        self.registry.register(_LogDrops(self))
 
-    # -- definitions -----------------------------------------------------------------------
+    def _make(self, spec: MetricSpec) -> Any:
+        """The collector of one metric of the contract (:mod:`resnetkit.telemetry`)."""
+        kind = {"counter": Counter, "gauge": Gauge}.get(spec.kind)
+        name = spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
+        if kind is not None:
+            collector = kind(name, spec.help, spec.labels, registry=self.registry)
+        else:
+            collector = Histogram(
+                name, spec.help, spec.labels, buckets=spec.buckets, registry=self.registry
+            )
+        if set(_MV) <= set(spec.labels):
+            self._per_version.append((collector, spec.labels))
+        return collector
 
-    def _counter(self, name: str, doc: str, labels: tuple[str, ...]) -> Counter:
-        metric = Counter(name, doc, labels, registry=self.registry)
-        self._track(metric, labels)
-        return metric
+    def watch_prediction_log(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        """Export the prediction log's dropped samples, read at each scrape.
 
-    def _gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
-        metric = Gauge(name, doc, labels, registry=self.registry)
-        self._track(metric, labels)
-        return metric
-
-    def _histogram(
-        self, name: str, doc: str, labels: tuple[str, ...], buckets: Iterable[float]
-    ) -> Histogram:
-        metric = Histogram(name, doc, labels, buckets=tuple(buckets), registry=self.registry)
-        self._track(metric, labels)
-        return metric
-
-    def _track(self, metric: MetricWrapperBase, labels: tuple[str, ...]) -> None:
-        if set(_MV) <= set(labels):
-            self._per_version.append((metric, labels))
-
-    def _define_traffic(self) -> None:
-        route = (*_MV, "route")
-        self._requests = self._counter(
-            "resnetkit_requests_total",
-            "Requests answered, by route and status code.",
-            (*route, "code"),
-        )
-        self._request_s = self._histogram(
-            "resnetkit_request_duration_seconds",
-            "End-to-end request latency.",
-            route,
-            LATENCY_BUCKETS_S,
-        )
-        self._queue_wait_s = self._histogram(
-            "resnetkit_queue_wait_seconds",
-            "Time a request waited in the batch queue.",
-            _MV,
-            LATENCY_BUCKETS_S,
-        )
-        self._inference_s = self._histogram(
-            "resnetkit_inference_duration_seconds",
-            "Time of one batched forward pass.",
-            _MV,
-            LATENCY_BUCKETS_S,
-        )
-        self._batch_size = self._histogram(
-            "resnetkit_batch_size", "Samples per forward pass.", _MV, BATCH_SIZE_BUCKETS
-        )
-        self._queue_depth = self._gauge(
-            "resnetkit_queue_depth", "Samples waiting in the batch queue.", _MV
-        )
-        self._queue_capacity = self._gauge(
-            "resnetkit_queue_capacity", "Samples the batch queue holds at most.", _MV
-        )
-        self._inflight = self._gauge("resnetkit_inflight_requests", "Requests being served.")
-        self._rejected = self._counter(
-            "resnetkit_rejected_total",
-            "Requests refused: queue_full, deadline or invalid.",
-            (*_MV, "reason"),
-        )
-        self._model_errors = self._counter(
-            "resnetkit_model_errors_total",
-            "Forward passes that failed on the server's side: non_finite outputs or failed.",
-            (*_MV, "reason"),
-        )
-
-    def _define_lifecycle(self) -> None:
-        self._ready = self._gauge(
-            "resnetkit_model_ready", "1 when the version serves requests, else 0.", _MV
-        )
-        self._load_s = self._gauge(
-            "resnetkit_model_load_seconds", "Seconds it took to load and warm the version.", _MV
-        )
-        self._cold_start_s = self._gauge(
-            "resnetkit_cold_start_seconds", "Seconds from process start to the first ready model."
-        )
-
-    def _define_quality(self) -> None:
-        self._predictions = self._counter(
-            "resnetkit_predictions_total", "Top-1 predictions, by label.", (*_MV, "label")
-        )
-        self._confidence = self._histogram(
-            "resnetkit_prediction_confidence",
-            "Top-1 probability of each prediction.",
-            _MV,
-            CONFIDENCE_BUCKETS,
-        )
-        self._feedback = self._counter(
-            "resnetkit_feedback_total",
-            "Ground-truth feedback: correct or incorrect.",
-            (*_MV, "outcome"),
-        )
-        self._feedback_retracted = self._counter(
-            "resnetkit_feedback_retracted_total",
-            "Feedback replaced by a different label for the same request, by its old outcome.",
-            (*_MV, "outcome"),
-        )
-        self._baseline_accuracy = self._gauge(
-            "resnetkit_model_baseline_accuracy", "Test accuracy recorded at registration.", _MV
-        )
-        detector = (*_MV, "detector")
-        self._drift_statistic = self._gauge(
-            "resnetkit_drift_statistic", "Latest drift test statistic.", detector
-        )
-        self._drift_p_value = self._gauge(
-            "resnetkit_drift_p_value", "Latest drift test p-value.", detector
-        )
-        self._drift_detected = self._gauge(
-            "resnetkit_drift_detected", "1 when the detector flags drift, else 0.", detector
-        )
-
-    def _define_rollout(self) -> None:
-        self._canary_weight = self._gauge(
-            "resnetkit_rollout_canary_weight",
-            "Share of answers given by the canary (0 in shadow mode).",
-            ("model",),
-        )
-        self._mirrored_share = self._gauge(
-            "resnetkit_rollout_mirrored_share",
-            "Share of stable's requests also run on the canary in the background.",
-            ("model",),
-        )
-        self._rollout_step = self._gauge(
-            "resnetkit_rollout_step", "Current step of the canary rollout.", ("model",)
-        )
-        self._check_value = self._gauge(
-            "resnetkit_rollout_check_value", "Latest value of a rollout check.", ("model", "check")
-        )
-        self._check_passed = self._gauge(
-            "resnetkit_rollout_check_passed", "1 when the check passed, else 0.", ("model", "check")
-        )
-        self._rollouts = self._counter(
-            "resnetkit_rollouts_total",
-            "Finished rollouts: promoted, rolled_back or aborted.",
-            ("model", "outcome"),
-        )
+        Args:
+            counts: returns ``{(what, reason): count}``, ``what`` ``record`` or ``image``,
+                ``reason`` one of :data:`~resnetkit.telemetry.LOG_DROP_REASONS`.
+        """
+        self._log_counts = counts
 
     # -- traffic ---------------------------------------------------------------------------
 
@@ -548,3 +456,21 @@ def _per_bucket(buckets: list[tuple[float, float]]) -> dict[str, int]:
 def _code_class(code: str) -> int | None:
     """5 for "503", 4 for "404"; None for a code that is not an HTTP status."""
     return int(code) // 100 if code.isdigit() and len(code) == 3 else None
+
+
+class _LogDrops:
+    """``resnetkit_prediction_log_dropped_total{what,reason}``, read from the log at scrape."""
+
+    def __init__(self, owner: ServerMetrics) -> None:
+        self.owner = owner
+        self.spec = metric_spec("prediction_log_dropped_total")
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            self.spec.name.removesuffix("_total"), self.spec.help, labels=self.spec.labels
+        )
+        counts = self.owner._log_counts() if self.owner._log_counts is not None else {}
+        for what in ("record", "image"):
+            for reason in LOG_DROP_REASONS:
+                family.add_metric([what, reason], counts.get((what, reason), 0))
+        yield family
