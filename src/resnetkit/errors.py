@@ -17,7 +17,8 @@ and what to do. Third-party exceptions are translated where they cross into the 
     │   ├── InvalidInput       the request itself is wrong (HTTP 400)
     │   │   ├── PayloadTooLarge       a body or an image over the limit (HTTP 413)
     │   │   └── UnsupportedMediaType  a content type the route does not take (HTTP 415)
-    │   ├── ModelNotServed     no loaded model has that name or version (HTTP 404)
+    │   ├── NotFound           what the request names is not here (HTTP 404)
+    │   │   └── ModelNotServed     no loaded model has that name or version
     │   ├── Conflict           the request clashes with the server's state (HTTP 409)
     │   ├── ModelOutputError   the model answered non-finite numbers (HTTP 500)
     │   ├── NotReady           the model is loading or warming up (HTTP 503)
@@ -43,6 +44,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelNotServed",
     "ModelOutputError",
+    "NotFound",
     "NotReady",
     "PayloadTooLarge",
     "PermissionDenied",
@@ -112,7 +114,11 @@ class UnsupportedMediaType(InvalidInput):
     """The request's content type is not one the route accepts."""
 
 
-class ModelNotServed(ServeError):
+class NotFound(ServeError):
+    """What the request names (a request id for feedback, a model) is not on this server."""
+
+
+class ModelNotServed(NotFound):
     """No loaded model (or version) has the requested name."""
 
 

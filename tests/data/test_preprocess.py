@@ -14,6 +14,7 @@ from resnetkit.data import (
     PreprocessingSpec,
     compute_preprocessing,
     normalize,
+    normalize_array,
     preprocess_image,
 )
 from resnetkit.errors import ConfigError, DataError
@@ -88,7 +89,18 @@ def test_a_served_photo_is_preprocessed_like_training_data(fashion_train: ImageD
     array = fashion_train.images[3, 0].numpy()
     photo = Image.fromarray(array).convert("RGB")  # a colour upload of a grayscale model input
     x = preprocess_image(photo, spec)
-    assert x.shape == (1, 28, 28)
-    assert torch.allclose(x, normalize(fashion_train.images[3], spec), atol=1e-6)
+    assert x.shape == (1, 28, 28) and x.dtype == np.float32
+    # Bit for bit what training's normalize gives: the torch-free path is the same arithmetic.
+    np.testing.assert_array_equal(x, normalize(fashion_train.images[3], spec).numpy())
     bigger = preprocess_image(Image.fromarray(np.kron(array, np.ones((2, 2), np.uint8))), spec)
     assert bigger.shape == (1, 28, 28)
+
+
+def test_normalize_array_is_normalize_without_torch(fashion_train: ImageDataset) -> None:
+    spec = compute_preprocessing(fashion_train)
+    batch = fashion_train.images[:64]
+    np.testing.assert_array_equal(
+        normalize_array(batch.numpy(), spec), normalize(batch, spec).numpy()
+    )
+    with pytest.raises(DataError, match="does not fit"):
+        normalize_array(np.zeros((2, 3, 28, 28), np.uint8), spec)

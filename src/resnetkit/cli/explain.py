@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from resnetkit.cli.common import add_registry_flag, print_json
-from resnetkit.data import image_to_array, normalize, open_image
+from resnetkit.data import open_image, preprocess_image
 from resnetkit.errors import ConfigError
 from resnetkit.export import LoadedModel, load_model_ref
 from resnetkit.fileio import check_output_dir
@@ -95,8 +95,7 @@ def run_explain(args: argparse.Namespace) -> int:
         args.images, overlay_paths(args.images, args.out, args.method), strict=True
     ):
         photo = open_image(path)
-        pixels = torch.from_numpy(image_to_array(photo, spec.size, spec.channels).copy())
-        x = normalize(pixels[None], spec)
+        x = torch.from_numpy(preprocess_image(photo, spec)[None])
         result = explain(model, x, target_class=target, stage=args.stage, method=args.method)
         save_overlay(out, np.asarray(photo.convert("RGB")), result.maps[0].cpu().numpy())
         top = [(loaded.labels[i] if loaded.labels else str(i), p) for i, p in result.topk(5)[0]]

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         PreprocessingSpec,
         compute_preprocessing,
         normalize,
+        normalize_array,
         preprocess_image,
     )
     from resnetkit.data.sources import has_fixed_shape, known_datasets, load_dataset
@@ -87,6 +88,7 @@ _LAZY: dict[str, str] = {
     "normalize": "resnetkit.data.preprocess",
     "open_image": "resnetkit.data.images",
     "preprocess_image": "resnetkit.data.preprocess",
+    "normalize_array": "resnetkit.data.preprocess",
     "random_crop": "resnetkit.data.augment",
     "random_erasing": "resnetkit.data.augment",
     "random_hflip": "resnetkit.data.augment",
@@ -120,6 +122,7 @@ __all__ = [
     "load_synthetic",
     "mixup",
     "normalize",
+    "normalize_array",
     "open_image",
     "preprocess_image",
     "random_crop",

@@ -50,7 +50,7 @@ from resnetkit.onnxio import (
     load_proto,
     read_metadata,
 )
-from resnetkit.registry import PathRef, RegistryRef, open_registry, parse_ref
+from resnetkit.registry import PathRef, RegistryRef, parse_ref
 from resnetkit.registry.artifacts import sha256_file
 from resnetkit.registry.sources import read_source
 
@@ -373,6 +373,8 @@ def _checkout(store: Any, info: Any) -> Path:
 
 
 def _registry_model(ref: RegistryRef, text: str, registry: str | None) -> LoadedModel:
+    from resnetkit.registry import open_registry
+
     with open_registry(registry, create=False) as store:
         info = store.resolve(ref)
         folder = _checkout(store, info)

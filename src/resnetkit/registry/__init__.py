@@ -8,29 +8,57 @@ It stores bytes and metadata and never imports model code::
         info = store.register("runs/exp1", "fashion-resnet20")
         store.set_alias(info.name, "production", info.version, reason="beats v2 by 0.4%")
         loaded = store.load("fashion-resnet20@production")  # sha256-verified bytes
+
+Names are imported from their submodules on first use: parsing a reference does not load
+SQLAlchemy (a server that serves an ``.onnx`` file never opens a registry).
 """
 
 from __future__ import annotations
 
-from resnetkit.registry.artifacts import ArtifactStore
-from resnetkit.registry.migrations import LATEST_SCHEMA_VERSION
-from resnetkit.registry.records import (
-    AliasEvent,
-    ArtifactInfo,
-    GcReport,
-    LoadedVersion,
-    ModelSummary,
-    VerifyReport,
-    VersionInfo,
-)
-from resnetkit.registry.refs import PathRef, RegistryRef, parse_ref, validate_name
-from resnetkit.registry.store import (
-    DEFAULT_REGISTRY_URL,
-    RegistrationOptions,
-    RegistryStore,
-    open_registry,
-    registry_url,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from resnetkit.registry.artifacts import ArtifactStore
+    from resnetkit.registry.migrations import LATEST_SCHEMA_VERSION
+    from resnetkit.registry.records import (
+        AliasEvent,
+        ArtifactInfo,
+        GcReport,
+        LoadedVersion,
+        ModelSummary,
+        VerifyReport,
+        VersionInfo,
+    )
+    from resnetkit.registry.refs import PathRef, RegistryRef, parse_ref, validate_name
+    from resnetkit.registry.store import (
+        DEFAULT_REGISTRY_URL,
+        RegistrationOptions,
+        RegistryStore,
+        open_registry,
+        registry_url,
+    )
+
+_LAZY: dict[str, str] = {
+    "AliasEvent": "resnetkit.registry.records",
+    "ArtifactInfo": "resnetkit.registry.records",
+    "ArtifactStore": "resnetkit.registry.artifacts",
+    "DEFAULT_REGISTRY_URL": "resnetkit.registry.store",
+    "GcReport": "resnetkit.registry.records",
+    "LATEST_SCHEMA_VERSION": "resnetkit.registry.migrations",
+    "LoadedVersion": "resnetkit.registry.records",
+    "ModelSummary": "resnetkit.registry.records",
+    "PathRef": "resnetkit.registry.refs",
+    "RegistrationOptions": "resnetkit.registry.store",
+    "RegistryRef": "resnetkit.registry.refs",
+    "RegistryStore": "resnetkit.registry.store",
+    "VerifyReport": "resnetkit.registry.records",
+    "VersionInfo": "resnetkit.registry.records",
+    "open_registry": "resnetkit.registry.store",
+    "parse_ref": "resnetkit.registry.refs",
+    "registry_url": "resnetkit.registry.store",
+    "validate_name": "resnetkit.registry.refs",
+}
 
 __all__ = [
     "DEFAULT_REGISTRY_URL",
@@ -52,3 +80,11 @@ __all__ = [
     "registry_url",
     "validate_name",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'resnetkit.registry' has no attribute {name!r}")

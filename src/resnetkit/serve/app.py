@@ -49,6 +49,7 @@ from resnetkit.serve.inference import (
     predict_image,
     v2_metadata,
 )
+from resnetkit.serve.jsonsafe import FiniteJSONResponse
 from resnetkit.serve.metrics import ServerMetrics
 from resnetkit.serve.openapi import IMAGE_BODY, TIMEOUT_NOTE, V2_BODY, document
 from resnetkit.serve.pool import ModelPool, ServedModel
@@ -67,6 +68,12 @@ def create_app(state: ServerState) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.app_started_monotonic = time.monotonic()
+        if state.grpc is not None:
+            try:
+                await state.grpc.start()
+            except ResNetKitError as exc:
+                _startup_failed(state, str(exc))
         loading = asyncio.create_task(_load_initial(state))
         following = asyncio.create_task(state.router.run()) if state.router else None
         try:
@@ -77,6 +84,8 @@ def create_app(state: ServerState) -> FastAPI:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+            if state.grpc is not None:
+                await state.grpc.stop()
             if state.router is not None:
                 await asyncio.to_thread(state.router.close)
             await state.pool.close()
@@ -86,6 +95,7 @@ def create_app(state: ServerState) -> FastAPI:
                 state.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
+        default_response_class=FiniteJSONResponse,  # NaN or infinity can never reach a 500
         title="resnetkit",
         version=__version__,
         lifespan=lifespan,
@@ -120,14 +130,27 @@ async def _load_initial(state: ServerState) -> None:
         try:
             await state.pool.load(ref)
         except ResNetKitError as exc:
-            state.failed = f"cannot serve {ref}: {exc}"
-            log.error(state.failed)
-            if state.on_startup_failure is not None:
-                state.on_startup_failure(state.failed)
+            _startup_failed(state, f"cannot serve {ref}: {exc}")
             return
-    cold_start = time.monotonic() - state.started_monotonic
+    now = time.monotonic()
+    cold_start = now - state.started_monotonic
     state.metrics.set_cold_start(cold_start)
-    log.info("ready: %d model(s), cold start %.2f s", len(state.pool.all()), cold_start)
+    served = state.pool.all()
+    imports = (state.app_started_monotonic or now) - state.started_monotonic
+    warm = sum(s.warmup_seconds for s in served)
+    load = sum(s.load_seconds for s in served) - warm
+    log.info(
+        "ready: %d model(s), cold start %.2f s (imports %.2f s, load %.2f s, warm-up %.2f s)",
+        len(served), cold_start, imports, load, warm,
+    )  # fmt: skip
+
+
+def _startup_failed(state: ServerState, message: str) -> None:
+    if state.failed is None:
+        state.failed = message
+        log.error(message)
+    if state.on_startup_failure is not None:
+        state.on_startup_failure(message)
 
 
 _REJECTIONS = (

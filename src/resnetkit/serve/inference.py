@@ -57,6 +57,7 @@ from resnetkit.serve.validation import decode_image, image_to_model_input
 __all__ = [
     "Outputs",
     "alias_history",
+    "decode_v2",
     "explain_image",
     "infer",
     "infer_tensor",
@@ -287,6 +288,28 @@ def _log(
     )
 
 
+def decode_v2(
+    state: ServerState, served: ServedModel, body: bytes, header_length: int | None
+) -> tuple[v2.InferRequest, np.ndarray]:
+    """A KServe V2 request in the REST wire form (JSON, or a JSON header and binary data) to
+    the parsed request and the model's batch, under this server's limits (every protocol's
+    requests pass here: gRPC rewrites its messages into this form).
+
+    Raises:
+        InvalidInput: anything wrong with the request; PayloadTooLarge: over a size limit.
+    """
+    assert served.batcher is not None
+    max_batch = served.batcher.capacity
+    parsed = v2.parse_infer_request(
+        body,
+        header_length,
+        max_elements=max_batch * int(np.prod(served.loaded.input_size)),
+        max_pixels=state.http.max_pixels,
+    )
+    v2.check_outputs(parsed, served.outputs)
+    return parsed, v2.prepare_model_input(parsed, served.loaded.spec, max_batch_size=max_batch)
+
+
 async def infer_tensor(
     state: ServerState,
     name: str,
@@ -488,20 +511,13 @@ async def infer(request: Request, state: ServerState, name: str, version: str | 
     _tag(request, served)
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
     assert served.batcher is not None
-    max_batch = served.batcher.capacity
-
-    def parse(body: bytes) -> tuple[v2.InferRequest, np.ndarray]:
-        parsed = v2.parse_infer_request(
-            body, header_length, max_elements=max_batch * int(np.prod(served.loaded.input_size))
-        )
-        v2.check_outputs(parsed, served.outputs)
-        return parsed, v2.prepare_model_input(parsed, served.loaded.spec, max_batch_size=max_batch)
-
     # As /v1: one place held from before reading; a larger batch is checked when queued.
     with served.batcher.reserve(1) as reservation:
         body = await read_body(request, state.http.max_body_bytes)
         loop = asyncio.get_running_loop()
-        parsed, x = await loop.run_in_executor(state.decoder(), parse, body)
+        parsed, x = await loop.run_in_executor(
+            state.decoder(), decode_v2, state, served, body, header_length
+        )
         rid = request_id(request)
         route, outputs = await infer_tensor(
             state, name, version, x, request_id=rid, headers=request.headers, start=start,

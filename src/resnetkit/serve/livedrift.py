@@ -18,12 +18,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from resnetkit.errors import DriftError
-from resnetkit.monitor.drift import DriftReference, DriftReport, holm_adjust
+
+if TYPE_CHECKING:  # scipy comes with the first drift reference, not with the server
+    from resnetkit.monitor.drift import DriftReference, DriftReport
 
 __all__ = ["LiveDrift", "LiveDriftSettings"]
 
@@ -69,6 +71,8 @@ class LiveDrift:
         cls, path: Path, settings: LiveDriftSettings, publish: Publish
     ) -> LiveDrift | None:
         """A window for the reference at ``path``; None (logged) when it cannot be read."""
+        from resnetkit.monitor.drift import DriftReference
+
         try:
             return cls(DriftReference.from_file(path), settings, publish)
         except DriftError as exc:
@@ -115,6 +119,8 @@ class LiveDrift:
                 self._running = False
         self.evaluations += 1
         self.last_report, self.last_error = report, None
+        from resnetkit.monitor.drift import holm_adjust
+
         adjusted = holm_adjust([r.p_value for r in report.results])
         for result in report.results:
             self._publish(result.name, result.statistic, result.p_value, result.drift)

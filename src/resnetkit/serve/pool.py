@@ -83,7 +83,8 @@ class ServedModel:
         self._explainer: Any = None
         self.fault: Any = None  # an injected fault (serve.router.Fault), for chaos tests
         self._explain_lock = threading.Lock()
-        self.load_seconds = 0.0
+        self.load_seconds = 0.0  # reading, building the backend, warm-up: all of it
+        self.warmup_seconds = 0.0
         self.loaded_at = time.time()
 
     @property
@@ -196,7 +197,9 @@ class ModelPool:
             spinning=False,
         )
         served = ServedModel(served_name(loaded), loaded, backend)
+        warm = time.perf_counter()
         served.warm_up(self.settings.warmup_batches, self.settings.max_batch_size)
+        served.warmup_seconds = time.perf_counter() - warm
         self._attach_drift(served)
         served.load_seconds = time.perf_counter() - start
         return served

@@ -239,6 +239,16 @@ class PredictionLog:
         """Images left out of their line because writing the file failed."""
         return self._image_errors
 
+    def drop_counts(self) -> dict[tuple[str, str], int]:
+        """What was dropped, as ``{(what, reason): count}`` for the metrics: ``what`` is
+        ``record`` or ``image``, ``reason`` ``queue_full`` or ``write_error``."""
+        return {
+            ("record", "queue_full"): self._dropped,
+            ("record", "write_error"): self._errors,
+            ("image", "queue_full"): self._images_dropped,
+            ("image", "write_error"): self._image_errors,
+        }
+
     @property
     def images_dropped(self) -> int:
         """Images left out because :data:`MAX_QUEUED_IMAGE_BYTES` were waiting already."""

@@ -32,6 +32,7 @@ _START_KEYS = ("model", "canary", "actor")
 
 def _canary_version(name: str, canary: Any) -> int:
     """``3`` or ``"fashion:3"`` (the name must match) to a version number."""
+    canary = _integral(canary)
     text = str(canary)
     if ":" in text:
         model, _, text = text.partition(":")
@@ -40,6 +41,13 @@ def _canary_version(name: str, canary: Any) -> int:
     if isinstance(canary, bool) or not text.isdigit() or int(text) < 1:
         raise InvalidInput(f'"canary" must be a version number or "{name}:N", got {canary!r}')
     return int(text)
+
+
+def _integral(value: Any) -> Any:
+    """A JSON number with no fraction as an int (JSON Schema's integers include ``5.0``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
@@ -117,7 +125,7 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
         replaces the first in every count and answers ``"replaced"`` (its class index).
         """
         payload = await read_json(request, state.http.max_body_bytes)
-        rid, label = payload.get("request_id"), payload.get("label")
+        rid, label = payload.get("request_id"), _integral(payload.get("label"))
         if not isinstance(rid, str) or not isinstance(label, (str, int)):
             raise InvalidInput('body needs "request_id" (string) and "label" (index or name)')
         return controller().feedback(rid, label)

@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import importlib
 import logging
 import os
 import random
@@ -41,7 +42,7 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,14 +50,24 @@ from resnetkit.errors import (
     Conflict,
     InvalidInput,
     ModelNotServed,
+    NotFound,
     RegistryError,
     ResNetKitError,
 )
-from resnetkit.registry import RegistryStore, open_registry
-from resnetkit.registry import rollouts as db
 from resnetkit.serve.metrics import ServerMetrics
 from resnetkit.serve.pool import ModelPool, ServedModel
 from resnetkit.serve.rollout import RolloutConfig, StepStats, Verdict, analyse
+
+if TYPE_CHECKING:
+    from resnetkit.registry import RegistryStore
+    from resnetkit.registry import rollouts as db
+else:  # SQLAlchemy is loaded with the first registry model, not by serving a file
+
+    class _LazyRollouts:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(importlib.import_module("resnetkit.registry.rollouts"), name)
+
+    db = _LazyRollouts()
 
 __all__ = ["Fault", "RolloutController", "Route"]
 
@@ -144,6 +155,8 @@ class RolloutController:
     def store(self) -> RegistryStore:
         """The registry (opened once, on first use)."""
         if self._store is None:
+            from resnetkit.registry import open_registry
+
             self._store = open_registry(self.registry, create=False)
         return self._store
 
@@ -252,11 +265,12 @@ class RolloutController:
         the index of the label it replaced).
 
         Raises:
-            InvalidInput: an unknown request id or label.
+            NotFound: an unknown request id (404).
+            InvalidInput: an unknown label.
         """
         answered = self._answered.get(request_id)
         if answered is None:
-            raise InvalidInput(
+            raise NotFound(
                 f"request id {request_id[:64]!r} is unknown here: it is older than the last "
                 f"{_FEEDBACK_MEMORY:,} requests, or another replica answered it"
             )

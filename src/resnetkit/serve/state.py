@@ -14,6 +14,7 @@ from resnetkit.serve.metrics import ServerMetrics
 from resnetkit.serve.pool import ModelPool
 from resnetkit.serve.predlog import PredictionLog
 from resnetkit.serve.router import RolloutController
+from resnetkit.serve.validation import MAX_PIXELS
 
 __all__ = ["HttpSettings", "ServerState"]
 
@@ -23,7 +24,7 @@ class HttpSettings:
     """Limits of the HTTP layer."""
 
     max_body_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS
     timeout_ms: float = 2000.0
     decode_threads: int = 2
     max_top_k: int = 100
@@ -52,6 +53,8 @@ class ServerState:
     decode_pool: concurrent.futures.ThreadPoolExecutor | None = None
     background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
     on_startup_failure: Any = None  # called with the message when an initial model fails
+    grpc: Any = None  # a serve.grpc_v2.GrpcServer, started and stopped with the app
+    app_started_monotonic: float | None = None  # when the lifespan began: imports were done
 
     def decoder(self) -> concurrent.futures.ThreadPoolExecutor:
         """The thread pool that decodes and preprocesses uploads."""

@@ -215,7 +215,7 @@ def image_to_model_input(image: Image.Image, spec: PreprocessingSpec) -> np.ndar
         InvalidInput: Pillow cannot convert the image to the spec's channels.
     """
     try:
-        return preprocess_image(image, spec).numpy()
+        return preprocess_image(image, spec)
     except DataError as exc:
         raise InvalidInput(f"the image cannot be made into model input: {exc}") from exc
 

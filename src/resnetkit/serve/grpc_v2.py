@@ -1,0 +1,412 @@
+"""KServe V2 inference over gRPC (``inference.GRPCInferenceService``), beside the REST routes.
+
+The gRPC half of the Open Inference Protocol, served by ``grpc.aio`` on the server's own event
+loop and sharing everything with REST: the model pool, each version's batcher and compute
+slot, the rollout router, metrics and the prediction log. This module only decodes and
+encodes:
+
+* a ``ModelInferRequest`` is rewritten into the REST binary-extension form (a JSON header, then
+  each input's raw bytes) and parsed by :func:`resnetkit.serve.protocol_v2.parse_infer_request`,
+  so both protocols accept and refuse exactly the same tensors with the same messages;
+* the decoded batch goes through :func:`resnetkit.serve.inference.infer_tensor`, the one
+  protocol-free request path;
+* outputs go back as ``raw_output_contents`` (Triton's habit; every V2 client reads them),
+  classification results as BYTES.
+
+Errors use the HTTP table of :mod:`resnetkit.serve.http` (:func:`status_for`) and map its
+status to a gRPC code (:data:`GRPC_CODE_FOR_STATUS`): 400/415 INVALID_ARGUMENT, 413
+RESOURCE_EXHAUSTED, 404 NOT_FOUND, 409 FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403
+PERMISSION_DENIED, 503 UNAVAILABLE (backpressure: RESOURCE_EXHAUSTED with a ``retry-after``
+trailer), 504 DEADLINE_EXCEEDED, anything else INTERNAL. Message size limits equal the REST
+body limit, so a request too big for one protocol is too big for the other.
+
+The messages are built from the compiled descriptor ``proto/grpc_predict_v2.desc`` in a private
+descriptor pool (no generated ``_pb2`` modules), so a process may also import a client library
+that registers the same ``inference.*`` names (``tritonclient.grpc`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from resnetkit import __version__
+from resnetkit.errors import ConfigError, InvalidInput, QueueFull, ResNetKitError
+from resnetkit.serve import protocol_v2 as v2
+from resnetkit.serve.http import status_for
+from resnetkit.serve.inference import decode_v2, infer_tensor, v2_metadata
+from resnetkit.serve.state import ServerState
+
+__all__ = [
+    "GRPC_CODE_FOR_STATUS",
+    "SERVICE",
+    "GrpcServer",
+    "Messages",
+    "grpc_code_for",
+    "messages",
+    "to_grpc_response",
+    "to_rest_request",
+]
+
+log = logging.getLogger("resnetkit.serve")
+
+DESCRIPTOR_PATH = Path(__file__).resolve().parent / "proto" / "grpc_predict_v2.desc"
+SERVICE = "inference.GRPCInferenceService"
+
+#: HTTP status of :data:`resnetkit.serve.http.ERROR_STATUS` → gRPC status code.
+GRPC_CODE_FOR_STATUS: Mapping[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+# Typed contents field per datatype, and the numpy type its values are checked against.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_NUMPY_TYPE = {
+    "BOOL": np.bool_,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Messages:
+    """The protocol's message classes, by their names in the ``.proto``."""
+
+    classes: Mapping[str, type[Any]]
+
+    def __getattr__(self, name: str) -> type[Any]:
+        try:
+            return self.classes[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@functools.cache
+def messages() -> Messages:
+    """The message classes of ``inference.*``, built once in a private descriptor pool."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_PATH.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    names = [m.name for f in files.file for m in f.message_type]
+    return Messages(
+        {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{n}"))
+         for n in names}
+    )  # fmt: skip
+
+
+def grpc_code_for(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC code of an error: its HTTP status from the one table, translated."""
+    if isinstance(exc, QueueFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED  # backpressure: retry, with the hint
+    return GRPC_CODE_FOR_STATUS.get(status_for(exc), grpc.StatusCode.INTERNAL)
+
+
+# --- Decoding ------------------------------------------------------------------------------
+
+
+def _parameter_value(param: Any) -> Any:
+    which = param.WhichOneof("parameter_choice")
+    return None if which is None else getattr(param, which)
+
+
+def _parameters(params: Any) -> dict[str, Any]:
+    return {key: _parameter_value(value) for key, value in params.items()}
+
+
+def _contents_bytes(tensor: Any, where: str) -> bytes:
+    """An input's typed ``contents`` as the raw little-endian bytes of the binary form."""
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        return b""  # the parser names the unknown datatype
+    values = getattr(tensor.contents, field)
+    if tensor.datatype == "BYTES":
+        return b"".join(len(v).to_bytes(4, "little") + v for v in values)
+    kind = _NUMPY_TYPE[tensor.datatype]
+    wide = np.asarray(values, dtype=np.float64 if kind in (np.float32, np.float64) else None)
+    if wide.size and np.issubdtype(kind, np.integer):
+        info = np.iinfo(kind)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidInput(
+                f"{where}.contents.{field} holds values out of range for {tensor.datatype} "
+                f"[{info.min}, {info.max}]"
+            )
+    with np.errstate(over="ignore"):
+        return np.asarray(wide, dtype=np.dtype(kind).newbyteorder("<")).tobytes()
+
+
+def to_rest_request(request: Any) -> tuple[bytes, int]:
+    """A ``ModelInferRequest`` in the REST binary-extension form: the body and its header length.
+
+    Raises:
+        InvalidInput: raw and typed contents mixed, or a raw entry count that does not
+            match the inputs.
+    """
+    raw = list(request.raw_input_contents)
+    if raw and any(t.HasField("contents") for t in request.inputs):
+        raise InvalidInput(
+            "raw_input_contents is set, so no input may also carry contents; send each tensor once"
+        )
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+            "send one per input, in the order of inputs"
+        )
+    chunks, inputs = [], []
+    for i, tensor in enumerate(request.inputs):
+        chunk = raw[i] if raw else _contents_bytes(tensor, f"inputs[{i}]")
+        chunks.append(chunk)
+        parameters = _parameters(tensor.parameters)
+        parameters["binary_data_size"] = len(chunk)
+        inputs.append(
+            {
+                "name": tensor.name,
+                "datatype": tensor.datatype,
+                "shape": list(tensor.shape),
+                "parameters": parameters,
+            }
+        )
+    doc: dict[str, Any] = {"inputs": inputs, "parameters": _parameters(request.parameters)}
+    if request.id:
+        doc["id"] = request.id
+    if request.outputs:
+        doc["outputs"] = [
+            {"name": o.name, "parameters": _parameters(o.parameters)} for o in request.outputs
+        ]
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    return header + b"".join(chunks), len(header)
+
+
+# --- Encoding ------------------------------------------------------------------------------
+
+
+def to_grpc_response(
+    model_name: str, model_version: str, request_id: str, outputs: list[v2.OutputTensor]
+) -> Any:
+    """A ``ModelInferResponse`` with every output as ``raw_output_contents``."""
+    body, headers = v2.encode_infer_response(
+        model_name, model_version, request_id, outputs, binary=True
+    )
+    header_length = int(headers.get(v2.HEADER_LENGTH, len(body)))
+    doc = json.loads(body[:header_length])
+    response = messages().ModelInferResponse(
+        model_name=model_name, model_version=model_version, id=request_id
+    )
+    offset = header_length
+    for entry in doc["outputs"]:
+        size = int(entry["parameters"]["binary_data_size"])
+        response.outputs.add(name=entry["name"], datatype=entry["datatype"], shape=entry["shape"])
+        response.raw_output_contents.append(body[offset : offset + size])
+        offset += size
+    return response
+
+
+# --- The service ---------------------------------------------------------------------------
+
+
+class _Service:
+    """The six RPCs of ``GRPCInferenceService`` over one server's state."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.m = messages()
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return self.m.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return self.m.ServerReadyResponse(ready=self.state.pool.ready)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        served = self.state.pool.get(request.name, request.version or None)
+        return self.m.ModelReadyResponse(ready=bool(served.ready))
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        doc = v2.server_metadata(version=__version__)
+        return self.m.ServerMetadataResponse(**doc)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        pool = self.state.pool
+        if request.version:
+            doc = v2_metadata([pool.get(request.name, request.version)])
+        else:
+            pool.get(request.name)
+            doc = v2_metadata(list(pool.models[request.name].values()))
+        tensor = self.m.ModelMetadataResponse.TensorMetadata
+        return self.m.ModelMetadataResponse(
+            name=doc["name"],
+            versions=[str(v) for v in doc["versions"]],
+            platform=doc["platform"],
+            inputs=[tensor(**t) for t in doc["inputs"]],
+            outputs=[tensor(**t) for t in doc["outputs"]],
+        )
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        start = time.perf_counter()
+        state, name = self.state, request.model_name
+        served = state.pool.get(name, request.model_version or None)
+        body, header_length = to_rest_request(request)
+        parsed, x = await asyncio.get_running_loop().run_in_executor(
+            state.decoder(), decode_v2, state, served, body, header_length
+        )
+        request_id = uuid.uuid4().hex
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        route, outputs = await infer_tensor(
+            state,
+            name,
+            request.model_version or None,
+            x,
+            request_id=request_id,
+            headers=metadata,
+            start=start,
+            deadline_s=context.time_remaining(),
+            client_id=request.id or None,
+        )
+        answered = route.primary
+        tensors, _ = v2.resolve_outputs(parsed, outputs, labels=answered.labels)
+        context.set_trailing_metadata((("x-model-version", answered.version),))
+        # As over REST: the client's id, or the server's when it sent none (for feedback).
+        return to_grpc_response(answered.name, answered.version, request.id or request_id, tensors)
+
+
+def _unary(
+    state: ServerState, method: str, call: Callable[[Any, Any], Awaitable[Any]]
+) -> Callable[[Any, Any], Awaitable[Any]]:
+    """Wrap an RPC: errors to status codes, and request metrics like the REST routes'."""
+    route = f"grpc:{method}"
+
+    async def handler(request: Any, context: Any) -> Any:
+        started = time.perf_counter()
+        status, model, version = 200, "-", "-"
+        if method == "ModelInfer":
+            model = request.model_name or "-"
+        try:
+            with state.metrics.track_inflight():
+                response = await call(request, context)
+            version = getattr(response, "model_version", "") or version
+            return response
+        except ResNetKitError as exc:
+            status = status_for(exc)
+            trailers: tuple[tuple[str, str], ...] = ()
+            if isinstance(exc, QueueFull):  # as REST's Retry-After header
+                trailers = (("retry-after", str(max(1, round(exc.retry_after_s)))),)
+            elif status >= 500:
+                log.warning("gRPC %s failed: %s", method, exc)
+            await context.abort(grpc_code_for(exc), str(exc), trailing_metadata=trailers)
+        except Exception:
+            status = 500
+            log.exception("gRPC %s: internal error", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            if method == "ModelInfer":
+                state.metrics.observe_request(
+                    model, version, route, status, time.perf_counter() - started
+                )
+
+    return handler
+
+
+def _handler(state: ServerState) -> grpc.GenericRpcHandler:
+    service, m = _Service(state), messages()
+    kinds = {
+        "ServerLive": (m.ServerLiveRequest, service.ServerLive),
+        "ServerReady": (m.ServerReadyRequest, service.ServerReady),
+        "ModelReady": (m.ModelReadyRequest, service.ModelReady),
+        "ServerMetadata": (m.ServerMetadataRequest, service.ServerMetadata),
+        "ModelMetadata": (m.ModelMetadataRequest, service.ModelMetadata),
+        "ModelInfer": (m.ModelInferRequest, service.ModelInfer),
+    }
+    handlers = {
+        method: grpc.unary_unary_rpc_method_handler(
+            _unary(state, method, call),
+            request_deserializer=cls.FromString,
+            response_serializer=lambda msg: msg.SerializeToString(),
+        )
+        for method, (cls, call) in kinds.items()
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+class GrpcServer:
+    """The gRPC listener of one server process; started and stopped with the app."""
+
+    def __init__(self, state: ServerState, *, host: str, port: int) -> None:
+        if not 0 <= port < 65536:
+            raise ConfigError(f"--grpc-port must be 0..65535, got {port}")
+        self.state, self.host, self.port = state, host, port
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        """Bind and start serving; the port bound (useful with port 0).
+
+        Raises:
+            ConfigError: the address cannot be bound (the port is taken, or the host wrong).
+        """
+        limit = self.state.http.max_body_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers((_handler(self.state),))
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from exc
+        if bound == 0:
+            raise ConfigError(f"cannot listen for gRPC on {address}: the port is in use")
+        await server.start()
+        self._server, self.port = server, bound
+        log.info("gRPC (KServe V2) on %s:%d", self.host, bound)
+        return bound
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, let calls in flight finish within ``grace_s``."""
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None
