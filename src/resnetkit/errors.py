@@ -26,7 +26,8 @@ and what to do. Third-party exceptions are translated where they cross into the 
     │   ├── DeadlineExceeded   the request waited past its deadline (HTTP 504)
     │   ├── Unauthenticated    no or malformed credentials (HTTP 401)
     │   └── PermissionDenied   credentials given but wrong (HTTP 403)
-    └── DriftError             drift detection could not run on the data given
+    ├── DriftError             drift detection could not run on the data given
+    └── MissingDependency      an optional extra (PyTorch, ...) that this install lacks
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "ExportError",
     "IntegrityError",
     "InvalidInput",
+    "MissingDependency",
     "ModelNotFoundError",
     "ModelNotServed",
     "ModelOutputError",
@@ -157,3 +159,21 @@ class PermissionDenied(ServeError):
 
 class DriftError(ResNetKitError):
     """Drift detection cannot run on the data given."""
+
+
+#: Optional module → the extra of resnetkit that installs it.
+EXTRAS = {"torch": "train", "onnxscript": "train", "torchvision": "train"}
+
+
+class MissingDependency(ResNetKitError):
+    """A feature needs a package this install lacks (a plain install serves ONNX models
+    without PyTorch; training, export and Grad-CAM need ``resnetkit[train]``)."""
+
+    @classmethod
+    def for_module(cls, module: str | None, what: str) -> MissingDependency:
+        """The error for ``what`` failing on a missing ``module``, naming the extra."""
+        extra = EXTRAS.get((module or "").partition(".")[0], "train")
+        return cls(
+            f"{what} needs {module or 'a package'}, which this install lacks: "
+            f"pip install 'resnetkit[{extra}]'"
+        )

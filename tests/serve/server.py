@@ -110,26 +110,18 @@ def in_process(
     client a Starlette ``TestClient`` that runs the app's lifespan, ready when yielded."""
     from starlette.testclient import TestClient
 
-    from resnetkit.serve.app import create_app
     from resnetkit.serve.auth import AdminAuth
-    from resnetkit.serve.metrics import ServerMetrics
-    from resnetkit.serve.pool import ModelPool, PoolSettings
-    from resnetkit.serve.predlog import PredictionLog
-    from resnetkit.serve.router import RolloutController
-    from resnetkit.serve.state import ServerState
+    from resnetkit.serve.config import ServeConfig, build_app
 
-    metrics = ServerMetrics()
-    pool = ModelPool(PoolSettings(registry=registry, threads=1, warmup_batches=1), metrics)
-    predlog = None if prediction_log is None else PredictionLog(prediction_log, sample_rate=1.0)
-    state = ServerState(
-        pool=pool,
-        metrics=metrics,
-        auth=AdminAuth(token),
-        router=RolloutController(pool, metrics, registry=registry, poll_s=poll_s, drain_s=0.0),
-        predlog=predlog,
-        initial_refs=tuple(refs),
-    )
-    with TestClient(create_app(state)) as client:
+    config = ServeConfig(
+        refs=tuple(refs), registry=registry, threads=1, warmup_batches=1,
+        prediction_log=prediction_log, prediction_log_rate=1.0, rollout_poll_s=poll_s,
+    )  # fmt: skip
+    app = build_app(config)
+    state = app.state.resnetkit
+    state.auth = AdminAuth(token)
+    state.router.drain_s = 0.0  # a version leaving service needs no grace period in a test
+    with TestClient(app) as client:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while client.get("/readyz").status_code != 200:
             if state.failed or time.monotonic() > deadline:

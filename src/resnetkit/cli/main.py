@@ -14,13 +14,14 @@ commands from :data:`COMMANDS`, so ``resnetkit --help`` answers without loading 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from resnetkit import __version__
-from resnetkit.errors import ResNetKitError
+from resnetkit.errors import EXTRAS, MissingDependency, ResNetKitError
 
 #: Top-level command → (the module under resnetkit.cli that registers it, one line of help),
 #: in help order.
@@ -73,18 +74,32 @@ def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
     return rest, len(rest) != len(argv)
 
 
+@contextlib.contextmanager
+def _extras_named(command: str | None) -> Iterator[None]:
+    """A package of an optional extra missing (PyTorch in the plain, serving-only install)
+    becomes one line naming the extra, wherever the command first imports it."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in EXTRAS:
+            raise
+        raise MissingDependency.for_module(exc.name, f"resnetkit {command}") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit status."""
     args_in, debug = _split_debug(sys.argv[1:] if argv is None else list(argv))
-    parser = build_parser(_command_in(args_in))
-    args = parser.parse_args(args_in)
-    args.debug = debug
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 2
+    command = _command_in(args_in)
     try:
-        return int(func(args) or 0)
+        with _extras_named(command):
+            parser = build_parser(command)
+            args = parser.parse_args(args_in)
+            args.debug = debug
+            func = getattr(args, "func", None)
+            if func is None:
+                parser.print_help()
+                return 2
+            return int(func(args) or 0)
     except ResNetKitError as exc:
         if debug:
             raise

@@ -40,7 +40,7 @@ from resnetkit.contract import (
     PreprocessingSpec,
     read_summary,
 )
-from resnetkit.errors import CheckpointError, ConfigError, ResNetKitError
+from resnetkit.errors import CheckpointError, ConfigError, MissingDependency, ResNetKitError
 from resnetkit.export.runtime import InferenceBackend, OnnxBackend
 from resnetkit.onnxio import (
     DEFAULT_OPSET,
@@ -180,7 +180,15 @@ class LoadedModel:
             return self.onnx_file
         target = cache_root() / "onnx" / f"{self.identity.sha256}-opset{opset}.onnx"
         if not target.is_file():
-            from resnetkit.export.onnx import export_onnx
+            try:
+                from resnetkit.export.onnx import export_onnx
+            except ModuleNotFoundError as exc:
+                raise MissingDependency(
+                    f"{self.identity.label} holds torch weights only: serving it on ONNX "
+                    "Runtime means exporting it once, which needs PyTorch (pip install "
+                    "'resnetkit[train]'); or register its ONNX file with the version "
+                    "(resnetkit export, then registry register --artifact)"
+                ) from exc
 
             model = self.module()
             export_onnx(
@@ -400,6 +408,7 @@ def load_model_ref(ref: str | os.PathLike[str], *, registry: str | None = None) 
         CheckpointError: a model whose files are malformed.
     """
     text = os.fspath(ref)
+    _check_path_text(text)
     parsed = parse_ref(text)
     if isinstance(parsed, RegistryRef) and Path(text).exists():
         parsed = PathRef(Path(text))
@@ -413,6 +422,21 @@ def load_model_ref(ref: str | os.PathLike[str], *, registry: str | None = None) 
             )
         return _path_model(parsed.path, text)
     return _registry_model(parsed, text, registry)
+
+
+def _check_path_text(text: str) -> None:
+    """Refuse a reference no file system could hold (too long, a NUL) with a clear error
+    instead of the OSError a later ``exists()`` would raise."""
+    try:
+        os.stat(text)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"{text[:60]!r}{'...' if len(text) > 60 else ''} is neither a registry reference "
+            f"(name@alias, name:3) nor a usable path ({reason})"
+        ) from exc
 
 
 def check_loadable(path: Path) -> None:

@@ -69,6 +69,7 @@ class ServeConfig:
         access_log: one JSON line per request on stderr.
         rollout_poll_s: how often a replica reads rollout state from the registry.
         drain_timeout_s: how long SIGTERM waits for requests in flight.
+        warmup_batches: forward passes before a version reports ready (batch 1, then full).
     """
 
     refs: tuple[str, ...]
@@ -94,6 +95,7 @@ class ServeConfig:
     access_log: bool = False
     rollout_poll_s: float = 1.0
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    warmup_batches: int = 3
 
     def __post_init__(self) -> None:
         if not self.refs:
@@ -109,6 +111,7 @@ class ServeConfig:
             _at_least(flag, getattr(self, flag), 1)
         if self.threads is not None:
             _at_least("threads", self.threads, 1)
+        _at_least("warmup_batches", self.warmup_batches, 0)
         _at_least("max_delay_ms", self.max_delay_ms, 0)
         for flag in ("timeout_ms", "rollout_poll_s", "max_pixels", "drain_timeout_s"):
             _positive(flag, getattr(self, flag))
@@ -168,6 +171,7 @@ def build_state(config: ServeConfig, *, started_monotonic: float | None = None) 
             backend=config.backend, threads=config.threads, max_batch_size=config.max_batch_size,
             max_delay_ms=config.max_delay_ms, queue_size=config.queue_size,
             max_queue_wait_ms=config.max_queue_wait_ms, registry=config.registry,
+            warmup_batches=config.warmup_batches,
         ),
         metrics,
     )  # fmt: skip

@@ -34,6 +34,7 @@ from resnetkit.errors import (
     DataError,
     DeadlineExceeded,
     InvalidInput,
+    MissingDependency,
     NotFound,
     NotReady,
     PayloadTooLarge,
@@ -80,6 +81,7 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (DataError, 400),
     (CheckpointError, 422),
     (RegistryError, 404),
+    (MissingDependency, 501),
     (ServeError, 500),
     (ResNetKitError, 500),
 )

@@ -159,6 +159,7 @@ _REASONS = {
     415: "Not an image this server takes",
     422: "A model that cannot be loaded",
     500: "The model failed (non-finite output, an injected fault)",
+    501: "Needs PyTorch, which this install lacks (Grad-CAM; exporting torch weights)",
     503: "Not ready, or the queue is full (Retry-After)",
     504: "The deadline (--timeout-ms) passed before the forward pass",
 }
@@ -185,6 +186,8 @@ def _error_statuses(method: str, path: str, operation: dict[str, Any]) -> set[in
         statuses |= {401, 403, 404}
     if method != "get" and ("/rollouts" in path or path.startswith("/v1/feedback")):
         statuses.add(409)
+    if path.endswith("/explain") or (method, path) == ("post", "/v1/admin/models"):
+        statuses.add(501)  # the torch-free install: Grad-CAM, or exporting torch weights
     if (method, path) == ("post", "/v1/admin/models"):
         statuses |= {404, 409, 422, 503}
     return statuses

@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from resnetkit.errors import ConfigError, Conflict, ModelNotServed, NotReady, ServeError
+from resnetkit.errors import (
+    ConfigError,
+    Conflict,
+    MissingDependency,
+    ModelNotServed,
+    NotReady,
+    ServeError,
+)
 from resnetkit.export import InferenceBackend, LoadedModel, load_model_ref
 from resnetkit.onnxio import EMBEDDING_NAME, OUTPUT_NAME
 from resnetkit.serve.batcher import BatchStats, DynamicBatcher
@@ -134,10 +141,12 @@ class ServedModel:
             CheckpointError: an ONNX-only version (no torch weights to explain with).
             ConfigError: an unknown stage, class or method.
         """
-        import torch
+        try:
+            import torch
 
-        from resnetkit.monitor.explain import explain
-
+            from resnetkit.monitor.explain import explain
+        except ModuleNotFoundError as exc:
+            raise MissingDependency.for_module(exc.name, "Grad-CAM") from exc
         with self._explain_lock:
             if self._explainer is None:
                 self._explainer = self.loaded.module()
