@@ -262,8 +262,9 @@ def test_the_service_exposes_the_containers_named_ports(rendered: dict) -> None:
 def test_termination_grace_covers_the_pre_stop_sleep_and_the_servers_drain(rendered: dict) -> None:
     import uvicorn
 
-    source = (ROOT / "src" / "resnetkit" / "cli" / "serve.py").read_text()
-    drain_s = int(re.search(r"timeout_graceful_shutdown=(\d+)", source).group(1))  # type: ignore[union-attr]
+    from resnetkit.serve.config import ServeConfig
+
+    drain_s = ServeConfig(refs=("m.onnx",)).drain_timeout_s  # the default the CLI runs with
     keep_alive_s = uvicorn.Config(app=None).timeout_keep_alive
     servers = [
         (name, spec, c)

@@ -7,6 +7,7 @@ server process's memory map, since only a process can prove what it never loaded
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def test_the_cli_defaults_are_the_configs(onnx_file: Path) -> None:
 def client(onnx_file: Path) -> Iterator[TestClient]:
     app = build_app(ServeConfig(refs=(str(onnx_file),), threads=1, warmup_batches=1))
     with TestClient(app) as c:
+        deadline = time.monotonic() + 120  # the lifespan loads the model in the background
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
         yield c
 
 

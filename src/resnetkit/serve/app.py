@@ -41,6 +41,7 @@ from resnetkit import __version__
 from resnetkit.errors import DeadlineExceeded, InvalidInput, QueueFull, ResNetKitError
 from resnetkit.registry import validate_name
 from resnetkit.serve import protocol_v2 as v2
+from resnetkit.serve.auth import admin_only
 from resnetkit.serve.http import AccessLog, error_response, read_json
 from resnetkit.serve.inference import (
     alias_history,
@@ -377,19 +378,16 @@ def _ready_answer(pool: ModelPool, name: str, version: str | None) -> JSONRespon
 
 
 def _add_admin_routes(app: FastAPI, state: ServerState) -> None:
-    def authorize(request: Request) -> None:
-        state.auth.check(request.headers.get("authorization"))
+    admin = admin_only(lambda: state.auth)
 
-    @app.get("/v1/admin/models", tags=["admin"])
+    @app.get("/v1/admin/models", tags=["admin"], dependencies=admin)
     async def list_models(request: Request) -> dict[str, Any]:
         """Every loaded version, with its backend and state (token required)."""
-        authorize(request)
         return {"models": [s.describe() for s in state.pool.all()]}
 
-    @app.post("/v1/admin/models", tags=["admin"], status_code=201)
+    @app.post("/v1/admin/models", tags=["admin"], dependencies=admin, status_code=201)
     async def load_model(request: Request) -> dict[str, Any]:
         """Load a version: ``{"ref": "fashion:3", "name": "optional"}`` (token required)."""
-        authorize(request)
         payload = await read_json(request, state.http.max_body_bytes)
         ref, name = payload.get("ref"), payload.get("name")
         if not isinstance(ref, str) or not ref:
@@ -403,16 +401,14 @@ def _add_admin_routes(app: FastAPI, state: ServerState) -> None:
         served = await state.pool.load(ref, name=name)
         return served.describe()
 
-    @app.delete("/v1/admin/models/{name}", tags=["admin"])
+    @app.delete("/v1/admin/models/{name}", tags=["admin"], dependencies=admin)
     async def unload_model(request: Request, name: str) -> dict[str, Any]:
         """Unload every version of a model (token required)."""
-        authorize(request)
         gone = await state.pool.unload(name)
         return {"unloaded": [{"name": s.name, "version": s.version} for s in gone]}
 
-    @app.delete("/v1/admin/models/{name}/versions/{version}", tags=["admin"])
+    @app.delete("/v1/admin/models/{name}/versions/{version}", tags=["admin"], dependencies=admin)
     async def unload_version(request: Request, name: str, version: str) -> dict[str, Any]:
         """Unload one version (token required)."""
-        authorize(request)
         gone = await state.pool.unload(name, version)
         return {"unloaded": [{"name": s.name, "version": s.version} for s in gone]}

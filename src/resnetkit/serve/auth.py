@@ -20,8 +20,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, Request
 
 from resnetkit.errors import ConfigError, PermissionDenied, Unauthenticated
 
@@ -132,3 +135,23 @@ def _is_header_safe(token: str) -> bool:
 def _digest(token: bytes) -> bytes:
     # Comparing fixed-size digests keeps compare_digest constant-time for any length sent.
     return hashlib.sha256(token).digest()
+
+
+#: Who the audit log names for a change made through the management API.
+ADMIN_ACTOR = "admin-api"
+
+
+def admin_only(auth_of: Callable[[], AdminAuth]) -> list[Any]:
+    """The one FastAPI dependency of every management route (models, rollouts, faults): the
+    request must carry the admin token, checked before its body is read. Use as
+    ``@app.post(path, dependencies=admin_only(...))``.
+
+    Args:
+        auth_of: returns the server's :class:`AdminAuth` (read per request, so a test or an
+            operator may replace it).
+    """
+
+    def require_admin(request: Request) -> None:
+        auth_of().check(request.headers.get("authorization"))
+
+    return [Depends(require_admin)]

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from resnetkit.errors import InvalidInput, ModelNotServed
+from resnetkit.serve.auth import ADMIN_ACTOR, admin_only
 from resnetkit.serve.http import read_json
 from resnetkit.serve.jsonsafe import FiniteJSONResponse
 from resnetkit.serve.rollout import RolloutConfig
@@ -58,9 +59,7 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
             raise ModelNotServed("this server was started without rollouts")
         return state.router
 
-    def authorize(request: Request) -> str:
-        state.auth.check(request.headers.get("authorization"))
-        return "admin-api"
+    admin = admin_only(lambda: state.auth)
 
     @app.get("/v1/rollouts", tags=["rollouts"], response_class=FiniteJSONResponse)
     async def rollouts() -> dict[str, Any]:
@@ -81,38 +80,38 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
         return await controller().describe(name)
 
     @app.post(
-        "/v1/admin/rollouts", tags=["rollouts"], response_class=FiniteJSONResponse, status_code=201
-    )
+        "/v1/admin/rollouts", tags=["rollouts"], response_class=FiniteJSONResponse,
+        status_code=201, dependencies=admin,
+    )  # fmt: skip
     async def start(request: Request) -> dict[str, Any]:
         """Start a rollout: ``{"model", "canary": V, ...rollout file keys}`` (token required)."""
-        actor = authorize(request)
         payload = await read_json(request, state.http.max_body_bytes)
         name = payload.get("model")
         if not isinstance(name, str) or not name:
             raise InvalidInput('"model" must name a served model')
         cfg = RolloutConfig.from_mapping({k: v for k, v in payload.items() if k not in _START_KEYS})
-        who = str(payload.get("actor") or actor)[:200]
+        who = str(payload.get("actor") or ADMIN_ACTOR)[:200]
         record = await controller().start(
             name, _canary_version(name, payload.get("canary")), cfg, who
         )
         return await controller().describe(record.name)
 
     @app.post(
-        "/v1/admin/rollouts/{name}/promote", tags=["rollouts"], response_class=FiniteJSONResponse
-    )
-    async def promote(request: Request, name: str) -> dict[str, Any]:
+        "/v1/admin/rollouts/{name}/promote", tags=["rollouts"], response_class=FiniteJSONResponse,
+        dependencies=admin,
+    )  # fmt: skip
+    async def promote(name: str) -> dict[str, Any]:
         """Promote the canary now (token required)."""
-        authorize(request)
-        await controller().decide(name, "promoted", "admin-api")
+        await controller().decide(name, "promoted", ADMIN_ACTOR)
         return await controller().describe(name)
 
     @app.post(
-        "/v1/admin/rollouts/{name}/abort", tags=["rollouts"], response_class=FiniteJSONResponse
-    )
-    async def abort(request: Request, name: str) -> dict[str, Any]:
+        "/v1/admin/rollouts/{name}/abort", tags=["rollouts"], response_class=FiniteJSONResponse,
+        dependencies=admin,
+    )  # fmt: skip
+    async def abort(name: str) -> dict[str, Any]:
         """Stop the rollout and send every request to stable (token required)."""
-        authorize(request)
-        await controller().decide(name, "aborted", "admin-api")
+        await controller().decide(name, "aborted", ADMIN_ACTOR)
         return await controller().describe(name)
 
     @app.post("/v1/feedback", tags=["rollouts"], response_class=FiniteJSONResponse)
@@ -130,10 +129,12 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
             raise InvalidInput('body needs "request_id" (string) and "label" (index or name)')
         return controller().feedback(rid, label)
 
-    @app.put("/v1/admin/faults/{name}/{version}", tags=["admin"], response_class=FiniteJSONResponse)
+    @app.put(
+        "/v1/admin/faults/{name}/{version}", tags=["admin"], response_class=FiniteJSONResponse,
+        dependencies=admin,
+    )  # fmt: skip
     async def inject(request: Request, name: str, version: str) -> dict[str, Any]:
         """Inject ``{"delay_ms", "error_rate"}`` into one version (token required)."""
-        authorize(request)
         payload = await read_json(request, state.http.max_body_bytes)
         served = state.pool.get(name, version)
         try:
@@ -146,10 +147,10 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
         return {"model": name, "version": version, "fault": vars(served.fault)}
 
     @app.delete(
-        "/v1/admin/faults/{name}/{version}", tags=["admin"], response_class=FiniteJSONResponse
-    )
-    async def clear(request: Request, name: str, version: str) -> dict[str, Any]:
+        "/v1/admin/faults/{name}/{version}", tags=["admin"], response_class=FiniteJSONResponse,
+        dependencies=admin,
+    )  # fmt: skip
+    async def clear(name: str, version: str) -> dict[str, Any]:
         """Remove an injected fault (token required)."""
-        authorize(request)
         state.pool.get(name, version).fault = None
         return {"model": name, "version": version, "fault": None}

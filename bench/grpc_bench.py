@@ -1,0 +1,142 @@
+"""KServe V2 over gRPC against V2 REST with binary tensors, on one resnetkit server.
+
+The same server process answers both (``--grpc-port``), so the comparison is the protocol
+alone: 8 raw 224x224 UINT8 images per request (the server preprocesses them), sent by the
+standard clients, ``tritonclient.grpc`` and ``tritonclient.http`` (binary tensor extension),
+from ``--concurrency`` threads for ``--seconds`` each. Prints the machine first, then
+throughput and latency per protocol and their ratio.
+
+    .venv/bin/python bench/grpc_bench.py --out runs/grpc-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import serve_bench as sb  # noqa: E402  (a sibling script, not a package)
+from machine import describe, machine  # noqa: E402
+
+MODEL = "resnet18-int8"
+BATCH = 8
+
+
+def _images() -> np.ndarray:
+    photos = sb.photo_arrays(224)
+    return np.stack([photos[i % len(photos)] for i in range(BATCH)])  # (8, 224, 224, 3) uint8
+
+
+def _load(send: Callable[[], None], threads: int, seconds: float) -> dict[str, Any]:
+    """Run ``send`` in ``threads`` loops for ``seconds``; throughput and latency percentiles."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def loop() -> None:
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            try:
+                send()
+            except Exception:  # counted, not raised: the bench reports errors
+                with lock:
+                    errors[0] += 1
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    began = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - began
+    ordered = sorted(latencies)
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "images_per_s": len(latencies) * BATCH / elapsed,
+        "p50_ms": 1000 * statistics.median(ordered) if ordered else None,
+        "p95_ms": 1000 * ordered[int(0.95 * (len(ordered) - 1))] if ordered else None,
+        "errors": errors[0],
+    }
+
+
+def main() -> None:
+    import tritonclient.grpc as tgrpc
+    import tritonclient.http as thttp
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seconds", type=float, default=20.0, help="per protocol and concurrency")
+    p.add_argument("--concurrency", default="1,4", help="client threads, comma-separated")
+    p.add_argument("--threads", type=int, default=2, help="the server's inference threads")
+    args = p.parse_args()
+    info = machine()
+    print(describe(info), flush=True)
+    dirs = args.out / "work"
+    (dirs / "logs").mkdir(parents=True, exist_ok=True)
+    work = sb.build_resnet18(dirs, seed=0, calib_images=8)
+    http_port, grpc_port = sb.free_port(), sb.free_port()
+    cmd = [
+        *(sys.executable, "-m", "resnetkit.cli.main", "serve", str(work.int8)),
+        *("--port", str(http_port), "--grpc-port", str(grpc_port), "--threads", str(args.threads)),
+    ]
+    server = sb.ManagedServer(
+        "onnx-int8", cmd, {**sb.os.environ, "RESNETKIT_CACHE": str(dirs / "cache")},
+        f"http://127.0.0.1:{http_port}/readyz", f"http://127.0.0.1:{http_port}/v1/predict",
+        dirs / "logs" / "server.log",
+    )  # fmt: skip
+    images = _images()
+    name = work.int8.stem
+    report: dict[str, Any] = {"machine": info, "batch": BATCH, "model": str(work.int8), "runs": []}
+    with sb.serving(server, work):
+        g = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        h = thttp.InferenceServerClient(f"127.0.0.1:{http_port}", concurrency=8)
+
+        def via_grpc() -> None:
+            x = tgrpc.InferInput("input", list(images.shape), "UINT8")
+            x.set_data_from_numpy(images)
+            g.infer(name, [x], outputs=[tgrpc.InferRequestedOutput("probabilities")])
+
+        def via_rest() -> None:
+            x = thttp.InferInput("input", list(images.shape), "UINT8")
+            x.set_data_from_numpy(images, binary_data=True)
+            out = thttp.InferRequestedOutput("probabilities", binary_data=True)
+            h.infer(name, [x], outputs=[out])
+
+        via_grpc(), via_rest()  # warm both paths
+        print(f"\n{BATCH} x 224x224 UINT8 per request, {args.seconds:g} s per cell, "
+              f"server --threads {args.threads}, clients on the same cores")  # fmt: skip
+        print(
+            "| clients | REST binary req/s | gRPC req/s | gRPC / REST | REST p95 ms | gRPC p95 ms |"
+        )
+        print("|---|---|---|---|---|---|")
+        for c in (int(x) for x in args.concurrency.split(",")):
+            rest = _load(via_rest, c, args.seconds)
+            grpc_ = _load(via_grpc, c, args.seconds)
+            ratio = grpc_["requests_per_s"] / rest["requests_per_s"]
+            report["runs"].append({"clients": c, "rest": rest, "grpc": grpc_, "ratio": ratio})
+            print(
+                f"| {c} | {rest['requests_per_s']:.2f} | {grpc_['requests_per_s']:.2f} | "
+                f"{ratio:.2f}x | {rest['p95_ms']:.0f} ms | {grpc_['p95_ms']:.0f} ms |",
+                flush=True,
+            )
+    (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"\nwrote {args.out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
