@@ -22,8 +22,9 @@ preprocessing spec and decode images through this package.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from resnetkit.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from resnetkit.data.augment import (
@@ -134,9 +135,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'resnetkit.data' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -13,8 +13,9 @@ running it with ONNX Runtime imports no torch (the serving runtime), exporting d
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from resnetkit.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from resnetkit.export.loading import (
@@ -100,9 +101,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'resnetkit.export' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -15,8 +15,9 @@ SQLAlchemy (a server that serves an ``.onnx`` file never opens a registry).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from resnetkit.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from resnetkit.registry.artifacts import ArtifactStore
@@ -82,9 +83,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'resnetkit.registry' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
