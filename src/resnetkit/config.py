@@ -29,6 +29,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "AdversarialConfig",
     "AugmentConfig",
     "DataConfig",
     "ModelConfig",
@@ -98,6 +99,21 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdversarialConfig:
+    """Adversarial training: each batch is replaced by its attacked version (L-infinity).
+
+    ``eps`` and ``alpha`` are fractions of the pixel range [0, 1], before normalisation.
+    ``fgsm-rs`` is Wong et al.'s fast FGSM (random start, one step of ``alpha``, default
+    ``1.25 * eps``); ``pgd`` takes ``steps`` steps of ``alpha`` (default ``2.5 * eps / steps``).
+    """
+
+    method: str = "none"  # none | fgsm-rs | pgd
+    eps: float = 0.1
+    steps: int = 7  # pgd only
+    alpha: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; saved as ``config.toml`` in the run directory."""
 
@@ -105,6 +121,7 @@ class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    adversarial: AdversarialConfig = dataclasses.field(default_factory=AdversarialConfig)
     epochs: int = 10
     batch_size: int = 256
     seed: int = 0

@@ -9,8 +9,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from rich.console import Console
-
 from resnetkit.errors import ConfigError
 
 __all__ = [
@@ -34,6 +32,8 @@ def add_registry_flag(parser: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def status(message: str, *, enabled: bool = True) -> Iterator[None]:
     """A spinner with ``message`` on stderr while the block runs (nothing when redirected)."""
+    from rich.console import Console  # imported here: `resnetkit serve` starts without it
+
     console = Console(stderr=True)
     if not enabled or not console.is_terminal:
         yield

@@ -46,6 +46,7 @@ from resnetkit.evaluate import (
 )
 from resnetkit.models import ClassifierModel, profile, save_model
 from resnetkit.train import rundir
+from resnetkit.train.adversarial import adversarial_batch, check_adversarial
 from resnetkit.train.checkpoint import (
     BEST,
     LATEST,
@@ -152,6 +153,7 @@ def check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg.data, name)
         if value is not None and value < 1:
             raise ConfigError(f"data.{name} must be >= 1 when set, got {value}")
+    check_adversarial(cfg.adversarial)
 
 
 class Trainer:
@@ -238,6 +240,16 @@ class Trainer:
             images, labels, self.augment, self.data.spec, self.generator, flips=flips
         )
         x = batch.images
+        if self.cfg.adversarial.method != "none":
+            # Attack the unwrapped model: DDP must see exactly one backward per step.
+            x = adversarial_batch(
+                self.model,
+                batch,
+                self.cfg.adversarial,
+                self.data.spec,
+                self.generator,
+                self.autocast,
+            )
         if self.cfg.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
