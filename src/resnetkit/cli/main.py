@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rollout": ("rollout", "canary rollouts: start, watch, promote, abort"),
     "drift": ("drift", "compare data with a model's training-time reference"),
     "explain": ("explain", "Grad-CAM heat maps of a model's decisions"),
+    "robustness": ("robustness", "accuracy under corruptions (mCE) and adversarial attacks"),
     "monitor": ("monitor", "SLO alert rules and Grafana dashboards"),
 }
 #: Command → module, for callers that only need the module.

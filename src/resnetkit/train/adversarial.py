@@ -36,6 +36,7 @@ __all__ = [
     "PixelSpaceModel",
     "adversarial_batch",
     "attack",
+    "attack_accuracy",
     "check_adversarial",
     "check_eps",
     "fgsm",
@@ -221,3 +222,36 @@ def adversarial_batch(
         steps=cfg.steps, alpha=cfg.alpha, generator=generator, loss_fn=loss_fn,
     )  # fmt: skip
     return normalize(adv, spec)
+
+
+def attack_accuracy(
+    model: PixelModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    method: str,
+    eps: float,
+    *,
+    steps: int = 20,
+    seed: int = 0,
+    batch_size: int = 250,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+) -> float:
+    """Top-1 accuracy of ``model`` on ``images`` (``uint8`` ``(N, C, H, W)``) under attack.
+
+    The random starts are drawn from one generator seeded with ``seed``, on ``device``.
+    ``on_batch`` gets the number of images of each finished batch (a progress bar).
+    """
+    check_eps(eps)
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    hits = 0
+    for start in range(0, len(images), batch_size):
+        pixels = images[start : start + batch_size].to(device).float() / 255.0
+        target = labels[start : start + batch_size].to(device)
+        adv = attack(method, model, pixels, target, eps, steps=steps, generator=generator)
+        with torch.no_grad():
+            hits += int((model(adv).argmax(dim=1) == target).sum())
+        if on_batch is not None:
+            on_batch(len(target))
+    return hits / max(len(images), 1)
