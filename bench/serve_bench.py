@@ -312,6 +312,15 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float:
     return float("nan")
 
 
+def tree_rss_mb(pid: int) -> float:
+    """``VmRSS`` of ``pid`` and its descendants (those still running), in MB."""
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError):
+            total += rss_mb(p)
+    return total
+
+
 @dataclass
 class ManagedServer:
     """A server subprocess in its own session, with its readiness and predict URLs."""
@@ -763,6 +772,8 @@ def run_level(
         "errors": {k: v for k, v in statuses.items() if k != "200"},
         "server_cpu_pct": 100 * (cpu1 - cpu0) / wall_s,
         "loadgen_cpu_pct": 100 * (gen1 - gen0) / wall_s,
+        "server_cpu_s": cpu1 - cpu0,
+        "server_rss_mb": tree_rss_mb(server.pid),
     }
 
 
@@ -911,6 +922,88 @@ def summarize(work: Workload, results: dict[str, Any]) -> dict[str, Any]:
             f"{_fmt(ratios['fastapi'], 2)} | {verdict} |"
         )
     return summary
+
+
+# -- cost (OpenCost's two bases) ------------------------------------------------------------
+
+
+def load_prices(path: Path) -> dict[str, Any]:
+    """The price file (``configs/prices.toml``), checked: ValueError naming what is wrong."""
+    import tomllib
+
+    try:
+        prices = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    number = (int, float)
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "version": int, "currency": str, "source": str, "date": str,
+        "vcpu_hour": number, "gib_hour": number,
+    }  # fmt: skip
+    for key, kind in kinds.items():
+        if not isinstance(prices.get(key), kind):
+            raise ValueError(
+                f"{path}: '{key}' missing or not a {getattr(kind, '__name__', 'number')}"
+            )
+    if prices["vcpu_hour"] < 0 or prices["gib_hour"] < 0:
+        raise ValueError(f"{path}: prices must not be negative")
+    if unknown := set(prices) - set(kinds):
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    return prices
+
+
+def requested_memory_gib(deployment: Path = REPO / "deploy" / "base" / "deployment.yaml") -> float:
+    """The serving container's memory request in the Deployment, in GiB."""
+    import yaml
+
+    spec = yaml.safe_load(deployment.read_text())["spec"]["template"]["spec"]
+    text = str(spec["containers"][0]["resources"]["requests"]["memory"])
+    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1.0, "Ti": 2**10}
+    for suffix, gib in units.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * gib
+    return float(text) / 2**30  # bytes
+
+
+def cost_per_1k(
+    level: dict[str, Any], prices: dict[str, Any], request_cpus: float, request_gib: float
+) -> dict[str, float]:
+    """CPU-seconds and dollars per 1,000 answered requests at one measured level.
+
+    Allocation basis (OpenCost's allocation: max(request, usage) of each resource for as
+    long as the pod runs): the wall time 1,000 requests take at the level's sustained rate,
+    times the larger of the requested and the used CPUs and memory. Usage basis: the CPU
+    seconds the server's processes used and their resident memory over that wall time.
+    """
+    wall_h = 1000 / level["throughput"] / 3600
+    cpu_s = 1000 * level["server_cpu_s"] / (level["throughput"] * level["wall_s"])
+    used_gib = level["server_rss_mb"] / 1024
+    used_cpus = cpu_s / (wall_h * 3600)
+    allocation = wall_h * (max(request_cpus, used_cpus) * prices["vcpu_hour"]
+                           + max(request_gib, used_gib) * prices["gib_hour"])  # fmt: skip
+    usage = cpu_s / 3600 * prices["vcpu_hour"] + used_gib * wall_h * prices["gib_hour"]
+    return {"cpu_s_per_1k": cpu_s, "usd_per_1k_allocation": allocation, "usd_per_1k_usage": usage}
+
+
+def print_costs(
+    work: Workload, summary: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The cost per 1,000 requests of every server at its sustainable level."""
+    prices, cpus, gib = args.prices, float(len(args.cpus)), requested_memory_gib()
+    print(f"\n### {work.key}: cost per 1,000 requests at the sustainable level "
+          f"({prices['currency']}, price file v{prices['version']} of {prices['date']}: "
+          f"{prices['vcpu_hour']}/vCPU-h, {prices['gib_hour']}/GiB-h; request {cpus:g} CPUs, "
+          f"{gib:g} GiB)")  # fmt: skip
+    print("| server | req/s | server CPU-s / 1k | $ / 1k, allocation | $ / 1k, usage |")
+    print("|" + "---|" * 5)
+    out = {}
+    for key, entry in summary.items():
+        if (lv := entry["best"]) is None:
+            continue
+        out[key] = c = cost_per_1k(lv, prices, cpus, gib)
+        print(f"| {LABELS[key]} | {lv['throughput']:.1f} | {c['cpu_s_per_1k']:.2f} | "
+              f"{c['usd_per_1k_allocation']:.6f} | {c['usd_per_1k_usage']:.6f} |")  # fmt: skip
+    return {"prices": prices, "request_cpus": cpus, "request_gib": gib, "servers": out}
 
 
 def _verdict(ok: bool | None) -> str:
@@ -1108,6 +1201,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--request-timeout-s", type=float, default=30.0)
     p.add_argument("--stop-p95-ms", type=float, default=1500.0, help="skip levels past this")
     p.add_argument("--max-run-s", type=float, help="bound on the whole run")
+    p.add_argument("--prices", type=Path, default=REPO / "configs" / "prices.toml",
+                   help="price file for the cost per 1,000 requests")  # fmt: skip
     p.add_argument("--naive-server", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
@@ -1140,6 +1235,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not set(args.cpus) <= set(available):
         p.error(f"--cpus {args.cpus}: this process may use {available}")
     args.server_threads = args.server_threads or len(args.cpus)
+    try:
+        args.prices = load_prices(args.prices)
+    except ValueError as exc:
+        p.error(f"--prices: {exc}")
     return args
 
 
@@ -1181,6 +1280,7 @@ def bench_model(
             print(f"| {LABELS[key]} | failed: {exc} |", flush=True)
             results[key] = {"error": str(exc)}
     entry["summary"] = summarize(work, results)
+    entry["cost"] = print_costs(work, entry["summary"], args)
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
