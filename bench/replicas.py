@@ -492,7 +492,10 @@ def plot(step: dict[str, Any], path: Path) -> None:
                label="desired replicas (current 1)")  # fmt: skip
     right.set_ylabel("desired replicas")
     right.set_ylim(0, max(p["desired"] for p in step["series"]) + 1)
-    fig.legend(loc="upper right")
+    high = [p["t_s"] for p in step["series"] if p["concurrency"] > 1]
+    if high:
+        ax.axvspan(min(high), max(high), color="C1", alpha=0.15, label="load step")
+    fig.legend(loc="upper left", bbox_to_anchor=(0.08, 0.86))
     ax.set_title("Load step: queue depth and ceil(current * metric / target)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
