@@ -18,25 +18,34 @@ from bench.replicas import (
     Cluster,
     Load,
     cluster,
+    desired_replicas,
     failures,
     fashion_pngs,
     haproxy_available,
+    hpa_target,
     register_model,
 )
 
 from resnetkit.export import load_model_ref
 from tests.export.rundir import trained_run_dir
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not haproxy_available(),
-        reason="haproxy is not installed (apt-get install haproxy, or make system-deps)",
-    ),
-]
+needs_haproxy = pytest.mark.skipif(
+    not haproxy_available(),
+    reason="haproxy is not installed (apt-get install haproxy, or make system-deps)",
+)
 
 REPLICAS = 3
 CONCURRENCY = 4
+
+
+def test_the_hpa_formula_uses_the_manifests_target_and_kubernetes_tolerance() -> None:
+    target = hpa_target()
+    assert target == 8.0  # deploy/base/horizontalpodautoscaler.yaml
+    assert desired_replicas(1, 0.0, target, 3) == 1  # never below one
+    assert desired_replicas(1, 17.0, target, 3) == 3  # ceil(17 / 8)
+    assert desired_replicas(1, 100.0, target, 3) == 3  # never above the maximum
+    assert desired_replicas(2, 8.5, target, 10) == 2  # within 10% of the target: no change
+    assert desired_replicas(2, 9.0, target, 10) == 3  # ceil(2 * 9 / 8)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +64,8 @@ def service(serve_args: list[str], tmp_path: Path) -> Iterator[Cluster]:
         yield c
 
 
+@pytest.mark.slow
+@needs_haproxy
 def test_rolling_update_under_load_fails_no_request(service: Cluster) -> None:
     old_pids = [r.proc.pid for r in service.replicas if r.proc is not None]
     with Load(service.proxy.url, fashion_pngs(16), CONCURRENCY) as load:
@@ -70,6 +81,8 @@ def test_rolling_update_under_load_fails_no_request(service: Cluster) -> None:
     assert failures(load.outcomes) == []
 
 
+@pytest.mark.slow
+@needs_haproxy
 def test_sigkill_of_one_replica_loses_at_most_its_requests_in_flight(service: Cluster) -> None:
     victim = service.replicas[0]
     with Load(service.proxy.url, fashion_pngs(16), CONCURRENCY) as load:
