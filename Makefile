@@ -25,6 +25,8 @@ system-deps:
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; fi
 	@if [ ! -x /usr/bin/chromium ]; then \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; fi
+	@if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q haproxy; fi
 
 # The main job (scripts/quickstart.py): train the fast Fashion-MNIST recipe (about 3 minutes on
 # 2 CPU cores; FULL=1 for the 10-minute 95% recipe), evaluate it, register it as production,
