@@ -13,7 +13,7 @@ from resnetkit.config import AdversarialConfig, TrainConfig
 from resnetkit.errors import ConfigError
 from resnetkit.export import load_model_ref
 from resnetkit.train import train
-from resnetkit.train.adversarial import PixelSpaceModel, pgd
+from resnetkit.train.adversarial import PixelSpaceModel, attack, pgd
 from resnetkit.train.loop import Trainer
 
 from .conftest import tiny_config
@@ -90,3 +90,62 @@ def test_bad_adversarial_settings_fail_before_any_work(
     with pytest.raises(ConfigError, match=message):
         train(_adversarial(tiny_config(), **settings), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[PixelSpaceModel, torch.Tensor, torch.Tensor]:
+    from tests.export.rundir import trained_run_dir
+
+    loaded = load_model_ref(str(trained_run_dir(str(tmp_path_factory.getbasetemp()))))
+    test = loaded.dataset("test", limit=200)
+    return (
+        PixelSpaceModel(loaded.module("cpu"), loaded.spec),
+        test.images.float() / 255,
+        test.labels,
+    )
+
+
+def _accuracy(model: PixelSpaceModel, pixels: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(pixels).argmax(1) == labels).float().mean())
+
+
+@pytest.mark.slow
+def test_attacks_stay_in_the_eps_ball_and_the_pixel_range_and_order_as_expected(
+    trained: tuple[PixelSpaceModel, torch.Tensor, torch.Tensor],
+) -> None:
+    model, pixels, labels = trained
+    clean = _accuracy(model, pixels, labels)
+    previous_pgd = clean
+    for eps in (0.02, 0.05, 0.1):
+        gen = torch.Generator().manual_seed(0)
+        adv_fgsm = attack("fgsm", model, pixels, labels, eps)
+        adv_pgd = attack("pgd", model, pixels, labels, eps, steps=10, generator=gen)
+        for adv in (adv_fgsm, adv_pgd):
+            assert float((adv - pixels).abs().max()) <= eps + 1e-6
+            assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+        fgsm_acc, pgd_acc = _accuracy(model, adv_fgsm, labels), _accuracy(model, adv_pgd, labels)
+        assert clean >= fgsm_acc >= pgd_acc
+        assert pgd_acc <= previous_pgd
+        previous_pgd = pgd_acc
+    assert previous_pgd < clean - 0.3  # eps 0.1 breaks an undefended model
+
+
+@pytest.mark.slow
+def test_our_pgd_matches_torchattacks(
+    trained: tuple[PixelSpaceModel, torch.Tensor, torch.Tensor],
+) -> None:
+    torchattacks = pytest.importorskip(
+        "torchattacks", reason="torchattacks is a test-only extra (pip install --no-deps)"
+    )
+    model, pixels, labels = trained
+    for eps in (0.05, 0.1):
+        ours = pgd(model, pixels, labels, eps, steps=10, generator=torch.Generator().manual_seed(0))
+        torch.manual_seed(0)
+        theirs = torchattacks.PGD(
+            model, eps=eps, alpha=2.5 * eps / 10, steps=10, random_start=True
+        )(pixels, labels)
+        # The goal: within 1 point (with the same seed both draw the same start).
+        assert abs(_accuracy(model, ours, labels) - _accuracy(model, theirs, labels)) <= 0.01

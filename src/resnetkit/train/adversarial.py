@@ -58,6 +58,9 @@ class PixelSpaceModel(nn.Module):
         super().__init__()
         self.model = model
         self.spec = spec
+        # Take the model's mode: tools that save and restore ``training`` (torchattacks does)
+        # would otherwise put an eval-mode model's BatchNorm into training mode.
+        self.train(model.training)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K)`` of pixels ``(B, C, H, W)`` in [0, 1]."""
