@@ -1,0 +1,190 @@
+"""Our attacks beside torchattacks', and adversarial training's effect, in one run.
+
+On a trained Fashion-MNIST model (``--run RUN_DIR``, or a resnet8 trained here) and the first
+``--images`` test images (1,000 by default), for eps in {0.05, 0.1, 0.2, 0.3} (L-infinity,
+[0, 1] pixels, before normalisation):
+
+    ours FGSM, ours PGD-20 (random start, step 2.5 eps / 20)    resnetkit.train.adversarial
+    torchattacks FGSM, torchattacks PGD-20, the same seed      the baseline
+
+Goals (issue #27): our PGD's accuracy within 1 point of torchattacks' at every eps; clean >=
+FGSM >= PGD at every eps; accuracy non-increasing in eps. Then (unless ``--no-training``) the
+same resnet8 recipe trained twice, plain and with ``[adversarial] method = "fgsm-rs"`` at
+eps 0.1: clean accuracy, PGD-20 accuracy at eps 0.1 and training time, side by side (goal:
+PGD-20 at eps 0.1 >= 60% with a clean drop <= 6 points).
+
+    .venv/bin/pip install --no-deps torchattacks      # test-only; it would pull torchvision
+    .venv/bin/python bench/robustness_bench.py --out runs/robustness-bench
+    .venv/bin/python bench/robustness_bench.py --run runs/quickstart --no-training --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, machine
+
+from resnetkit.config import AdversarialConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from resnetkit.evaluate import resolve_device
+from resnetkit.export import load_model_ref
+from resnetkit.train import train
+from resnetkit.train.adversarial import PixelSpaceModel, attack_accuracy
+
+EPS = (0.05, 0.1, 0.2, 0.3)
+
+
+def recipe(epochs: int, limit: int | None, device: str) -> TrainConfig:
+    """resnet8 on Fashion-MNIST: the model both training arms share."""
+    return TrainConfig(
+        model=ModelConfig(arch="resnet8"),
+        data=DataConfig(name="fashion-mnist", val_fraction=0.05, limit=limit),
+        optim=OptimConfig(lr=0.2, schedule="onecycle", warmup_epochs=1.0, label_smoothing=0.0),
+        epochs=epochs,
+        precision="fp32",
+        device=device,
+        progress=False,
+    )
+
+
+def trained(cfg: TrainConfig, out: Path) -> tuple[Path, float]:
+    """Train ``cfg`` into ``out`` (or reuse a finished run there); seconds of training."""
+    if (out / "summary.json").is_file():
+        return out, float(json.loads((out / "summary.json").read_text())["train_seconds"])
+    return out, train(cfg, out).train_seconds
+
+
+def _torchattacks_accuracy(
+    model: PixelSpaceModel, images: torch.Tensor, labels: torch.Tensor, method: str, eps: float,
+    seed: int, device: torch.device, batch: int = 250,
+) -> float:  # fmt: skip
+    import torchattacks
+
+    torch.manual_seed(seed)
+    atk = (
+        torchattacks.FGSM(model, eps=eps)
+        if method == "fgsm"
+        else torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / 20, steps=20, random_start=True)
+    )
+    hits = 0
+    for start in range(0, len(labels), batch):
+        x = images[start : start + batch].to(device).float() / 255
+        y = labels[start : start + batch].to(device)
+        adv = atk(x, y)
+        with torch.no_grad():
+            hits += int((model(adv).argmax(1) == y).sum())
+    return hits / len(labels)
+
+
+def compare_attacks(run: Path, images: int, seed: int, device: torch.device) -> dict[str, Any]:
+    """Accuracy per eps: ours and torchattacks', FGSM and PGD-20."""
+    loaded = load_model_ref(str(run))
+    model = PixelSpaceModel(loaded.module(device), loaded.spec).eval()
+    test = loaded.dataset("test", limit=images)
+    x, y = test.images, test.labels
+    with torch.no_grad():
+        clean = float((model(x.to(device).float() / 255).argmax(1).cpu() == y).float().mean())
+    rows: dict[str, list[float]] = {}
+    for method in ("fgsm", "pgd"):
+        rows[f"ours {method}"] = [
+            attack_accuracy(model, x, y, method, e, seed=seed, device=device) for e in EPS
+        ]
+        rows[f"torchattacks {method}"] = [
+            _torchattacks_accuracy(model, x, y, method, e, seed, device) for e in EPS
+        ]
+    return {"clean": clean, "eps": list(EPS), "accuracy": rows, "images": len(y)}
+
+
+def print_attacks(result: dict[str, Any]) -> list[str]:
+    """The side-by-side table; returns the goals missed."""
+    acc, clean = result["accuracy"], result["clean"]
+    print(f"\n{result['images']} test images, clean accuracy {clean:.2%}")
+    print(f"{'attack':<20}" + "".join(f"{'eps ' + str(e):>11}" for e in result["eps"]))
+    for name, values in acc.items():
+        print(f"{name:<20}" + "".join(f"{v:>11.2%}" for v in values))
+    gap = [abs(a - b) for a, b in zip(acc["ours pgd"], acc["torchattacks pgd"], strict=True)]
+    print(f"{'|ours - theirs| pgd':<20}" + "".join(f"{g * 100:>10.2f}p" for g in gap))
+    missed = []
+    if max(gap) > 0.01:
+        missed.append(f"PGD differs from torchattacks by {max(gap) * 100:.2f} points (> 1)")
+    for i, e in enumerate(result["eps"]):
+        if not clean >= acc["ours fgsm"][i] >= acc["ours pgd"][i]:
+            missed.append(f"clean >= FGSM >= PGD fails at eps {e}")
+    for name in ("ours fgsm", "ours pgd"):
+        if any(b > a for a, b in zip(acc[name], acc[name][1:], strict=False)):
+            missed.append(f"{name} accuracy increases with eps")
+    return missed
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the bench and print the report; ``--out`` keeps runs and ``bench.json``."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", type=Path, help="a trained run (default: train resnet8 here)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--limit", type=int, help="training images (default: all 60,000)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-training", dest="training", action="store_false")
+    args = p.parse_args(argv)
+    info = machine()
+    print(describe(info))
+    device = resolve_device(args.device)
+    print(
+        f"device: {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
+    cfg = recipe(args.epochs, args.limit, str(device))
+    report: dict[str, Any] = {"machine": info, "device": str(device)}
+    run = args.run
+    plain_s = None
+    if run is None:
+        run, plain_s = trained(cfg, args.out / "plain")
+    report["attacks"] = compare_attacks(run, args.images, args.seed, device)
+    missed = print_attacks(report["attacks"])
+    if args.training:
+        adv_cfg = dataclasses.replace(cfg, adversarial=AdversarialConfig("fgsm-rs", eps=0.1))
+        if plain_s is None:
+            run, plain_s = trained(cfg, args.out / "plain")
+        adv_run, adv_s = trained(adv_cfg, args.out / "fgsm-rs")
+        arms = {}
+        for name, path, seconds in (("plain", run, plain_s), ("fgsm-rs eps 0.1", adv_run, adv_s)):
+            r = compare_attacks_pgd01(path, args.images, args.seed, device)
+            arms[name] = {**r, "train_seconds": seconds}
+        report["adversarial_training"] = arms
+        print(f"\n{'training':<18}{'clean':>9}{'PGD-20 eps 0.1':>16}{'train s':>9}")
+        for name, r in arms.items():
+            print(f"{name:<18}{r['clean']:>9.2%}{r['pgd']:>16.2%}{r['train_seconds']:>9.0f}")
+        adv, plain = arms["fgsm-rs eps 0.1"], arms["plain"]
+        if adv["pgd"] < 0.6 or plain["clean"] - adv["clean"] > 0.06:
+            missed.append("adversarial training: PGD-20 at 0.1 < 60% or clean drop > 6 points")
+    report["goals_missed"] = missed
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2, default=str))
+    print("\ngoals: " + ("all met" if not missed else "; ".join(missed)))
+
+
+def compare_attacks_pgd01(
+    run: Path, images: int, seed: int, device: torch.device
+) -> dict[str, float]:
+    """Clean accuracy and our PGD-20 accuracy at eps 0.1."""
+    loaded = load_model_ref(str(run))
+    model = PixelSpaceModel(loaded.module(device), loaded.spec).eval()
+    test = loaded.dataset("test", limit=images)
+    with torch.no_grad():
+        pixels = test.images.to(device).float() / 255
+        clean = float((model(pixels).argmax(1).cpu() == test.labels).float().mean())
+    pgd = attack_accuracy(model, test.images, test.labels, "pgd", 0.1, seed=seed, device=device)
+    return {"clean": clean, "pgd": pgd}
+
+
+if __name__ == "__main__":
+    main()
