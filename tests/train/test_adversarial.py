@@ -149,3 +149,16 @@ def test_our_pgd_matches_torchattacks(
         )(pixels, labels)
         # The goal: within 1 point (with the same seed both draw the same start).
         assert abs(_accuracy(model, ours, labels) - _accuracy(model, theirs, labels)) <= 0.01
+
+
+def test_adversarial_section_is_read_from_toml_and_written_back(tmp_path: Path) -> None:
+    from resnetkit.config import from_dict, load_toml, save_toml, to_dict
+
+    path = tmp_path / "config.toml"
+    path.write_text('epochs = 1\n\n[adversarial]\nmethod = "pgd"\neps = 0.05\nsteps = 3\n')
+    cfg = from_dict(TrainConfig, load_toml(path))
+    assert cfg.adversarial == AdversarialConfig(method="pgd", eps=0.05, steps=3)
+    save_toml(tmp_path / "again.toml", to_dict(cfg))
+    assert from_dict(TrainConfig, load_toml(tmp_path / "again.toml")) == cfg
+    with pytest.raises(ConfigError, match=r"adversarial\.epsilon"):
+        from_dict(TrainConfig, {"adversarial": {"epsilon": 0.1}})
