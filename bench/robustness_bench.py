@@ -164,8 +164,13 @@ def main(argv: list[str] | None = None) -> None:
         for name, r in arms.items():
             print(f"{name:<18}{r['clean']:>9.2%}{r['pgd']:>16.2%}{r['train_seconds']:>9.0f}")
         adv, plain = arms["fgsm-rs eps 0.1"], arms["plain"]
-        if adv["pgd"] < 0.6 or plain["clean"] - adv["clean"] > 0.06:
-            missed.append("adversarial training: PGD-20 at 0.1 < 60% or clean drop > 6 points")
+        if adv["pgd"] < 0.6:
+            missed.append(f"adversarial training: PGD-20 at eps 0.1 {adv['pgd']:.1%} < 60%")
+        drop = plain["clean"] - adv["clean"]
+        if drop > 0.06:
+            missed.append(
+                f"adversarial training: clean accuracy drops {drop * 100:.1f} points (> 6)"
+            )
     report["goals_missed"] = missed
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2, default=str))
