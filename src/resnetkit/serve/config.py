@@ -69,8 +69,8 @@ class ServeConfig:
         access_log: one JSON line per request on stderr.
         rollout_poll_s: how often a replica reads rollout state from the registry.
         drain_timeout_s: how long SIGTERM waits for requests in flight.
-        warmup_batches: warm-up forward passes, batch 1 then full size alternately: the first
-            before the version reports ready, the rest on the inference thread right after.
+        warmup_batches: warm-up forward passes before a version reports ready (torch: batch
+            1 and full size alternately; ONNX Runtime: one pass at batch 1 is all it needs).
     """
 
     refs: tuple[str, ...]

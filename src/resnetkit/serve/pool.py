@@ -66,11 +66,6 @@ class PoolSettings:
             raise ConfigError(f"warm-up batches must be >= 0, got {self.warmup_batches}")
 
 
-def _locked(lock: threading.Lock, work: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    with lock:
-        work(*args, **kwargs)
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float32, stable for large logits (non-finite logits give NaN,
     which the request path refuses as a model error)."""
@@ -127,18 +122,17 @@ class ServedModel:
             result[EMBEDDING_NAME] = out[EMBEDDING_NAME]
         return result
 
-    def warm_up(self, batches: int, max_batch_size: int, *, first: bool = True) -> None:
-        """Forward passes at batch 1 and full size, alternately (``batches`` in all), so
-        requests do not pay for lazy initialisation (kernel selection, memory arenas).
-
-        With ``first``, only the first pass (batch 1: what a first request needs) runs; with
-        ``first=False`` the rest. The pool runs the first before the version reports ready
-        and the rest right after, on the inference thread, so a cold start is not held up
-        by a full-size batch nobody has asked for yet.
-        """
+    def warm_up(self, batches: int, max_batch_size: int) -> None:
+        """Forward passes before the version reports ready, so requests do not pay for lazy
+        initialisation: batch 1 and full size alternately (``batches`` in all) for torch,
+        whose kernels are chosen per shape; one pass at batch 1 for ONNX Runtime, which
+        pays once, not per batch size (resnet18 int8: the first batch of 32 runs as fast
+        as the tenth), so a cold start does not wait for a batch nobody asked for."""
         rng = np.random.default_rng(0)
         sizes = ([1, max_batch_size] * batches)[:batches]
-        for size in sizes[:1] if first else sizes[1:]:
+        if not self.backend.name.startswith("torch"):
+            sizes = sizes[:1]
+        for size in sizes:
             x = rng.standard_normal((size, *self.loaded.input_size), dtype=np.float32)
             self.forward(x)
 
@@ -282,11 +276,6 @@ class ModelPool:
         )
         served.batcher.start()
         served.ready = True
-        if s.warmup_batches > 1:  # the full-size passes, on the inference thread, in turn
-            self._executor.submit(
-                _locked, self.compute_slot, served.warm_up, s.warmup_batches, s.max_batch_size,
-                first=False,
-            )  # fmt: skip
         baseline = served.loaded.metrics.get("test_accuracy")
         self.metrics.model_loaded(
             served.name,
