@@ -14,6 +14,8 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_SPEC)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	# Test-only, against our PGD; --no-deps, since its dependencies would pull torchvision.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps 'torchattacks==3.5.1'
 	touch $@
 
 system-deps:
