@@ -928,7 +928,7 @@ def summarize(work: Workload, results: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_prices(path: Path) -> dict[str, Any]:
-    """The price file (``configs/prices.toml``), checked: ValueError naming what is wrong."""
+    """The price file (``configs/cost/prices.toml``), checked: ValueError naming what is wrong."""
     import tomllib
 
     try:
@@ -1201,7 +1201,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--request-timeout-s", type=float, default=30.0)
     p.add_argument("--stop-p95-ms", type=float, default=1500.0, help="skip levels past this")
     p.add_argument("--max-run-s", type=float, help="bound on the whole run")
-    p.add_argument("--prices", type=Path, default=REPO / "configs" / "prices.toml",
+    p.add_argument("--prices", type=Path, default=REPO / "configs" / "cost" / "prices.toml",
                    help="price file for the cost per 1,000 requests")  # fmt: skip
     p.add_argument("--naive-server", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
