@@ -24,8 +24,6 @@ from resnetkit.serve.protocol_v2 import (
     classify,
     datatype_of,
     encode_infer_response,
-    error_body,
-    model_metadata,
     parse_header_length,
     parse_infer_request,
     prepare_model_input,
@@ -532,18 +530,13 @@ def test_outputs_are_resolved_by_name_and_binary_default() -> None:
 # --- Metadata and errors ----------------------------------------------------------------------
 
 
-def test_server_and_model_metadata_follow_the_spec() -> None:
+def test_server_metadata_follows_the_spec() -> None:
     meta = server_metadata(version="0.1.0")
     assert meta == {
         "name": "resnetkit",
         "version": "0.1.0",
         "extensions": ["binary_tensor_data", "classification"],
     }
-    model = model_metadata("fashion", versions=["1", "2"], spec=GRAY, num_classes=10)
-    assert model["name"] == "fashion" and model["versions"] == ["1", "2"] and model["platform"]
-    assert model["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
-    assert model["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
-    assert json.loads(json.dumps(error_body("no model 'x'"))) == {"error": "no model 'x'"}
 
 
 def test_datatype_of_covers_every_protocol_type() -> None:

@@ -45,8 +45,6 @@ __all__ = [
     "EXTENSIONS",
     "HEADER_LENGTH",
     "INPUT_NAME",
-    "OUTPUT_NAME",
-    "PLATFORM",
     "InferRequest",
     "InputTensor",
     "OutputTensor",
@@ -55,8 +53,6 @@ __all__ = [
     "classify",
     "datatype_of",
     "encode_infer_response",
-    "error_body",
-    "model_metadata",
     "parse_header_length",
     "parse_infer_request",
     "prepare_model_input",
@@ -71,9 +67,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 #: What ``GET /v2`` lists: the Triton extensions this module implements.
 EXTENSIONS = ("binary_tensor_data", "classification")
 #: Information only, per the spec; ``app`` may name the backend instead (``onnx_onnxv1``).
-PLATFORM = "resnetkit"
 INPUT_NAME = "input"
-OUTPUT_NAME = "output"
 _MAX_DIMS = 16
 
 # Little-endian, as the binary extension requires; BYTES elements are Python bytes objects.
@@ -827,36 +821,6 @@ def _to_json(data: np.ndarray, datatype: str, name: str) -> list[Any]:
 def server_metadata(*, version: str, name: str = "resnetkit") -> dict[str, Any]:
     """The body of ``GET /v2``: name, version and the extensions this server implements."""
     return {"name": name, "version": version, "extensions": list(EXTENSIONS)}
-
-
-def model_metadata(
-    name: str,
-    *,
-    versions: Sequence[str],
-    spec: PreprocessingSpec,
-    num_classes: int,
-    platform: str = PLATFORM,
-    input_name: str = INPUT_NAME,
-    output_name: str = OUTPUT_NAME,
-) -> dict[str, Any]:
-    """The body of ``GET /v2/models/{name}``: one FP32 input, one FP32 output of scores.
-
-    The input is listed in its normalised form ``[-1, C, H, W]``; UINT8 pixels
-    ``[N, H, W, C]`` are accepted too (see :func:`prepare_model_input`), which the
-    protocol's metadata has no way to say.
-    """
-    return {
-        "name": name,
-        "versions": [str(v) for v in versions],
-        "platform": platform,
-        "inputs": [{"name": input_name, "datatype": "FP32", "shape": [-1, *spec.input_size]}],
-        "outputs": [{"name": output_name, "datatype": "FP32", "shape": [-1, num_classes]}],
-    }
-
-
-def error_body(message: str) -> dict[str, str]:
-    """The protocol's error object, ``{"error": message}``, for any failed request."""
-    return {"error": message}
 
 
 # --- Small helpers -------------------------------------------------------------------------
