@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +43,18 @@ DEFAULT_EPS = (0.05, 0.1, 0.2, 0.3)
 ROBUSTNESS_JSON = "robustness.json"
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text}") from exc
+def _comma_list(convert: Callable[[str], Any], kind: str) -> Callable[[str], list[Any]]:
+    """An argparse type: ``"0.05,0.1"`` to ``[0.05, 0.1]`` with ``convert``."""
 
+    def parse(text: str) -> list[Any]:
+        try:
+            return [convert(v) for v in text.split(",") if v.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(
+                f"expected {kind} separated by commas: {text}"
+            ) from exc
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas: {text}") from exc
+    return parse
 
 
 def add_parser(subparsers: Any) -> None:
@@ -71,8 +72,15 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the report")
     p.add_argument("--images", type=int, default=1000, help="test images (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="corruptions' and attacks' seed")
-    p.add_argument("--eps", type=_floats, default=list(DEFAULT_EPS), help="e.g. 0.05,0.1")
-    p.add_argument("--severities", type=_ints, default=list(SEVERITIES), help="e.g. 1,3,5")
+    p.add_argument(
+        "--eps", type=_comma_list(float, "numbers"), default=list(DEFAULT_EPS), help="e.g. 0.05,0.1"
+    )
+    p.add_argument(
+        "--severities",
+        type=_comma_list(int, "integers"),
+        default=list(SEVERITIES),
+        help="e.g. 1,3,5",
+    )
     p.add_argument("--corruptions", help=f"subset of: {', '.join(CORRUPTIONS)}")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
