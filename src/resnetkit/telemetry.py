@@ -33,6 +33,7 @@ __all__ = [
     "METRICS",
     "METRICS_BY_NAME",
     "MODEL_ERROR_REASONS",
+    "OOD_SCORE_BUCKETS",
     "PREFIX",
     "REJECTION_REASONS",
     "ROLLOUT_OUTCOMES",
@@ -55,6 +56,9 @@ MODEL_ERROR_REASONS = ("non_finite", "failed")
 ROLLOUT_OUTCOMES = ("promoted", "rolled_back", "aborted")
 DRIFT_DETECTORS = ("ks_pca", "mmd", "chi2_class", "ks_confidence", "combined")
 LOG_DROP_REASONS = ("queue_full", "write_error")
+# The served OOD score is the detector's raw score over its calibrated threshold: 1.0 is the
+# threshold whatever the model and method, so one set of buckets fits every version.
+OOD_SCORE_BUCKETS: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +122,16 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("drift_statistic", "gauge", (*_MV, "detector"), "Latest drift test statistic."),
     _m("drift_p_value", "gauge", (*_MV, "detector"), "Latest drift test p-value."),
     _m("drift_detected", "gauge", (*_MV, "detector"), "1 when the detector flags drift, else 0."),
+    _m("ood_score", "histogram", _MV,
+       "Out-of-distribution score of each sample, over the calibrated threshold (>1 flagged).",
+       OOD_SCORE_BUCKETS),
+    _m("ood_flagged_total", "counter", _MV,
+       "Samples whose out-of-distribution score passed the calibrated threshold."),
+    # Dependencies
+    _m("registry_up", "gauge", (),
+       "1 when the last call to the model registry succeeded, 0 when it failed or timed out."),
+    _m("registry_errors_total", "counter", ("operation",),
+       "Calls to the model registry that failed or timed out, by operation."),
     # Rollouts
     _m("rollout_canary_weight", "gauge", ("model",),
        "Share of answers given by the canary (0 in shadow mode)."),

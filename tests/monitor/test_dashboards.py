@@ -59,6 +59,8 @@ def test_every_query_is_filtered_by_the_model_variable(dashboards) -> None:
                 "resnetkit_inflight_requests",
                 "resnetkit_cold_start_seconds",
                 "resnetkit_prediction_log_dropped_total",
+                "resnetkit_registry_up",
+                "resnetkit_registry_errors_total",
             }
             if metrics <= per_process:
                 continue  # per-process series without a model label

@@ -38,6 +38,8 @@ def exercise(metrics: ServerMetrics, model: str = "fashion", version: str | int 
     metrics.retract_feedback(model, version, correct=True)
     metrics.observe_model_error(model, version, "non_finite")
     metrics.set_drift(model, version, "ks", statistic=0.2, p_value=0.01, detected=True)
+    metrics.observe_ood(model, version, 1.4, flagged=True)
+    metrics.set_registry_up(False, "history")
     metrics.set_rollout(model, canary_weight=0.1, step=1)
     metrics.set_rollout_check(model, "error_rate", value=0.001, passed=True)
     metrics.rollout_finished(model, "promoted")

@@ -380,6 +380,25 @@ def _on_call_capacity(slo: SLOConfig) -> list[dict[str, Any]]:
             "not ready:red",
             "ready:green",
         ),
+        _state(
+            "Registry reachable",
+            "min by (instance) (resnetkit_registry_up)",
+            "{{instance}}",
+            "unreachable:red",
+            "reachable:green",
+        ),
+        _panel(
+            "Registry errors",
+            [
+                (
+                    "sum by (operation) (rate(resnetkit_registry_errors_total[$__rate_interval]))",
+                    "{{operation}}",
+                )
+            ],
+            unit="ops",
+            description="Registry calls that failed or timed out. Loaded versions keep serving; "
+            "rollouts pause until the registry answers again.",
+        ),
     ]
 
 
@@ -495,6 +514,19 @@ def _debug(slo: SLOConfig) -> dict[str, Any]:
             description="Share of each predicted top-1 class; a shift here is label drift.",
         ),
         _heatmap("Prediction confidence", conf, "percentunit", "Top-1 softmax probability."),
+        _heatmap(
+            "Out-of-distribution score",
+            "resnetkit_ood_score",
+            "short",
+            "Each sample's OOD score over its calibrated threshold; above 1 is flagged.",
+        ),
+        _panel(
+            "Out-of-distribution flags",
+            [(_sum("model, version", "resnetkit_ood_flagged_total"), mv)],
+            unit="ops",
+            description="Samples flagged as unlike the training data (about 5% of "
+            "in-distribution images are flagged by calibration).",
+        ),
         _panel(
             "Labelled feedback",
             [

@@ -137,6 +137,12 @@ class ServerMetrics:
         self._drift_statistic = c["resnetkit_drift_statistic"]
         self._drift_p_value = c["resnetkit_drift_p_value"]
         self._drift_detected = c["resnetkit_drift_detected"]
+        self._ood_score = c["resnetkit_ood_score"]
+        self._ood_flagged = c["resnetkit_ood_flagged_total"]
+        # Dependencies
+        self._registry_up = c["resnetkit_registry_up"]
+        self._registry_errors = c["resnetkit_registry_errors_total"]
+        self._registry_up.set(1)  # until a call fails
         # Rollouts
         self._canary_weight = c["resnetkit_rollout_canary_weight"]
         self._mirrored_share = c["resnetkit_rollout_mirrored_share"]
@@ -295,6 +301,21 @@ class ServerMetrics:
         self._drift_statistic.labels(model, version, detector).set(statistic)
         self._drift_p_value.labels(model, version, detector).set(p_value)
         self._drift_detected.labels(model, version, detector).set(1 if detected else 0)
+
+    def observe_ood(self, model: str, version: Version, score: float, flagged: bool) -> None:
+        """Record one sample's out-of-distribution score (over its threshold) and flag."""
+        self._ood_score.labels(model, version).observe(score)
+        if flagged:
+            self._ood_flagged.labels(model, version).inc()
+
+    # -- dependencies ----------------------------------------------------------------------
+
+    def set_registry_up(self, up: bool, operation: str | None = None) -> None:
+        """Record the outcome of a call to the registry; a failure names its ``operation``
+        (``history``, ``rollout_state``, ...) in ``registry_errors_total``."""
+        self._registry_up.set(1 if up else 0)
+        if not up and operation is not None:
+            self._registry_errors.labels(operation).inc()
 
     # -- rollouts --------------------------------------------------------------------------
 
