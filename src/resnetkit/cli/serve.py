@@ -91,6 +91,13 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--access-log", action="store_true", help="one JSON line per request")
     p.add_argument(
+        "--ood-action",
+        choices=("flag", "reject"),
+        default=d["ood_action"],
+        help="an out-of-distribution input is answered with its flag (flag), or refused with "
+        "422 and its score (reject)",
+    )
+    p.add_argument(
         "--rollout-poll-s",
         type=float,
         default=d["rollout_poll_s"],
@@ -117,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         max_body_bytes=parse_size(args.max_body_bytes), admin_token_file=args.admin_token_file,
         prediction_log=args.prediction_log, prediction_log_rate=args.prediction_log_rate,
         log_images=args.log_images, log_images_max_bytes=parse_size(args.log_images_max_bytes),
-        access_log=args.access_log, rollout_poll_s=args.rollout_poll_s,
+        access_log=args.access_log, ood_action=args.ood_action, rollout_poll_s=args.rollout_poll_s,
     )  # fmt: skip
 
 

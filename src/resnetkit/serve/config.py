@@ -33,6 +33,7 @@ from resnetkit.serve.validation import MAX_PIXELS
 
 __all__ = [
     "BACKENDS",
+    "OOD_ACTIONS",
     "ServeConfig",
     "build_app",
     "build_state",
@@ -42,6 +43,7 @@ __all__ = [
 log = logging.getLogger("resnetkit.serve")
 
 BACKENDS = ("auto", "onnx", "torch")
+OOD_ACTIONS = ("flag", "reject")
 DRAIN_TIMEOUT_S = 30  # how long SIGTERM waits for requests in flight (after keep-alive)
 
 
@@ -67,6 +69,8 @@ class ServeConfig:
         prediction_log, prediction_log_rate: JSON lines of a sample of predictions.
         log_images, log_images_max_bytes: keep sampled uploads beside the log, bounded.
         access_log: one JSON line per request on stderr.
+        ood_action: what an out-of-distribution flag does: ``flag`` (answer, with the flag)
+            or ``reject`` (422 with the score). Versions without a detector are never flagged.
         rollout_poll_s: how often a replica reads rollout state from the registry.
         drain_timeout_s: how long SIGTERM waits for requests in flight.
         warmup_batches: warm-up forward passes before a version reports ready (torch: batch
@@ -94,6 +98,7 @@ class ServeConfig:
     log_images: bool = False
     log_images_max_bytes: int = 1_000_000_000
     access_log: bool = False
+    ood_action: str = "flag"
     rollout_poll_s: float = 1.0
     drain_timeout_s: float = DRAIN_TIMEOUT_S
     warmup_batches: int = 3
@@ -124,6 +129,8 @@ class ServeConfig:
             )
         if self.queue_size < self.max_batch_size:
             raise ConfigError("--queue-size must be at least --max-batch-size")
+        if self.ood_action not in OOD_ACTIONS:
+            raise ConfigError(f"--ood-action must be one of {', '.join(OOD_ACTIONS)}")
         if self.log_images and self.prediction_log is None:
             raise ConfigError("--log-images needs --prediction-log FILE: images are kept beside it")
 
@@ -197,6 +204,7 @@ def build_state(config: ServeConfig, *, started_monotonic: float | None = None) 
             max_pixels=config.max_pixels,
             timeout_ms=config.timeout_ms,
             decode_threads=config.decode_threads,
+            ood_action=config.ood_action,
         ),
         predlog=predlog,
         initial_refs=config.refs,

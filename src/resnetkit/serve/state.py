@@ -28,6 +28,7 @@ class HttpSettings:
     timeout_ms: float = 2000.0
     decode_threads: int = 2
     max_top_k: int = 100
+    ood_action: str = "flag"  # or "reject": see ServeConfig
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.timeout_ms <= 0 or self.decode_threads < 1:
