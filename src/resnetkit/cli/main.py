@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("explain", "Grad-CAM heat maps of a model's decisions"),
     "robustness": ("robustness", "accuracy under corruptions (mCE) and adversarial attacks"),
     "monitor": ("monitor", "SLO alert rules and Grafana dashboards"),
+    "pipeline": ("pipeline", "train, gate against production, register and roll out, unattended"),
+    "data": ("data", "datasets from production: labelled request images for retraining"),
 }
 #: Command → module, for callers that only need the module.
 COMMAND_GROUPS: dict[str, str] = {name: module for name, (module, _) in COMMANDS.items()}
