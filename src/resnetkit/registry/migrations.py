@@ -19,6 +19,7 @@ __all__ = [
     "LATEST_SCHEMA_VERSION",
     "alias_events",
     "aliases",
+    "blessings",
     "metadata",
     "migrate",
     "registered_models",
@@ -167,6 +168,29 @@ rollout_leases = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=False),
 )
 
+# The gate's verdict on a version (TFX's "blessing") and the lineage of the pipeline run that
+# gave it: which data, which baseline version it was compared with, which config. A version
+# may be gated more than once (against a later production); the newest record is current.
+blessings = sa.Table(
+    "version_blessings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "version_id",
+        sa.Integer,
+        sa.ForeignKey("model_versions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("pipeline_run", sa.String(64), nullable=False, unique=True),
+    sa.Column("blessed", sa.Boolean, nullable=False),
+    sa.Column("baseline", sa.String(200)),
+    sa.Column("checks", sa.Text, nullable=False),
+    sa.Column("lineage", sa.Text, nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Index("ix_version_blessings_version", "version_id"),
+)
+
 _V1_TABLES = (schema_table, settings, registered_models, versions, version_artifacts, aliases)
 
 
@@ -184,8 +208,17 @@ def _v3_rollouts(conn: Connection) -> None:
     metadata.create_all(conn, tables=[rollouts, rollout_events, rollout_stats, rollout_leases])
 
 
+def _v4_blessings(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[blessings])
+
+
 #: Migration N brings a store from schema N-1 to N. Append; never edit a released one.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_core, _v2_alias_audit, _v3_rollouts)
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
+    _v1_core,
+    _v2_alias_audit,
+    _v3_rollouts,
+    _v4_blessings,
+)
 LATEST_SCHEMA_VERSION = len(MIGRATIONS)
 
 

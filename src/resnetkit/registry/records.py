@@ -10,6 +10,8 @@ from typing import Any
 __all__ = [
     "AliasEvent",
     "ArtifactInfo",
+    "Blessing",
+    "BlessingRecord",
     "GcReport",
     "LoadedVersion",
     "ModelSummary",
@@ -148,3 +150,56 @@ class GcReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Blessing:
+    """The gate's verdict on a candidate, as a pipeline run records it on the version.
+
+    Attributes:
+        pipeline_run: the id of the pipeline run that gated it (one record per run).
+        blessed: whether every check passed.
+        baseline: the version it was compared with (``name:3``), None for "no baseline".
+        checks: each check as ``{"name", "value", "threshold", "passed", ...}``.
+        lineage: what the run used: data fingerprints, the config, the baseline, the trainer.
+    """
+
+    pipeline_run: str
+    blessed: bool
+    baseline: str | None
+    checks: tuple[dict[str, Any], ...] = ()
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed_checks(self) -> list[str]:
+        """Names of the checks that did not pass."""
+        return [str(c["name"]) for c in self.checks if c.get("passed") is False]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``."""
+        return {**dataclasses.asdict(self), "checks": list(self.checks)}
+
+
+@dataclass(frozen=True)
+class BlessingRecord:
+    """A :class:`Blessing` as the registry holds it: on which version, by whom, when."""
+
+    name: str
+    version: int
+    blessing: Blessing
+    created_by: str
+    created_at: str
+
+    @property
+    def ref(self) -> str:
+        """The version it is recorded on (``name:3``)."""
+        return f"{self.name}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``."""
+        return {
+            "version": self.ref,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+            **self.blessing.to_dict(),
+        }

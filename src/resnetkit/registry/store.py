@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from resnetkit.contract import MODEL_WEIGHTS, ONNX_FILE
 from resnetkit.errors import ConfigError, RegistryError
 from resnetkit.registry import aliases as alias_ops
+from resnetkit.registry import blessings as blessing_ops
 from resnetkit.registry import queries
 from resnetkit.registry.artifacts import ArtifactStore, StoredFile, sha256_file
 from resnetkit.registry.card import render_card
@@ -36,6 +37,7 @@ from resnetkit.registry.engine import (
 )
 from resnetkit.registry.maintenance import collect_garbage, referenced_files, verify_files
 from resnetkit.registry.migrations import (
+    blessings,
     migrate,
     registered_models,
     settings,
@@ -45,6 +47,8 @@ from resnetkit.registry.migrations import (
 )
 from resnetkit.registry.records import (
     AliasEvent,
+    Blessing,
+    BlessingRecord,
     GcReport,
     LoadedVersion,
     ModelSummary,
@@ -100,6 +104,8 @@ class RegistrationOptions:
     # Register weights an earlier version of the model already holds. The CLI refuses them
     # unless --allow-duplicate; library callers (concurrent workers, tests) opt out.
     allow_duplicate: bool = True
+    # The gate's verdict and the run's lineage, recorded in the registering transaction.
+    blessing: Blessing | None = None
 
 
 def _artifact_root(engine: Engine, url: str, artifacts: str | os.PathLike[str] | None) -> Path:
@@ -306,6 +312,8 @@ class RegistryStore:
                 for f, s in sorted(stored.items())
             ],
         )
+        if opts.blessing is not None:
+            blessing_ops.insert_blessing(conn, version_id, opts.blessing, actor)
         for alias in opts.aliases:
             alias_ops.move_alias(
                 conn, model_id, name, alias, number, kind="set", actor=actor, reason=opts.reason
@@ -313,6 +321,57 @@ class RegistryStore:
         if progress is not None:
             progress("recording", f"{name}:{number}")
         return version_id
+
+    # -- blessings ----------------------------------------------------------------------
+
+    def record_blessing(
+        self,
+        ref: str,
+        blessing: Blessing,
+        *,
+        aliases: tuple[str, ...] = (),
+        reason: str = "blessed",
+        actor: str | None = None,
+    ) -> BlessingRecord:
+        """Record the gate's verdict on an existing version, moving ``aliases`` to it in the
+        same transaction (both or neither).
+
+        Raises:
+            RegistryError: the reference points at nothing, or is a path.
+        """
+        for alias in aliases:
+            validate_name(alias, kind="alias")
+        info = self.resolve(ref)
+        who = actor or current_user()
+
+        def work(conn: Connection) -> None:
+            model_id = queries.require_model_id(conn, info.name, lock=True)
+            version_id = alias_ops.version_id_of(conn, model_id, info.name, info.version)
+            blessing_ops.insert_blessing(conn, version_id, blessing, who)
+            for alias in aliases:
+                alias_ops.move_alias(
+                    conn, model_id, info.name, alias, info.version, kind="set", actor=who,
+                    reason=reason,
+                )  # fmt: skip
+
+        run_write(self.engine, work)
+        found = self.blessing_for_run(blessing.pipeline_run)
+        assert found is not None  # just committed
+        return found
+
+    def blessings(self, ref: str) -> list[BlessingRecord]:
+        """Every blessing record of a version, oldest first; the last is the current one."""
+        parsed = parse_ref(ref)
+        if isinstance(parsed, PathRef):
+            raise RegistryError(f"{parsed} is a path; blessings are recorded on versions")
+        with read_tx(self.engine) as conn:
+            _, version_id = queries.resolve_version(conn, parsed)
+            return blessing_ops.version_blessings(conn, version_id)
+
+    def blessing_for_run(self, pipeline_run: str) -> BlessingRecord | None:
+        """The record a pipeline run wrote, None if it wrote none."""
+        with read_tx(self.engine) as conn:
+            return blessing_ops.blessing_for_run(conn, pipeline_run)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -448,6 +507,7 @@ class RegistryStore:
                     f"cannot delete {name}:{version}: alias {names} points at it; "
                     "move or remove the alias first"
                 )
+            conn.execute(sa.delete(blessings).where(blessings.c.version_id == version_id))
             conn.execute(
                 sa.delete(version_artifacts).where(version_artifacts.c.version_id == version_id)
             )
