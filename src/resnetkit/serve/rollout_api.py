@@ -5,7 +5,9 @@ model, for the dashboard) and ``GET /v1/rollouts/{name}`` (with its audit log);
 ``POST /v1/feedback`` (``{"request_id", "label"}``: the true label of an answered request; the
 id is a ``/v1`` answer's ``request_id`` (its ``X-Request-Id``), or a V2 request's ``id`` as
 sent or as answered; one label per request: a repeat is not counted again, another label
-replaces the first and the answer says so).
+replaces the first and the answer says so). With a prediction log, every accepted label (a
+replacement too) is also appended to the feedback log beside it (:mod:`.feedbacklog`) before
+the answer, which says ``"logged"``; a failed write is counted, not an error.
 Management (bearer token): ``POST /v1/admin/rollouts`` (start), ``POST
 /v1/admin/rollouts/{name}/promote|abort``, ``PUT|DELETE /v1/admin/faults/{name}/{version}``
 (inject latency or errors into one version: chaos testing, and how the rollback tests make
@@ -14,12 +16,14 @@ a bad canary).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI, Request
 
 from resnetkit.errors import InvalidInput, ModelNotServed
 from resnetkit.serve.auth import ADMIN_ACTOR, admin_only
+from resnetkit.serve.feedbacklog import FeedbackLog
 from resnetkit.serve.http import read_json
 from resnetkit.serve.jsonsafe import FiniteJSONResponse
 from resnetkit.serve.rollout import RolloutConfig
@@ -51,15 +55,49 @@ def _integral(value: Any) -> Any:
     return value
 
 
+def _feedback_log(state: ServerState) -> FeedbackLog | None:
+    """The feedback log beside the prediction log, its losses exported with the log's."""
+    predlog = state.predlog
+    if predlog is None:
+        return None
+    labels_log = FeedbackLog(predlog.path)
+    state.metrics.watch_prediction_log(
+        lambda: {**predlog.drop_counts(), **labels_log.drop_counts()}
+    )
+    return labels_log
+
+
+def controller_of(state: ServerState) -> RolloutController:
+    """The server's rollout controller; a served-without-rollouts server has none (404)."""
+    if state.router is None:
+        raise ModelNotServed("this server was started without rollouts")
+    return state.router
+
+
+def _answered_by(router: RolloutController, rid: str) -> tuple[str, str]:
+    """The model and version that answered ``rid`` (the one the client saw)."""
+    # The router keeps what each request got for its feedback; it has no public reader yet.
+    answered = router._answered[rid]
+    versions = answered.versions
+    version = next((versions[r] for r in ("served", "stable", "canary") if r in versions), "")
+    return answered.name, str(version)
+
+
+async def _log_label(state: ServerState, labels_log: FeedbackLog, rid: str, label: int) -> bool:
+    """Append an accepted label to the feedback log in a worker thread; whether it was."""
+    name, version = _answered_by(controller_of(state), rid)
+    label_name = state.pool.get(name).labels[label]
+    return await asyncio.to_thread(labels_log.append, rid, label, label_name, name, version)
+
+
 def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
     """Register the rollout, feedback and fault routes."""
 
     def controller() -> RolloutController:
-        if state.router is None:
-            raise ModelNotServed("this server was started without rollouts")
-        return state.router
+        return controller_of(state)
 
     admin = admin_only(lambda: state.auth)
+    labels_log = _feedback_log(state)
 
     @app.get("/v1/rollouts", tags=["rollouts"], response_class=FiniteJSONResponse)
     async def rollouts() -> dict[str, Any]:
@@ -127,7 +165,10 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
         rid, label = payload.get("request_id"), _integral(payload.get("label"))
         if not isinstance(rid, str) or not isinstance(label, (str, int)):
             raise InvalidInput('body needs "request_id" (string) and "label" (index or name)')
-        return controller().feedback(rid, label)
+        answer = controller().feedback(rid, label)
+        if labels_log is not None and not answer.get("repeated"):
+            answer["logged"] = await _log_label(state, labels_log, rid, int(answer["label"]))
+        return answer
 
     @app.put(
         "/v1/admin/faults/{name}/{version}", tags=["admin"], response_class=FiniteJSONResponse,
