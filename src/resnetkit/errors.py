@@ -12,7 +12,8 @@ and what to do. Third-party exceptions are translated where they cross into the 
     ├── TrainingError          a run that diverged (non-finite loss or gradient)
     ├── ExportError            an export or a parity check that failed
     ├── RegistryError          the model registry refused or failed an operation
-    │   └── IntegrityError     an artifact whose bytes do not match its digest
+    │   ├── IntegrityError     an artifact whose bytes do not match its digest
+    │   └── RegistryUnavailable  the registry database is unreachable, hung or locked (HTTP 503)
     ├── ServeError             a request the server cannot answer
     │   ├── InvalidInput       the request itself is wrong (HTTP 400)
     │   │   ├── PayloadTooLarge       a body or an image over the limit (HTTP 413)
@@ -27,6 +28,7 @@ and what to do. Third-party exceptions are translated where they cross into the 
     │   ├── Unauthenticated    no or malformed credentials (HTTP 401)
     │   └── PermissionDenied   credentials given but wrong (HTTP 403)
     ├── DriftError             drift detection could not run on the data given
+    ├── StorageFull            no space left to write a file whole (the previous one is kept)
     └── MissingDependency      an optional extra (PyTorch, ...) that this install lacks
 """
 
@@ -52,8 +54,10 @@ __all__ = [
     "PermissionDenied",
     "QueueFull",
     "RegistryError",
+    "RegistryUnavailable",
     "ResNetKitError",
     "ServeError",
+    "StorageFull",
     "TrainingError",
     "Unauthenticated",
     "UnsupportedMediaType",
@@ -98,6 +102,11 @@ class RegistryError(ResNetKitError):
 
 class IntegrityError(RegistryError):
     """An artifact's bytes do not match the digest recorded for it."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry database cannot be reached, did not answer in time, or stayed locked
+    by another writer past the timeout: a dependency failure, not the caller's mistake."""
 
 
 class ServeError(ResNetKitError):
@@ -159,6 +168,11 @@ class PermissionDenied(ServeError):
 
 class DriftError(ResNetKitError):
     """Drift detection cannot run on the data given."""
+
+
+class StorageFull(ResNetKitError):
+    """A file could not be written whole for lack of space (or quota) on its disk; nothing
+    half-written is left at its path, and the file it would have replaced is unchanged."""
 
 
 #: Optional module → the extra of resnetkit that installs it.

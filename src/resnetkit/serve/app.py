@@ -38,7 +38,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from resnetkit import __version__
-from resnetkit.errors import DeadlineExceeded, InvalidInput, QueueFull, ResNetKitError
+from resnetkit.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    QueueFull,
+    RegistryUnavailable,
+    ResNetKitError,
+)
 from resnetkit.registry import validate_name
 from resnetkit.serve import protocol_v2 as v2
 from resnetkit.serve.auth import admin_only
@@ -293,7 +299,14 @@ def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
     async def history(name: str) -> dict[str, Any]:
         """The registry's alias history of a served registry model (read-only)."""
         served = state.pool.get(name)
-        return {"name": name, "events": await asyncio.to_thread(alias_history, state, served)}
+        try:
+            events = await asyncio.to_thread(alias_history, state, served)
+        except RegistryUnavailable:
+            state.metrics.set_registry_up(False, "history")
+            raise
+        if served.loaded.identity.version is not None:
+            state.metrics.set_registry_up(True)
+        return {"name": name, "events": events}
 
 
 def _class_index(served: ServedModel, target: str) -> int:

@@ -41,6 +41,7 @@ from resnetkit.errors import (
     PermissionDenied,
     QueueFull,
     RegistryError,
+    RegistryUnavailable,
     ResNetKitError,
     ServeError,
     Unauthenticated,
@@ -80,6 +81,7 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (ConfigError, 400),
     (DataError, 400),
     (CheckpointError, 422),
+    (RegistryUnavailable, 503),
     (RegistryError, 404),
     (MissingDependency, 501),
     (ServeError, 500),
@@ -106,6 +108,8 @@ def error_response(exc: BaseException, status: int | None = None) -> JSONRespons
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
     if isinstance(exc, NotReady):
         headers["Retry-After"] = "1"
+    if isinstance(exc, RegistryUnavailable):
+        headers["Retry-After"] = "5"
     if code == 401:
         headers["WWW-Authenticate"] = WWW_AUTHENTICATE
     return JSONResponse({"error": message}, status_code=code, headers=headers)

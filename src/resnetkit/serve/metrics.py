@@ -64,6 +64,7 @@ __all__ = [
     "REJECTION_REASONS",
     "ROLLOUT_OUTCOMES",
     "ModelSnapshot",
+    "RegistrySnapshot",
     "ServerMetrics",
     "Snapshot",
     "quantile_from_buckets",
@@ -98,6 +99,14 @@ class Snapshot(TypedDict):
     models: list[ModelSnapshot]
     inflight_requests: int
     cold_start_s: float | None
+    registry: RegistrySnapshot
+
+
+class RegistrySnapshot(TypedDict):
+    """The registry database as this process last found it."""
+
+    up: bool
+    errors: int  # failed calls since start, every operation
 
 
 class ServerMetrics:
@@ -375,6 +384,10 @@ class ServerMetrics:
             "models": models,
             "inflight_requests": int(_values(self._inflight, ()).get((), 0.0)),
             "cold_start_s": cold.get(()) or None,
+            "registry": {
+                "up": _values(self._registry_up, ()).get((), 1.0) == 1.0,
+                "errors": int(sum(_values(self._registry_errors, ("operation",)).values())),
+            },
         }
 
     def _versions(self) -> set[tuple[str, str]]:

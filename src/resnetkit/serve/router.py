@@ -52,6 +52,7 @@ from resnetkit.errors import (
     ModelNotServed,
     NotFound,
     RegistryError,
+    RegistryUnavailable,
     ResNetKitError,
 )
 from resnetkit.serve.metrics import ServerMetrics
@@ -149,6 +150,10 @@ class RolloutController:
         self._store: RegistryStore | None = None
         self._rng = random.Random()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Wall-clock spans (start, end or None while it lasts) when the registry could not
+        # be read or written: no rollout decides then, and a step's progress deadline does
+        # not count them (the step could not be measured).
+        self._outages: list[tuple[float, float | None]] = []
 
     # -- the registry ---------------------------------------------------------------------
 
@@ -160,9 +165,44 @@ class RolloutController:
             self._store = open_registry(self.registry, create=False)
         return self._store
 
+    @property
+    def registry_down(self) -> bool:
+        """Whether the last call to the registry failed (rollouts are paused meanwhile)."""
+        return bool(self._outages) and self._outages[-1][1] is None
+
+    def _registry_failed(self, operation: str, exc: RegistryError) -> None:
+        self.metrics.set_registry_up(False, operation)
+        if not self.registry_down:
+            self._outages.append((time.time(), None))
+            log.warning("registry unreachable, rollouts paused until it returns: %s", exc)
+
+    def _registry_ok(self) -> None:
+        self.metrics.set_registry_up(True)
+        if self.registry_down:
+            start, _ = self._outages.pop()
+            self._outages.append((start, time.time()))
+            self._outages = self._outages[-100:]
+            # The first analysis after an outage waits a whole interval of fresh data.
+            now = time.monotonic()
+            self._last_analysis = dict.fromkeys(self._last_analysis, now)
+            log.warning(
+                "registry reachable again after %.1f s; rollouts resume", time.time() - start
+            )
+
+    def _outage_s(self, since: float) -> float:
+        """Seconds since ``since`` (wall clock) that the registry was unreachable."""
+        now = time.time()
+        return sum(
+            max(0.0, min(end if end is not None else now, now) - max(start, since))
+            for start, end in self._outages
+        )
+
     def close(self) -> None:
         """Give back every lease this replica holds and close the registry."""
         if self._store is None:
+            return
+        if self.registry_down:  # each release would wait out the timeout; the leases expire
+            self._store.close()
             return
         for name in self.records:
             with contextlib.suppress(ResNetKitError):
@@ -318,6 +358,8 @@ class RolloutController:
                     await self.sync(name)
             except asyncio.CancelledError:
                 raise
+            except RegistryError as exc:  # paused: nothing is decided on what was not saved
+                self._registry_failed("rollout", exc)
             except Exception:  # the loop must outlive a database hiccup
                 log.exception("rollout sync failed; retrying")
             await asyncio.sleep(self.poll_s)
@@ -327,10 +369,8 @@ class RolloutController:
         served = self.pool.models.get(name, {}).values()
         if not any(s.loaded.identity.version is not None for s in served):
             return  # served from a file: no registry, no rollouts
-        try:
-            record = await asyncio.to_thread(db.latest_rollout, self.store(), name)
-        except RegistryError:
-            return
+        record = await asyncio.to_thread(db.latest_rollout, self.store(), name)
+        self._registry_ok()
         if record is None:
             return
         self.records[name] = record
@@ -375,6 +415,8 @@ class RolloutController:
         key = f"{name}:{record.canary_version}"
         try:
             await self.pool.load(key, name=name)
+        except RegistryUnavailable as exc:  # not the canary's fault: the next round retries
+            self._registry_failed("rollout", exc)
         except ResNetKitError as exc:
             log.error("rollout of %s: the canary %s cannot be loaded: %s", name, key, exc)
             await self._finish(
@@ -410,7 +452,8 @@ class RolloutController:
                     name, check.name, value=check.value, passed=check.passed
                 )
         if verdict.outcome == "inconclusive":
-            waited = time.time() - _utc(record.step_started_at)
+            started = _utc(record.step_started_at)
+            waited = time.time() - started - self._outage_s(started)
             if waited > cfg.progress_deadline_s:
                 reason = f"no verdict after {waited:.0f} s at step {record.step}: {verdict.reason}"
                 await self._finish(name, record, "rolled_back", reason, checks)
