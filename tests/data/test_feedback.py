@@ -32,9 +32,12 @@ def _iso(when: datetime) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _write_log(folder: Path, rows: Sequence[tuple[str, int, int | None]]) -> Path:
-    """A prediction log as the server writes it: ``(request_id, seconds after T0, label)``;
-    each request has its own logged image, and a label line when ``label`` is not None."""
+def write_log(
+    folder: Path, rows: Sequence[tuple[str, int, int | None]], *, t0: datetime = T0
+) -> Path:
+    """A prediction log as the server writes it: ``(request_id, seconds after t0, label)``;
+    each request has its own logged image, and a label line when ``label`` is not None.
+    Rows are appended to a log already there."""
     log = folder / "predictions.jsonl"
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines, labels = [], []
@@ -42,15 +45,17 @@ def _write_log(folder: Path, rows: Sequence[tuple[str, int, int | None]]) -> Pat
         image = f"images/{rid}.png"
         pixels = np.full((4, 4), offset_s % 256, dtype=np.uint8)
         (folder / image).write_bytes(png(pixels))
-        when = T0 + timedelta(seconds=offset_s)
+        when = t0 + timedelta(seconds=offset_s)
         lines.append(
             {"time": _iso(when), "request_id": rid, "model": "fm", "version": "1",
              "top_k": [], "confidence": 0.5, "latency_ms": 1.0, "image": image}
         )  # fmt: skip
         if label is not None:
             labels.append(feedback_record(rid, label, LABELS[label], "fm", "1", when))
-    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    feedback_log_path(log).write_bytes(b"".join(labels))
+    with log.open("a") as handle:
+        handle.write("".join(json.dumps(line) + "\n" for line in lines))
+    with feedback_log_path(log).open("ab") as handle:
+        handle.write(b"".join(labels))
     return log
 
 
@@ -143,7 +148,7 @@ def test_a_label_that_cannot_be_written_is_counted_and_the_request_still_succeed
 
 def test_the_split_is_by_time_and_the_last_label_wins(tmp_path: Path) -> None:
     rows = [(f"r{i}", 100 - i * 10, i % 3) for i in range(10)]  # logged newest first
-    log = _write_log(tmp_path / "logs", rows)
+    log = write_log(tmp_path / "logs", rows)
     with feedback_log_path(log).open("ab") as handle:  # r9 relabelled later: class 2 -> 0
         handle.write(feedback_record("r9", 0, LABELS[0], "fm", "1", T0 + timedelta(hours=1)))
     result = export_feedback(log, tmp_path / "out", holdout=0.2)
@@ -164,7 +169,7 @@ def test_since_keeps_only_newer_requests_and_accepts_a_duration() -> None:
 
 
 def test_since_filters_and_too_few_samples_write_nothing(tmp_path: Path) -> None:
-    log = _write_log(tmp_path / "logs", [(f"r{i}", i, 1) for i in range(5)])
+    log = write_log(tmp_path / "logs", [(f"r{i}", i, 1) for i in range(5)])
     result = export_feedback(log, tmp_path / "a", since=T0 + timedelta(seconds=3), holdout=0)
     assert result.manifest["samples"] == {"exported": 2, "train": 2, "holdout": 0}
     with pytest.raises(DataError, match="need at least 10"):
@@ -173,7 +178,7 @@ def test_since_filters_and_too_few_samples_write_nothing(tmp_path: Path) -> None
 
 
 def test_a_failure_while_writing_leaves_no_partial_folder(tmp_path: Path) -> None:
-    log = _write_log(tmp_path / "logs", [(f"r{i}", i, 1) for i in range(5)])
+    log = write_log(tmp_path / "logs", [(f"r{i}", i, 1) for i in range(5)])
 
     def interrupted(stage: str, done: int, total: int) -> None:
         if stage == "write":  # every image copied, the manifest not yet: Ctrl-C
@@ -187,7 +192,7 @@ def test_a_failure_while_writing_leaves_no_partial_folder(tmp_path: Path) -> Non
 def test_bad_arguments_are_one_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    log = _write_log(tmp_path / "logs", [("r0", 0, 1), ("r1", 1, 2)])
+    log = write_log(tmp_path / "logs", [("r0", 0, 1), ("r1", 1, 2)])
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "x").write_text("x")
     cases = [
