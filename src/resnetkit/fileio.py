@@ -13,15 +13,24 @@ mount. An ``OSError`` from creating the place of an output becomes a
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resnetkit.errors import ConfigError
+from resnetkit.errors import ConfigError, StorageFull
 
-__all__ = ["atomic_write", "check_output_dir", "check_output_file", "new_figure", "save_figure"]
+__all__ = [
+    "atomic_write",
+    "check_output_dir",
+    "check_output_file",
+    "is_disk_full",
+    "new_figure",
+    "save_figure",
+]
 
 #: Resolution of every PNG plot the package writes.
 FIGURE_DPI = 120
@@ -32,6 +41,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
 
     A reader sees the old file or the new one, never half of one, even if the process is
     killed mid-write.
+
+    Raises:
+        StorageFull: the disk (or the quota) filled up on the way; the temp file is removed
+            and the file at ``path`` is the old one.
+        ConfigError: the folder cannot be created or written at all.
     """
     target = Path(path)
     try:
@@ -46,9 +60,34 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and is_disk_full(exc, target.parent)
         tmp.unlink(missing_ok=True)
+        if full:
+            kept = "the previous file is unchanged" if target.exists() else "nothing was written"
+            raise StorageFull(
+                f"cannot write {target}: no space left on its disk ({kept}); free space and retry"
+            ) from exc
         raise
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# Writers that wrap the OS error in their own (torch.save's "file write failed", ...) are
+# recognised by the disk they wrote to having (almost) nothing left.
+_NEARLY_FULL_BYTES = 64 * 1024
+
+
+def is_disk_full(exc: BaseException, folder: str | os.PathLike[str]) -> bool:
+    """Whether ``exc``, raised while writing in ``folder``, came from a full disk or quota."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -7,6 +7,8 @@ killed writer starts with ``.tmp-`` and is never mistaken for an artifact; ``gc`
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -32,6 +34,9 @@ class StoredFile:
 
     digest: str
     size_bytes: int
+    # True when this put wrote the file (no earlier artifact had the same bytes): a caller
+    # whose registration then fails removes it again with :meth:`ArtifactStore.discard`.
+    created: bool = False
 
 
 def sha256_file(path: Path) -> str:
@@ -79,7 +84,8 @@ class ArtifactStore:
         try:
             digest, size = self._copy_hashing(source, fd, progress)
             target = self.path_for(digest)
-            if target.exists() and sha256_file(target) == digest:
+            created = not (target.exists() and sha256_file(target) == digest)
+            if not created:
                 tmp.unlink()
                 os.utime(target)  # a fresh mtime keeps it out of a concurrent gc's reach
             else:
@@ -90,11 +96,23 @@ class ArtifactStore:
                 _fsync_dir(self.folder)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RegistryError(
+                    f"cannot store {source}: no space left in the artifact folder {self.folder} "
+                    "(nothing was registered); free space and register again"
+                ) from exc
             raise RegistryError(f"cannot store {source}: {exc}") from exc
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return StoredFile(digest, size)
+        return StoredFile(digest, size, created)
+
+    def discard(self, stored: StoredFile) -> None:
+        """Remove a file this process just stored for a registration that then failed
+        (only one it created: an artifact that was already there belongs to others)."""
+        if stored.created:
+            with contextlib.suppress(FileNotFoundError):
+                self.path_for(stored.digest).unlink()
 
     @staticmethod
     def _copy_hashing(source: Path, fd: int, progress: CopyProgress | None) -> tuple[str, int]:

@@ -44,6 +44,7 @@ from resnetkit.errors import (
     RegistryUnavailable,
     ResNetKitError,
     ServeError,
+    StorageFull,
     Unauthenticated,
     UnsupportedMediaType,
 )
@@ -84,6 +85,7 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (RegistryUnavailable, 503),
     (RegistryError, 404),
     (MissingDependency, 501),
+    (StorageFull, 507),
     (ServeError, 500),
     (ResNetKitError, 500),
 )
