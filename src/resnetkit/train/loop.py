@@ -521,12 +521,15 @@ DRIFT_SAMPLES = 5000
 def drift_reference(
     model: ClassifierModel, data: TrainData, max_samples: int = DRIFT_SAMPLES
 ) -> dict[str, torch.Tensor]:
-    """Pre-logits embeddings ``(N, D)``, softmax outputs ``(N, K)`` and labels on held-out data.
+    """Pre-logits embeddings ``(N, D)``, softmax outputs ``(N, K)``, labels and logits
+    ``(N, K)`` on held-out data.
 
     The validation split, or the training set when there is none; at most ``max_samples``
     of it, evenly spaced so that a dataset stored class by class keeps every class. Float32
     (not the training precision): the reference that live traffic is compared with should be
-    as faithful as the model can give.
+    as faithful as the model can give. The logits (the classifier applied to the same
+    embeddings, no second pass over the images) are what the out-of-distribution detector's
+    energy score is calibrated on (``resnetkit.monitor.ood``); drift detection ignores them.
     """
     dataset = data.val if data.val is not None else data.train
     picked = torch.linspace(0, len(dataset) - 1, min(len(dataset), max_samples)).long()
@@ -535,4 +538,14 @@ def drift_reference(
         "embeddings": embeddings,
         "probabilities": probabilities,
         "labels": dataset.labels[picked].clone(),
+        "logits": _head_logits(model, embeddings),
     }
+
+
+def _head_logits(model: ClassifierModel, embeddings: torch.Tensor) -> torch.Tensor:
+    """The classifier's logits ``(N, K)`` of pre-logits embeddings, in float32 on the CPU."""
+    head = model.get_classifier()
+    weight = head.weight
+    with torch.no_grad():
+        logits = head(embeddings.to(device=weight.device, dtype=weight.dtype))
+    return logits.float().cpu().contiguous()
