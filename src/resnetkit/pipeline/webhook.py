@@ -379,10 +379,10 @@ def pipeline_runner(
     config = load_pipeline_config(config_path)
 
     def run(feedback_dir: Path, out_dir: Path) -> dict[str, Any]:
-        data = dataclasses.replace(config.data, feedback=str(feedback_dir))
+        data = dataclasses.replace(config.data, feedback=str(feedback_dir.resolve()))
         result = run_pipeline(
             dataclasses.replace(config, data=data), name=name, server=server,
-            out_dir=out_dir, admin_token=admin_token,
+            out_dir=out_dir.resolve(), admin_token=admin_token,
         )  # fmt: skip
         return {
             "outcome": result.outcome,
