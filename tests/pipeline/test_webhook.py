@@ -301,3 +301,24 @@ def test_a_real_alertmanager_starts_one_run_despite_repeats_and_nothing_when_res
         _counter(service, "resnetkit_pipeline_webhook_refusals_total", reason="unauthorized") == 0
     )
     service.close()
+
+
+def test_pipeline_serve_refuses_bad_flags_in_one_line(
+    labelled_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resnetkit.cli.main import main
+
+    base = ["pipeline", "serve", "--name", "fm", "--log", str(labelled_log)]
+    (tmp_path / "empty.token").write_text("\n")
+    cases = [
+        (["--out", str(tmp_path / "o"), "--min-new-labels", "0"], "--min-new-labels"),
+        (["--out", str(tmp_path / "o"), "--cooldown-s", "-1"], "--cooldown-s"),
+        (["--out", str(tmp_path / "o"), "--port", "70000"], "--port"),
+        (["--out", str(tmp_path / "o"), "--token-file", str(tmp_path / "none")], "--token-file"),
+        (["--out", str(tmp_path / "o"), "--token-file", str(tmp_path / "empty.token")], "empty"),
+        (["--out", str(labelled_log)], "is a file"),
+    ]
+    for argv, message in cases:
+        assert main([*base, *argv]) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
