@@ -243,7 +243,7 @@ def live_traffic(
     url: str, images: np.ndarray, labels: np.ndarray, args: argparse.Namespace,
     tally: Tally, stop: threading.Event,
 ) -> None:  # fmt: skip
-    """Shifted requests at ``--rate`` per second; ``--label-share`` of the first pass labelled."""
+    """Shifted requests at ``--rate`` per second, ``--label-share`` of them labelled."""
     rng = np.random.default_rng(args.seed)
     labelled = rng.random(len(images)) < args.label_share
     encoded = [png(image) for image in images]
@@ -257,7 +257,7 @@ def live_traffic(
                 ok = body["predictions"][0]["index"] == int(labels[k])
                 with tally.lock:
                     tally.answers.append((time.monotonic(), str(body.get("version")), ok))
-                if i < len(images) and labelled[k]:
+                if labelled[k]:  # the same images on later passes: the canary's feedback
                     truth = {"request_id": body["request_id"], "label": int(labels[k])}
                     fb = client.post(f"{url}/v1/feedback", json=truth)
                     tally.count(fb.status_code)

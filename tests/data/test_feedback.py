@@ -207,3 +207,17 @@ def test_bad_arguments_are_one_line_errors(
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert main(["data", "export-feedback", "--log", str(log), "--out", str(tmp_path / "o")]) == 0
     assert "wrote 2 labelled images" in capsys.readouterr().out
+
+
+def test_an_image_sent_again_is_one_example_with_its_newest_label(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "logs", [("r0", 0, 1), ("r1", 1, 2), ("r2", 2, 3)])
+    again = write_log(tmp_path / "logs", [("r0b", 50, 4)])
+    lines = again.read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["image"] = "images/r0.png"  # the same bytes as r0: the store names files by content
+    again.write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+    result = export_feedback(log, tmp_path / "out", holdout=0.34)
+    files = _files(result.out)
+    assert files["holdout"] == {f"{LABELS[4]}/r0.png"}  # at its newest time, newest label
+    assert files["train"] == {f"{LABELS[2]}/r1.png", f"{LABELS[3]}/r2.png"}
+    assert result.manifest["left_out"]["duplicate_image"] == 1

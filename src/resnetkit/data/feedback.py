@@ -145,8 +145,9 @@ def labelled_samples(
 
     Returns:
         The samples that have both an image on disk and a label, oldest prediction first, and
-        counts of what was left out (``predictions``, ``labels``, ``no_image``, ``no_label``,
-        ``label_without_prediction``, ``image_missing``, ``before_since``, ``bad_lines``).
+        counts of what was read and left out (``predictions``, ``labels``, ``no_image``,
+        ``no_label``, ``label_without_prediction``, ``image_missing``, ``before_since``,
+        ``bad_lines``, ``duplicate_image``: the same image labelled again, kept once, newest).
 
     Raises:
         DataError: no prediction log at that path.
@@ -174,7 +175,11 @@ def labelled_samples(
     # Labels of requests the log did not sample (or whose lines rotated away).
     counts["label_without_prediction"] = sum(1 for rid in labels if rid not in logged)
     samples.sort(key=lambda s: (s.time, s.request_id))
-    return samples, dict(counts)
+    # The same image sent again is one example (its newest label), so it can never be in
+    # both the training part and the holdout.
+    newest = {sample.image: sample for sample in samples}
+    counts["duplicate_image"] = len(samples) - len(newest)
+    return sorted(newest.values(), key=lambda s: (s.time, s.request_id)), dict(counts)
 
 
 def export_feedback(

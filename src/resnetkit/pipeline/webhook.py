@@ -383,6 +383,7 @@ def pipeline_runner(
         result = run_pipeline(
             dataclasses.replace(config, data=data), name=name, server=server,
             out_dir=out_dir.resolve(), admin_token=admin_token,
+            progress=lambda step, message: logger.info("%s: %s", step, message),
         )  # fmt: skip
         return {
             "outcome": result.outcome,
