@@ -46,7 +46,13 @@ from resnetkit import __version__
 from resnetkit.errors import ConfigError, InvalidInput, QueueFull, ResNetKitError
 from resnetkit.serve import protocol_v2 as v2
 from resnetkit.serve.http import status_for
-from resnetkit.serve.inference import decode_v2, infer_tensor, v2_metadata
+from resnetkit.serve.inference import (
+    OODRejected,
+    decode_v2,
+    infer_tensor,
+    ood_parameters,
+    v2_metadata,
+)
 from resnetkit.serve.state import ServerState
 
 __all__ = [
@@ -223,9 +229,14 @@ def to_rest_request(request: Any) -> tuple[bytes, int]:
 
 
 def to_grpc_response(
-    model_name: str, model_version: str, request_id: str, outputs: list[v2.OutputTensor]
+    model_name: str,
+    model_version: str,
+    request_id: str,
+    outputs: list[v2.OutputTensor],
+    parameters: Mapping[str, v2.ParamValue] | None = None,
 ) -> Any:
-    """A ``ModelInferResponse`` with every output as ``raw_output_contents``."""
+    """A ``ModelInferResponse`` with every output as ``raw_output_contents`` and the
+    response's ``parameters`` (bool, int or string values)."""
     body, headers = v2.encode_infer_response(
         model_name, model_version, request_id, outputs, binary=True
     )
@@ -240,7 +251,18 @@ def to_grpc_response(
         response.outputs.add(name=entry["name"], datatype=entry["datatype"], shape=entry["shape"])
         response.raw_output_contents.append(body[offset : offset + size])
         offset += size
+    for key, value in (parameters or {}).items():
+        _set_parameter(response.parameters[key], value)
     return response
+
+
+def _set_parameter(param: Any, value: v2.ParamValue) -> None:
+    if isinstance(value, bool):
+        param.bool_param = value
+    elif isinstance(value, int):
+        param.int64_param = value
+    else:
+        param.string_param = str(value)
 
 
 # --- The service ---------------------------------------------------------------------------
@@ -303,12 +325,16 @@ class _Service:
             start=start,
             deadline_s=context.time_remaining(),
             client_id=request.id or None,
+            pixels=v2.pixel_batch(parsed),
         )
         answered = route.primary
         tensors, _ = v2.resolve_outputs(parsed, outputs, labels=answered.labels)
         context.set_trailing_metadata((("x-model-version", answered.version),))
         # As over REST: the client's id, or the server's when it sent none (for feedback).
-        return to_grpc_response(answered.name, answered.version, request.id or request_id, tensors)
+        return to_grpc_response(
+            answered.name, answered.version, request.id or request_id, tensors,
+            ood_parameters(outputs),
+        )  # fmt: skip
 
 
 def _unary(
@@ -328,13 +354,15 @@ def _unary(
             version = getattr(response, "model_version", "") or version
             return response
         except ResNetKitError as exc:
-            status = status_for(exc)
+            # A refused out-of-distribution input is REST's 422, INVALID_ARGUMENT here.
+            status = 422 if isinstance(exc, OODRejected) else status_for(exc)
             trailers: tuple[tuple[str, str], ...] = ()
             if isinstance(exc, QueueFull):  # as REST's Retry-After header
                 trailers = (("retry-after", str(max(1, round(exc.retry_after_s)))),)
             elif status >= 500:
                 log.warning("gRPC %s failed: %s", method, exc)
-            await context.abort(grpc_code_for(exc), str(exc), trailing_metadata=trailers)
+            code = grpc.StatusCode.INVALID_ARGUMENT if status == 422 else grpc_code_for(exc)
+            await context.abort(code, str(exc), trailing_metadata=trailers)
         except Exception:
             status = 500
             log.exception("gRPC %s: internal error", method)

@@ -19,6 +19,11 @@ A request of one sample is known by its request id (``X-Request-Id``, the ``requ
 ``/v1`` answer) and, for V2, by the ``id`` its body carried (the ``id`` of the answer, which
 is the request id when the body had none); sample ``i`` of a larger V2 batch by
 ``<id>:<i>`` for either id. ``POST /v1/feedback`` takes any of them.
+
+A version with an out-of-distribution detector scores every sample in its forward pass (the
+``ood_score`` output, 1.0 the threshold); :func:`_record` counts each score and flag in the
+metrics and the prediction log, and with ``--ood-action reject`` a request with a flagged
+sample is answered 422 (gRPC ``INVALID_ARGUMENT``) with its scores, after it is recorded.
 """
 
 from __future__ import annotations
@@ -48,13 +53,14 @@ from resnetkit.serve import protocol_v2 as v2
 from resnetkit.serve.batcher import Reservation
 from resnetkit.serve.http import read_body, request_id, status_for, upload_from
 from resnetkit.serve.jsonsafe import FiniteJSONResponse
-from resnetkit.serve.pool import PROBABILITIES, ServedModel
+from resnetkit.serve.pool import OOD_SCORE, PROBABILITIES, ServedModel
 from resnetkit.serve.predlog import PredictionRecord
 from resnetkit.serve.router import Route
 from resnetkit.serve.state import ServerState
 from resnetkit.serve.validation import decode_image, image_to_model_input
 
 __all__ = [
+    "OODRejected",
     "Outputs",
     "alias_history",
     "decode_v2",
@@ -68,6 +74,72 @@ __all__ = [
 
 Outputs = dict[str, np.ndarray]
 _LOG_TOP_K = 5  # classes a V2 sample's prediction-log record keeps
+
+
+class OODRejected(InvalidInput):
+    """A request with an out-of-distribution sample, refused under ``--ood-action reject``.
+
+    The routes answer it 422 with :meth:`body`; gRPC as ``INVALID_ARGUMENT``. It is raised
+    only after the request is recorded (metrics, prediction log), so refusals are counted.
+    """
+
+    def __init__(self, served: ServedModel, scores: np.ndarray, request_id: str) -> None:
+        flagged = scores > 1.0
+        worst = float(scores.max())
+        method = served.ood.method if served.ood is not None else "?"
+        super().__init__(
+            f"input is out of distribution for {served.name}:{served.version}: OOD score "
+            f"{worst:.3g} > 1.0 ({method}, {int(flagged.sum())} of {len(scores)} samples); "
+            "this server rejects such inputs (--ood-action reject)"
+        )
+        self.served, self.scores, self.flagged, self.request_id = (
+            served,
+            scores,
+            flagged,
+            request_id,
+        )
+        self.method = method
+
+    def body(self) -> dict[str, Any]:
+        """The 422 answer: the error, the model, and every sample's score and flag."""
+        ood: dict[str, Any] = {"method": self.method}
+        if len(self.scores) == 1:
+            ood.update(score=float(self.scores[0]), flagged=bool(self.flagged[0]))
+        else:
+            ood.update(scores=self.scores.tolist(), flagged=self.flagged.tolist())
+        return {
+            "error": str(self),
+            "model": self.served.name,
+            "version": self.served.version,
+            "request_id": self.request_id,
+            "ood": ood,
+        }
+
+    def response(self) -> FiniteJSONResponse:
+        """The 422 response, with ``X-Model-Version``."""
+        return FiniteJSONResponse(
+            self.body(), status_code=422, headers={"X-Model-Version": self.served.version}
+        )
+
+
+def _check_ood(state: ServerState, served: ServedModel, outputs: Outputs, rid: str) -> None:
+    """Refuse a request with a flagged sample when the server rejects OOD inputs.
+
+    Raises:
+        OODRejected: ``--ood-action reject`` and a sample's score is above 1.0.
+    """
+    scores = outputs.get(OOD_SCORE)
+    if state.http.ood_action == "reject" and scores is not None and bool((scores > 1.0).any()):
+        raise OODRejected(served, np.asarray(scores, dtype=np.float64), rid)
+
+
+def ood_answer(served: ServedModel, outputs: Outputs, row: int = 0) -> dict[str, Any] | None:
+    """``{"score", "flagged", "method"}`` of sample ``row``, or None without a detector."""
+    scores = outputs.get(OOD_SCORE)
+    if scores is None or served.ood is None:
+        return None
+    score = float(scores[row])
+    return {"score": score, "flagged": score > 1.0, "method": served.ood.method}
 
 
 def _route(
@@ -240,9 +312,11 @@ def _record(
     latency_ms: float,
     log_k: int,
     upload: _Upload | None = None,
+    pixels: np.ndarray | None = None,
 ) -> None:
-    """Everything an answered request leaves behind: prediction metrics, the prediction log
-    (one record per sample), what feedback needs, the shadow run, the drift window."""
+    """Everything an answered request leaves behind: prediction metrics, OOD scores, the
+    prediction log (one record per sample, with the sample's pixels for a V2 ``UINT8``
+    batch), what feedback needs, the shadow run, the drift window."""
     served = route.primary
     probabilities = outputs[PROBABILITIES]
     embeddings = outputs.get(EMBEDDING_NAME)
@@ -251,11 +325,17 @@ def _record(
         top = int(probabilities[row].argmax())
         label, confidence = served.labels[top], float(probabilities[row, top])
         state.metrics.observe_prediction(served.name, served.version, label, confidence)
+        ood = ood_answer(served, outputs, row)
+        if ood is not None:
+            state.metrics.observe_ood(served.name, served.version, ood["score"], ood["flagged"])
         if state.router is not None:
             state.router.remember(ids, served.name, route.role, served.version, top)
         if logged:
-            embedding = None if embeddings is None else embeddings[row]
-            _log(state, served, ids[0], probabilities[row], log_k, latency_ms, embedding, upload)
+            _log(
+                state, served, ids[0], probabilities[row], log_k, latency_ms,
+                None if embeddings is None else embeddings[row], upload,
+                None if pixels is None else pixels[row], ood,
+            )  # fmt: skip
     if state.router is not None and route.shadow is not None:
         _spawn(state, _shadow(state, route, x, outputs, keys))
     _watch_drift(state, served, outputs)
@@ -270,6 +350,8 @@ def _log(
     latency_ms: float,
     embedding: np.ndarray | None,
     upload: _Upload | None,
+    pixels: np.ndarray | None = None,
+    ood: dict[str, Any] | None = None,
 ) -> None:
     assert state.predlog is not None
     top_k = [(p["label"], p["probability"]) for p in _top_k(probabilities, served.labels, k)]
@@ -284,6 +366,11 @@ def _log(
             embedding=None if embedding is None else embedding.tolist(),
             image=None if upload is None else upload.data,
             image_content_type=None if upload is None else upload.content_type,
+            # Raw pixels only when they will be kept: the writer thread encodes the PNG.
+            pixels=pixels if state.predlog.log_images else None,
+            ood_score=None if ood is None else ood["score"],
+            ood_flagged=None if ood is None else ood["flagged"],
+            ood_method=None if ood is None else ood["method"],
         )
     )
 
@@ -323,6 +410,7 @@ async def infer_tensor(
     client_id: str | None = None,
     route: Route | None = None,
     reservation: Reservation | None = None,
+    pixels: np.ndarray | None = None,
 ) -> tuple[Route, Outputs]:
     """Answer an already decoded batch, whatever the protocol: route, run, record.
 
@@ -345,6 +433,8 @@ async def infer_tensor(
             feedback; None if it gave none.
         route, reservation: a route already chosen, and places already reserved on its
             primary's batcher (the REST layer reserves before it reads a body).
+        pixels: the request's raw ``uint8`` images ``(N, H, W, C)`` when it sent pixels (a
+            V2 ``UINT8`` input): logged as PNG files with ``--log-images``.
 
     Returns:
         The route that answered (``route.primary`` is the version) and its outputs.
@@ -352,6 +442,7 @@ async def infer_tensor(
     Raises:
         ResNetKitError: as the request path (404 unknown model, 503 busy, 504 deadline,
             500 a model error).
+        OODRejected: a flagged sample under ``--ood-action reject`` (after recording).
     """
     if route is None:
         route = _route(state, name, headers, version)
@@ -361,7 +452,8 @@ async def infer_tensor(
     )
     keys = sample_ids([request_id, client_id], len(x))
     latency_ms = (time.perf_counter() - start) * 1000
-    _record(state, route, x, outputs, keys, latency_ms=latency_ms, log_k=_LOG_TOP_K)
+    _record(state, route, x, outputs, keys, latency_ms=latency_ms, log_k=_LOG_TOP_K, pixels=pixels)
+    _check_ood(state, route.primary, outputs, client_id or request_id)
     return route, outputs
 
 
@@ -404,6 +496,10 @@ async def predict_image(
     latency_ms = (time.perf_counter() - start) * 1000
     _record(state, route, x, outputs, [[rid]], latency_ms=latency_ms, log_k=k,
             upload=_Upload(upload.data, upload.content_type))  # fmt: skip
+    try:
+        _check_ood(state, served, outputs, rid)
+    except OODRejected as exc:
+        return exc.response()
     answer = {
         "model": served.name,
         "version": served.version,
@@ -411,6 +507,9 @@ async def predict_image(
         "predictions": _top_k(outputs[PROBABILITIES][0], served.labels, k),
         "latency_ms": round(latency_ms, 3),
     }
+    ood = ood_answer(served, outputs)
+    if ood is not None:
+        answer["ood"] = ood
     return FiniteJSONResponse(answer, headers={"X-Model-Version": served.version})
 
 
@@ -490,16 +589,37 @@ def v2_metadata(served: list[ServedModel]) -> dict[str, Any]:
     outputs = [
         {"name": name, "datatype": "FP32", "shape": [-1, first.num_classes]}
         for name in first.outputs
-        if name != EMBEDDING_NAME
+        if name not in (EMBEDDING_NAME, OOD_SCORE)
     ]
     if EMBEDDING_NAME in first.outputs:
         outputs.append({"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [-1, -1]})
+    if OOD_SCORE in first.outputs:
+        outputs.append({"name": OOD_SCORE, "datatype": "FP32", "shape": [-1]})
+    ood = first.describe_ood()
     return {
         "name": first.name,
         "versions": [s.version for s in served],
         "platform": first.backend.name,
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, c, h, w]}],
         "outputs": outputs,
+        # "ood_score" is an output only where there is a detector; this says which, or why not.
+        "parameters": {
+            "ood_detector": ood["method"] if ood["available"] else "none",
+            "ood_note": ood.get("from") or ood.get("reason", ""),
+        },
+    }
+
+
+def ood_parameters(outputs: Outputs) -> dict[str, Any]:
+    """The V2 response parameters of a scored batch: ``ood_flagged`` ("true,false,...": one
+    per sample) and ``ood_flagged_count``; empty without an ``ood_score`` output."""
+    scores = outputs.get(OOD_SCORE)
+    if scores is None:
+        return {}
+    flags = np.asarray(scores) > 1.0
+    return {
+        "ood_flagged": ",".join("true" if f else "false" for f in flags.tolist()),
+        "ood_flagged_count": int(flags.sum()),
     }
 
 
@@ -519,16 +639,22 @@ async def infer(request: Request, state: ServerState, name: str, version: str | 
             state.decoder(), decode_v2, state, served, body, header_length
         )
         rid = request_id(request)
-        route, outputs = await infer_tensor(
-            state, name, version, x, request_id=rid, headers=request.headers, start=start,
-            client_id=parsed.id, route=route, reservation=reservation,
-        )  # fmt: skip
+        try:
+            route, outputs = await infer_tensor(
+                state, name, version, x, request_id=rid, headers=request.headers, start=start,
+                client_id=parsed.id, route=route, reservation=reservation,
+                pixels=v2.pixel_batch(parsed),
+            )  # fmt: skip
+        except OODRejected as exc:
+            _tag(request, exc.served)
+            return exc.response()
     served = route.primary
     _tag(request, served)
     tensors, binary = v2.resolve_outputs(parsed, outputs, labels=served.labels)
     # The answer's id: the client's, or the server's request id (both work for feedback).
     payload, headers = v2.encode_infer_response(
-        served.name, served.version, parsed.id or rid, tensors, binary=binary
-    )
+        served.name, served.version, parsed.id or rid, tensors, binary=binary,
+        parameters=ood_parameters(outputs),
+    )  # fmt: skip
     headers["X-Model-Version"] = served.version
     return Response(payload, headers=headers)

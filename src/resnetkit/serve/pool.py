@@ -6,6 +6,11 @@ exporting to ONNX on first use, opening the session, warm-up batches), so the ev
 answering health checks; a version is *ready* only once its warm-up has run. Every batcher
 shares one compute slot, so a stable and a canary version never run forward passes at the same
 time on the same cores.
+
+A version whose folder holds an out-of-distribution detector (``ood_detector.npz``, or a drift
+reference with logits to fit one on) gets one more output, :data:`OOD_SCORE`: each sample's
+score (1.0 is the threshold), computed with NumPy from the embedding and logits of the same
+forward pass, on the batcher's thread.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +33,7 @@ from resnetkit.errors import (
     MissingDependency,
     ModelNotServed,
     NotReady,
+    ResNetKitError,
     ServeError,
 )
 from resnetkit.export import InferenceBackend, LoadedModel, load_model_ref
@@ -36,11 +42,16 @@ from resnetkit.serve.batcher import BatchStats, DynamicBatcher
 from resnetkit.serve.livedrift import LiveDrift, LiveDriftSettings
 from resnetkit.serve.metrics import ServerMetrics
 
-__all__ = ["PROBABILITIES", "ModelPool", "PoolSettings", "ServedModel", "softmax"]
+if TYPE_CHECKING:
+    from resnetkit.monitor.ood import OODDetector
+
+__all__ = ["OOD_SCORE", "PROBABILITIES", "ModelPool", "PoolSettings", "ServedModel", "softmax"]
 
 log = logging.getLogger("resnetkit.serve")
 
 PROBABILITIES = "probabilities"
+#: The output holding each sample's out-of-distribution score (1.0 is the threshold).
+OOD_SCORE = "ood_score"
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -86,6 +97,8 @@ class ServedModel:
         self.version = loaded.identity.version_label
         self.batcher: DynamicBatcher | None = None
         self.drift: LiveDrift | None = None
+        self.ood: OODDetector | None = None
+        self.ood_note = "no OOD detector"  # where the detector came from, or why there is none
         self.ready = False
         self._explainer: Any = None
         self.fault: Any = None  # an injected fault (serve.router.Fault), for chaos tests
@@ -111,7 +124,8 @@ class ServedModel:
     def outputs(self) -> tuple[str, ...]:
         """What a forward pass returns: logits, probabilities and, where known, embeddings."""
         extra = (EMBEDDING_NAME,) if EMBEDDING_NAME in self.backend.outputs else ()
-        return (OUTPUT_NAME, PROBABILITIES, *extra)
+        ood = (OOD_SCORE,) if self.ood is not None else ()
+        return (OUTPUT_NAME, PROBABILITIES, *extra, *ood)
 
     def forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """One forward pass (on the batcher's thread): logits, probabilities, embedding."""
@@ -120,6 +134,9 @@ class ServedModel:
         result = {OUTPUT_NAME: logits, PROBABILITIES: softmax(logits)}
         if EMBEDDING_NAME in out:
             result[EMBEDDING_NAME] = out[EMBEDDING_NAME]
+        if self.ood is not None:
+            scores = self.ood.normalised(result.get(EMBEDDING_NAME), logits, self.ood.method)
+            result[OOD_SCORE] = scores.astype(np.float32)
         return result
 
     def warm_up(self, batches: int, max_batch_size: int) -> None:
@@ -175,13 +192,45 @@ class ServedModel:
             "labels": self.labels,
             "metrics": {k: v for k, v in self.loaded.metrics.items() if not isinstance(v, dict)},
             "drift": None if self.drift is None else self.drift.describe(),
+            "ood": self.describe_ood(),
             "explainable": self.loaded.has_weights,
         }
+
+    def describe_ood(self) -> dict[str, Any]:
+        """The OOD detector as model info shows it, or why the version has none."""
+        if self.ood is None:
+            return {"available": False, "reason": self.ood_note}
+        return {"available": True, "from": self.ood_note, **self.ood.describe()}
 
 
 def served_name(loaded: LoadedModel) -> str:
     """The name a model is served under: its registry name, or its folder's (file's) name."""
     return _NAME_RE.sub("-", loaded.identity.name).strip("-") or "model"
+
+
+def attach_ood(served: ServedModel) -> None:
+    """Give ``served`` its OOD detector when its folder has one (or a drift reference with
+    logits to fit one on) and the backend gives what the detector's method reads."""
+    from resnetkit.monitor.ood import detector_beside
+
+    loaded = served.loaded
+    try:
+        detector, note = detector_beside(loaded.folder, loaded.drift_reference)
+    except ResNetKitError as exc:  # a corrupt file: serve without the flag, and say why
+        log.warning("%s: %s", served.name, exc)
+        served.ood_note = f"no OOD detector: {exc}"
+        return
+    lacks_embedding = EMBEDDING_NAME not in served.backend.outputs
+    if detector is not None and detector.needs_embedding and lacks_embedding:
+        detector, note = None, "no OOD detector: the model has no embedding output"
+    served.ood, served.ood_note = detector, note
+    if detector is None:
+        return
+    try:  # one pass through the scoring: a detector of another model fails here, not later
+        served.forward(np.zeros((1, *loaded.input_size), dtype=np.float32))
+    except ResNetKitError as exc:
+        log.warning("%s: OOD detector not used: %s", served.name, exc)
+        served.ood, served.ood_note = None, f"no OOD detector: {exc}"
 
 
 class ModelPool:
@@ -215,6 +264,7 @@ class ModelPool:
         served.warm_up(self.settings.warmup_batches, self.settings.max_batch_size)
         served.warmup_seconds = time.perf_counter() - warm
         self._attach_drift(served)
+        attach_ood(served)
         served.load_seconds = time.perf_counter() - start
         return served
 

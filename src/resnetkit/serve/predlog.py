@@ -10,14 +10,21 @@ One line per record, written with one ``write`` call on an unbuffered file::
     {"time": "2025-01-31T12:00:00.123Z", "request_id": "...", "model": "fashion",
      "version": "3", "top_k": [{"label": "sneaker", "probability": 0.91}, ...],
      "confidence": 0.91, "latency_ms": 12.5, "embedding": [0.123457, ...],
-     "image": "images/3f/3f9a....png"}
+     "image": "images/3f/3f9a....png",
+     "ood": {"score": 0.42, "flagged": false, "method": "mahalanobis"}}
 
 ``embedding`` (the pre-logits features, rounded to :data:`EMBEDDING_DIGITS` significant
 digits) appears when given. ``image`` appears only with ``log_images=True``: the uploaded
 file is kept in ``images/`` beside the log, named by its SHA-256 (an
 :class:`~resnetkit.serve.imagelog.ImageStore`, bounded by size, oldest evicted first), and the
-line holds its path relative to the log's folder. An image that cannot be written (a full
-disk, an unwritable folder) is left out of its line and counted in
+line holds its path relative to the log's folder. A KServe V2 request (REST or gRPC) whose
+input is a ``UINT8`` pixel batch ``[N, H, W, C]`` gives each logged sample its pixels
+(:attr:`PredictionRecord.pixels`); the writer thread encodes them as a PNG (Pillow) and
+stores it the same way, so only records that are actually logged are ever encoded, and never
+on the request path. ``ood`` appears for a version with an out-of-distribution detector: the
+score (1.0 is the threshold calibrated so that 95 % of held-out in-distribution images pass),
+whether it was flagged (score > 1) and the detector's method. An image that cannot be
+written (a full disk, an unwritable folder) is left out of its line and counted in
 :attr:`~PredictionLog.image_write_errors`; the line and the request go on. Non-finite numbers
 become ``null``, so every line is strict JSON.
 
@@ -60,6 +67,7 @@ __all__ = [
     "MAX_QUEUED_IMAGE_BYTES",
     "PredictionLog",
     "PredictionRecord",
+    "encode_png",
     "sample_point",
 ]
 
@@ -91,6 +99,11 @@ class PredictionRecord:
         image: the encoded image file as received; stored only with ``log_images=True``.
         image_content_type: its declared media type; names the file only when its bytes
             match no known image format.
+        pixels: the sample as ``uint8`` ``(H, W, C)`` pixels (a V2 ``UINT8`` input), encoded
+            as a PNG by the writer thread with ``log_images=True``; ignored when ``image``
+            is given.
+        ood_score, ood_flagged, ood_method: the out-of-distribution score, flag and method,
+            or None for a version without a detector.
     """
 
     request_id: str
@@ -102,6 +115,17 @@ class PredictionRecord:
     embedding: Sequence[float] | np.ndarray | None = None
     image: bytes | None = None
     image_content_type: str | None = None
+    pixels: np.ndarray | None = None
+    ood_score: float | None = None
+    ood_flagged: bool | None = None
+    ood_method: str | None = None
+
+    @property
+    def image_bytes(self) -> int:
+        """The bytes of image data the record holds (encoded, else raw pixels)."""
+        if self.image is not None:
+            return len(self.image)
+        return 0 if self.pixels is None else int(self.pixels.nbytes)
 
 
 def sample_point(request_id: str, seed: int | None = None) -> float:
@@ -192,7 +216,7 @@ class PredictionLog:
             if not self._closed:
                 try:
                     self._queue.put_nowait((record, logged_at))
-                    self._queued_image_bytes += len(record.image or b"")
+                    self._queued_image_bytes += record.image_bytes
                     return True
                 except queue.Full:
                     pass
@@ -201,15 +225,15 @@ class PredictionLog:
 
     def _bound_image(self, record: PredictionRecord) -> PredictionRecord:
         """``record`` without its image when images are off or too many bytes wait already."""
-        if record.image is None:
+        if record.image is None and record.pixels is None:
             return record
         if self.log_images and (
-            self._queued_image_bytes + len(record.image) <= MAX_QUEUED_IMAGE_BYTES
+            self._queued_image_bytes + record.image_bytes <= MAX_QUEUED_IMAGE_BYTES
         ):
             return record
         if self.log_images:
             self._images_dropped += 1
-        return dataclasses.replace(record, image=None, image_content_type=None)
+        return dataclasses.replace(record, image=None, image_content_type=None, pixels=None)
 
     def reopen(self) -> None:
         """Reopen the file at :attr:`path` before the next line (after an external rotation).
@@ -298,9 +322,9 @@ class PredictionLog:
                 if self._errors == 1 or self._errors % _ERRORS_PER_REPORT == 0:
                     logger.exception("prediction log %s: %d records lost", self.path, self._errors)
             finally:
-                if item is not None and item[0].image is not None:
+                if item is not None and item[0].image_bytes:
                     with self._lock:
-                        self._queued_image_bytes -= len(item[0].image)
+                        self._queued_image_bytes -= item[0].image_bytes
                 self._queue.task_done()
 
     def _reopen_if_asked(self) -> None:
@@ -313,10 +337,14 @@ class PredictionLog:
 
     def _store_image(self, record: PredictionRecord) -> str | None:
         """Write the record's image; its path relative to the log's folder, or None."""
-        if self.images is None or record.image is None:
+        if self.images is None or (record.image is None and record.pixels is None):
             return None
         try:
-            stored = self.images.put(record.image, record.image_content_type)
+            if record.image is not None:
+                stored = self.images.put(record.image, record.image_content_type)
+            else:
+                assert record.pixels is not None
+                stored = self.images.put(encode_png(record.pixels), "image/png")
         except OSError as exc:
             self._image_errors += 1
             if self._image_errors == 1 or self._image_errors % _ERRORS_PER_REPORT == 0:
@@ -345,6 +373,12 @@ class PredictionLog:
         image = self._store_image(record)  # before the line, so the line never leads the file
         if image is not None:
             doc["image"] = image
+        if record.ood_score is not None:
+            doc["ood"] = {
+                "score": _round(record.ood_score),
+                "flagged": bool(record.ood_flagged),
+                "method": record.ood_method,
+            }
         # ASCII-only JSON escapes every newline and odd character: one record, one line.
         return (json.dumps(doc, allow_nan=False, separators=(",", ":")) + "\n").encode("ascii")
 
@@ -385,6 +419,18 @@ class PredictionLog:
         self._reopen_requested = False
         self._file.close()
         self._file, self._size, self._identity = _open_for_append(self.path)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """``uint8`` pixels ``(H, W, C)`` (C 1, 3 or 4) as a PNG file's bytes (Pillow)."""
+    from PIL import Image
+
+    array = np.ascontiguousarray(pixels, dtype=np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _check_settings(sample_rate: float, max_bytes: int, backups: int, queue_records: int) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "encode_infer_response",
     "parse_header_length",
     "parse_infer_request",
+    "pixel_batch",
     "prepare_model_input",
     "resolve_outputs",
     "server_metadata",
@@ -642,6 +643,17 @@ def prepare_model_input(
     return _pixels_to_batch(tensor.data, spec)
 
 
+def pixel_batch(request: InferRequest) -> np.ndarray | None:
+    """The request's raw ``uint8`` images ``(N, H, W, C)`` when its one input is a ``UINT8``
+    pixel batch (what the prediction log keeps as PNG files), else None."""
+    if len(request.inputs) != 1:
+        return None
+    tensor = request.inputs[0]
+    if tensor.datatype != "UINT8" or tensor.data.ndim != 4:
+        return None
+    return np.asarray(tensor.data, dtype=np.uint8)
+
+
 def _pixels_to_batch(pixels: np.ndarray, spec: PreprocessingSpec) -> np.ndarray:
     """``uint8 (N, H, W, C)`` to normalised ``float32 (N, C, H, W)``, image by image."""
     images = []
@@ -742,6 +754,7 @@ def encode_infer_response(
     outputs: Sequence[OutputTensor],
     *,
     binary: bool | Collection[str] = False,
+    parameters: Mapping[str, ParamValue] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """Encode an inference response body and its headers.
 
@@ -752,6 +765,7 @@ def encode_infer_response(
         outputs: the tensors to return, in order.
         binary: True to send every output as binary data, False for none, or the names of
             those to send as binary data.
+        parameters: the response's own parameters (e.g. ``ood_flagged``); left out if empty.
 
     Returns:
         The body and the headers to set: ``Content-Type`` (``application/json``, or
@@ -770,6 +784,8 @@ def encode_infer_response(
         doc["model_version"] = model_version
     if request_id is not None:
         doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = dict(parameters)
     entries, chunks = [], []
     for out in outputs:
         entry: dict[str, Any] = {
