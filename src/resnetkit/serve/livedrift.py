@@ -24,7 +24,7 @@ import numpy as np
 
 from resnetkit.errors import DriftError
 
-if TYPE_CHECKING:  # scipy comes with the first drift reference, not with the server
+if TYPE_CHECKING:  # monitor.drift loads with the first drift reference, not with the server
     from resnetkit.monitor.drift import DriftReference, DriftReport
 
 __all__ = ["LiveDrift", "LiveDriftSettings"]
