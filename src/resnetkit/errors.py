@@ -16,6 +16,7 @@ and what to do. Third-party exceptions are translated where they cross into the 
     │   └── RegistryUnavailable  the registry database is unreachable, hung or locked (HTTP 503)
     ├── ServeError             a request the server cannot answer
     │   ├── InvalidInput       the request itself is wrong (HTTP 400)
+    │   │   ├── RequestTimeout        a body that did not arrive in time (HTTP 408)
     │   │   ├── PayloadTooLarge       a body or an image over the limit (HTTP 413)
     │   │   └── UnsupportedMediaType  a content type the route does not take (HTTP 415)
     │   ├── NotFound           what the request names is not here (HTTP 404)
@@ -55,6 +56,7 @@ __all__ = [
     "QueueFull",
     "RegistryError",
     "RegistryUnavailable",
+    "RequestTimeout",
     "ResNetKitError",
     "ServeError",
     "StorageFull",
@@ -115,6 +117,11 @@ class ServeError(ResNetKitError):
 
 class InvalidInput(ServeError):
     """A request is malformed or its input does not fit the model."""
+
+
+class RequestTimeout(InvalidInput):
+    """The client did not send its request body within the server's body timeout (a slow or
+    stalled client: the connection is closed, the request never runs)."""
 
 
 class PayloadTooLarge(InvalidInput):

@@ -103,7 +103,36 @@ def add_parser(subparsers: Any) -> None:
         default=d["rollout_poll_s"],
         help="how often a replica reads the rollout state from the registry",
     )
+    _add_client_limits(p, d)
     p.set_defaults(func=run_serve)
+
+
+def _add_client_limits(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    """Bounds on slow, stalled and idle clients (see docs/runbooks.md, "Game days")."""
+    p.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=d["header_timeout_s"],
+        help="close a connection whose request headers take longer than this",
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=d["body_timeout_s"],
+        help="answer 408 to a request body still arriving this long after its headers",
+    )
+    p.add_argument(
+        "--keep-alive-s",
+        type=float,
+        default=d["keep_alive_s"],
+        help="close an idle keep-alive connection after this long",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d["max_connections"],
+        help="answer 503 at once beyond this many open connections",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -125,6 +154,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         prediction_log=args.prediction_log, prediction_log_rate=args.prediction_log_rate,
         log_images=args.log_images, log_images_max_bytes=parse_size(args.log_images_max_bytes),
         access_log=args.access_log, ood_action=args.ood_action, rollout_poll_s=args.rollout_poll_s,
+        header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+        keep_alive_s=args.keep_alive_s, max_connections=args.max_connections,
     )  # fmt: skip
 
 

@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from resnetkit import __version__
@@ -70,8 +71,14 @@ log = logging.getLogger("resnetkit.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-def create_app(state: ServerState) -> FastAPI:
-    """The FastAPI application serving ``state``'s pool."""
+def create_app(state: ServerState, *, body_timeout_s: float | None = None) -> FastAPI:
+    """The FastAPI application serving ``state``'s pool.
+
+    Args:
+        state: the server's state.
+        body_timeout_s: the most seconds a request body may take to arrive after its
+            headers (a 408 after that); None: unbounded.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -118,7 +125,7 @@ def create_app(state: ServerState) -> FastAPI:
     _add_admin_routes(app, state)
     add_rollout_routes(app, state)
     _add_dashboard(app)
-    app.add_middleware(AccessLog, metrics=state.metrics)
+    app.add_middleware(AccessLog, metrics=state.metrics, body_timeout_s=body_timeout_s)
     app.openapi = lambda: document(app)  # type: ignore[method-assign]
     return app
 
@@ -167,6 +174,10 @@ _REJECTIONS = (
 )
 
 
+#: The status recorded for a request whose client disconnected before it was answered.
+CLIENT_CLOSED_REQUEST = 499
+
+
 def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     @app.exception_handler(ResNetKitError)
     async def _known(request: Request, exc: ResNetKitError) -> JSONResponse:
@@ -198,6 +209,12 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
         return JSONResponse(
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=headers
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, _exc: ClientDisconnect) -> Response:
+        # The client hung up mid-upload: nobody reads this answer, and it is no server error.
+        # 499 is nginx's "client closed request", so metrics and access log tell it apart.
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -75,6 +75,11 @@ class ServeConfig:
         drain_timeout_s: how long SIGTERM waits for requests in flight.
         warmup_batches: warm-up forward passes before a version reports ready (torch: batch
             1 and full size alternately; ONNX Runtime: one pass at batch 1 is all it needs).
+        header_timeout_s: a connection whose request headers are not complete this long
+            after its first byte (or after it opened) is closed (slowloris).
+        body_timeout_s: a request body still arriving this long after its headers is a 408.
+        keep_alive_s: an idle keep-alive connection is closed after this long.
+        max_connections: open connections beyond this many are answered 503 at once.
     """
 
     refs: tuple[str, ...]
@@ -102,6 +107,10 @@ class ServeConfig:
     rollout_poll_s: float = 1.0
     drain_timeout_s: float = DRAIN_TIMEOUT_S
     warmup_batches: int = 3
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 1000
 
     def __post_init__(self) -> None:
         if not self.refs:
@@ -119,7 +128,11 @@ class ServeConfig:
             _at_least("threads", self.threads, 1)
         _at_least("warmup_batches", self.warmup_batches, 0)
         _at_least("max_delay_ms", self.max_delay_ms, 0)
-        for flag in ("timeout_ms", "rollout_poll_s", "max_pixels", "drain_timeout_s"):
+        _at_least("max_connections", self.max_connections, 1)
+        for flag in (
+            "timeout_ms", "rollout_poll_s", "max_pixels", "drain_timeout_s", "header_timeout_s",
+            "body_timeout_s", "keep_alive_s",
+        ):  # fmt: skip
             _positive(flag, getattr(self, flag))
         if self.max_queue_wait_ms is not None:
             _positive("max_queue_wait_ms", self.max_queue_wait_ms)
@@ -222,7 +235,7 @@ def build_app(config: ServeConfig, *, started_monotonic: float | None = None) ->
     from resnetkit.serve.app import create_app
 
     state = build_state(config, started_monotonic=started_monotonic)
-    app = create_app(state)
+    app = create_app(state, body_timeout_s=config.body_timeout_s)
     app.state.resnetkit = state
     return app
 
@@ -257,13 +270,22 @@ def serve_forever(
     """
     import uvicorn
 
-    from resnetkit.serve.process import CloseWhenDraining, DrainingServer, bind_listener
+    from resnetkit.serve.process import (
+        CloseWhenDraining,
+        DrainingServer,
+        bind_listener,
+        header_timeout_protocol,
+    )
 
     app = build_app(config, started_monotonic=started_monotonic)
     state = app.state.resnetkit
     uv_config = uvicorn.Config(
         CloseWhenDraining(app), host=config.host, port=config.port, log_level="warning",
         access_log=False, timeout_graceful_shutdown=int(config.drain_timeout_s), lifespan="on",
+        http=header_timeout_protocol(config.header_timeout_s),
+        timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # a float works
+        limit_concurrency=config.max_connections,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )  # fmt: skip
     server = DrainingServer(uv_config)
     state.on_startup_failure = lambda _message: setattr(server, "should_exit", True)
@@ -281,6 +303,10 @@ def serve_forever(
         listener.close()
     if state.failed:
         raise ServeError(state.failed)
+
+
+#: The most bytes of request line and headers a client may send (h11's own default).
+MAX_HEADER_BYTES = 16 * 1024
 
 
 def _stderr(line: str) -> None:

@@ -8,12 +8,15 @@
 * :data:`ERROR_STATUS` is the one table from exception class to HTTP status (Starlette's
   habit); :func:`error_response` answers every error as ``{"error": "..."}``.
 * :class:`AccessLog` is a pure ASGI middleware: a request id (``X-Request-Id``, honoured when
-  the client sends a sane one), the in-flight gauge, request metrics by route template, and
-  one JSON log line per request.
+  the client sends a sane one), the in-flight gauge, request metrics by route template, one
+  JSON log line per request, and the body deadline: a body still arriving ``body_timeout_s``
+  after its headers is a :class:`~resnetkit.errors.RequestTimeout` (408), so a client that
+  sends a byte a second holds no slot for long (uvicorn has no such bound of its own).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -42,6 +45,7 @@ from resnetkit.errors import (
     QueueFull,
     RegistryError,
     RegistryUnavailable,
+    RequestTimeout,
     ResNetKitError,
     ServeError,
     StorageFull,
@@ -71,6 +75,7 @@ access_log = logging.getLogger("resnetkit.access")
 ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (PayloadTooLarge, 413),
     (UnsupportedMediaType, 415),
+    (RequestTimeout, 408),
     (InvalidInput, 400),
     (NotFound, 404),
     (Conflict, 409),
@@ -112,6 +117,8 @@ def error_response(exc: BaseException, status: int | None = None) -> JSONRespons
         headers["Retry-After"] = "1"
     if isinstance(exc, RegistryUnavailable):
         headers["Retry-After"] = "5"
+    if isinstance(exc, RequestTimeout):
+        headers["Connection"] = "close"  # the rest of a slow body is not waited for
     if code == 401:
         headers["WWW-Authenticate"] = WWW_AUTHENTICATE
     return JSONResponse({"error": message}, status_code=code, headers=headers)
@@ -255,6 +262,32 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _UNTRACKED_PREFIXES = ("/metrics", "/healthz", "/readyz", "/static")
 
 
+def _bounded_receive(receive: Receive, timeout_s: float) -> Receive:
+    """``receive`` whose body messages must all arrive within ``timeout_s`` of now; after
+    the last one it waits unbounded (for a disconnect, as streaming responses do)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    body_done = False
+
+    async def bounded() -> MutableMapping[str, Any]:
+        nonlocal body_done
+        if body_done:
+            return await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {timeout_s:g} s of its headers; "
+                "send it at once"
+            ) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_done = True
+        return message
+
+    return bounded
+
+
 class AccessLog:
     """ASGI middleware: request id, in-flight gauge, request metrics, a JSON access line.
 
@@ -263,9 +296,12 @@ class AccessLog:
     create new metric series by naming models that do not exist.
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: ServerMetrics, body_timeout_s: float | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -291,6 +327,8 @@ class AccessLog:
 
         # Scrapes and probes are not traffic: they would keep the in-flight gauge above zero.
         probe = str(scope.get("path", "")).startswith(_UNTRACKED_PREFIXES)
+        if self.body_timeout_s is not None:
+            receive = _bounded_receive(receive, self.body_timeout_s)
         with contextlib.nullcontext() if probe else self.metrics.track_inflight():
             try:
                 await self.app(scope, receive, send_with_id)

@@ -27,7 +27,7 @@ import uvicorn
 
 from resnetkit.errors import ConfigError
 
-__all__ = ["CloseWhenDraining", "DrainingServer", "bind_listener"]
+__all__ = ["CloseWhenDraining", "DrainingServer", "bind_listener", "header_timeout_protocol"]
 
 _POLL_S = 0.05
 _CLOSE_HEADER = (b"connection", b"close")
@@ -111,3 +111,51 @@ class DrainingServer(uvicorn.Server):
         while self.server_state.connections and loop.time() < deadline and not self.force_exit:
             await asyncio.sleep(_POLL_S)
         await super().shutdown(sockets)
+
+
+def header_timeout_protocol(header_timeout_s: float) -> type[Any]:
+    """uvicorn's h11 protocol with a deadline on request headers.
+
+    uvicorn bounds an idle keep-alive connection but not one that is sending its headers:
+    a client that opens a connection and sends nothing, or a header byte a second, holds it
+    forever. Here a connection whose request line and headers are not complete
+    ``header_timeout_s`` after it opened (or after the first byte of its next request) is
+    closed. A request's body is bounded by the ASGI middleware (``serve.http.AccessLog``).
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._header_timer: asyncio.TimerHandle | None = None
+            self._arm_header_timer()
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(header_timeout_s, self._headers_late)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # headers still incomplete: a slow or stalled client
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.transport.is_closing():
+                self._disarm_header_timer()
+            elif self.conn.their_state is h11.IDLE:
+                self._arm_header_timer()  # part of a request line or headers so far
+            else:
+                self._disarm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutH11Protocol
