@@ -14,9 +14,10 @@ sessions through :func:`ort_session`, always with explicit thread settings.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "OUTPUT_NAME",
     "card_from_metadata",
     "card_metadata",
+    "check_onnx_file",
     "default_threads",
     "import_onnx",
     "import_ort",
@@ -122,19 +124,116 @@ def write_metadata(proto: Any, metadata: Mapping[str, Any]) -> None:
 def read_metadata(source: str | os.PathLike[str] | Any) -> dict[str, Any]:
     """The ``resnetkit.*`` metadata of an ONNX file or proto: prefix removed, JSON decoded.
 
+    A file is read by :func:`check_onnx_file`, without the ``onnx`` package (the serving
+    install has none); a proto is an ``onnx.ModelProto`` already parsed.
+
     Raises:
         CheckpointError: the file cannot be read as ONNX.
     """
-    proto = load_proto(source) if isinstance(source, (str, os.PathLike)) else source
+    if isinstance(source, (str, os.PathLike)):
+        pairs = check_onnx_file(source)
+    else:
+        pairs = [(prop.key, prop.value) for prop in source.metadata_props]
     out: dict[str, Any] = {}
-    for prop in proto.metadata_props:
-        key = prop.key.removeprefix(METADATA_PREFIX)
-        if key != prop.key:
+    for raw_key, value in pairs:
+        key = raw_key.removeprefix(METADATA_PREFIX)
+        if key != raw_key:
             try:
-                out[key] = json.loads(prop.value)
+                out[key] = json.loads(value)
             except json.JSONDecodeError:
-                out[key] = prop.value
+                out[key] = value
     return out
+
+
+# Field numbers of onnx.proto (ModelProto, GraphProto, StringStringEntryProto).
+_MODEL_GRAPH, _MODEL_METADATA, _GRAPH_NODE, _ENTRY_KEY, _ENTRY_VALUE = 7, 14, 1, 1, 2
+_LENGTH_DELIMITED = 2
+
+
+def check_onnx_file(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """Check that ``path`` is an ONNX model with a non-empty graph, and return its
+    ``metadata_props`` as ``(key, value)`` pairs, reading the protobuf wire format directly.
+
+    ``onnx.load`` would parse every tensor of the file into Python objects; this walks the
+    top-level fields and skips the weights by their length, through a memory map, so it
+    costs next to nothing on a large model and needs no ``onnx`` package.
+
+    Raises:
+        CheckpointError: the file is missing, empty, not protobuf, or has no graph nodes.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p} does not exist")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p} is empty, not an ONNX model")
+    try:
+        with open(p, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            pairs, has_nodes = _scan_model(buf)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{p} is not a readable ONNX model: {exc}") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{p} cannot be read: {exc.strerror or exc}") from exc
+    if not has_nodes:
+        raise CheckpointError(f"{p} is not a readable ONNX model: its graph is empty")
+    return pairs
+
+
+def _scan_model(buf: mmap.mmap) -> tuple[list[tuple[str, str]], bool]:
+    pairs: list[tuple[str, str]] = []
+    has_graph = has_nodes = False
+    for field, start, end in _fields(buf, 0, len(buf)):
+        if field == _MODEL_GRAPH and start is not None:
+            has_graph = True
+            has_nodes = has_nodes or any(
+                f == _GRAPH_NODE and s is not None for f, s, _ in _fields(buf, start, end)
+            )
+        elif field == _MODEL_METADATA and start is not None:
+            entry = {
+                f: buf[s:e].decode("utf-8") for f, s, e in _fields(buf, start, end) if s is not None
+            }
+            pairs.append((entry.get(_ENTRY_KEY, ""), entry.get(_ENTRY_VALUE, "")))
+    if not has_graph:
+        raise ValueError("no graph")
+    return pairs, has_nodes
+
+
+def _fields(buf: mmap.mmap, pos: int, end: int) -> Iterator[tuple[int, int | None, int]]:
+    """``(field number, start, end)`` of each field in ``buf[pos:end]``; start is None for
+    fields that are not length-delimited."""
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise ValueError(f"field number 0 at byte {pos}")
+        if wire == 0:
+            _, pos = _varint(buf, pos, end)
+            yield field, None, pos
+        elif wire == _LENGTH_DELIMITED:
+            length, pos = _varint(buf, pos, end)
+            if pos + length > end:
+                raise ValueError(f"a field of {length} bytes runs past the end at byte {pos}")
+            yield field, pos, pos + length
+            pos += length
+        elif wire in (1, 5):  # fixed 64 or 32 bits
+            pos += 8 if wire == 1 else 4
+            if pos > end:
+                raise ValueError("truncated")
+            yield field, None, pos
+        else:
+            raise ValueError(f"wire type {wire} at byte {pos}")
+
+
+def _varint(buf: mmap.mmap, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
 
 
 def card_metadata(card: ModelCard) -> dict[str, Any]:

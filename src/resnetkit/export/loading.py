@@ -47,7 +47,7 @@ from resnetkit.onnxio import (
     EMBEDDING_NAME,
     OUTPUT_NAME,
     card_metadata,
-    load_proto,
+    check_onnx_file,
     read_metadata,
 )
 from resnetkit.registry import PathRef, RegistryRef, parse_ref
@@ -450,7 +450,7 @@ def check_loadable(path: Path) -> None:
     """
     loaded = _path_model(path, str(path))
     if loaded.onnx_file is not None:
-        load_proto(loaded.onnx_file)
+        check_onnx_file(loaded.onnx_file)
         OnnxBackend(loaded.onnx_file, threads=1)
         return
     loaded.module()

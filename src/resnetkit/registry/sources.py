@@ -31,7 +31,7 @@ from resnetkit.contract import (
     read_model_json,
 )
 from resnetkit.errors import CheckpointError, RegistryError
-from resnetkit.onnxio import card_from_metadata, load_proto, read_metadata
+from resnetkit.onnxio import card_from_metadata, read_metadata
 
 __all__ = ["VersionSource", "read_source"]
 
@@ -119,7 +119,7 @@ def _quantization_verdict(metadata: dict[str, Any]) -> tuple[dict[str, Any], str
 
 def _read_onnx(path: Path) -> VersionSource:
     files = {ONNX_FILE: path}
-    metadata = read_metadata(load_proto(path))
+    metadata = read_metadata(path)
     card: ModelCard | None = None
     for candidate in (path.with_suffix(".json"), path.parent / MODEL_JSON):
         if candidate.is_file():
