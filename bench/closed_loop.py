@@ -156,7 +156,8 @@ def write_configs(args: argparse.Namespace, work: Path, hook_port: int) -> dict[
     # the confidence shift are switched off: on shifted traffic the new model is meant to
     # disagree with the one it replaces (stable is wrong there), and to be more confident.
     files["pipeline"].write_text(
-        f'registry = "sqlite:///{work / "registry.db"}"\n\n[train]\nrecipe = "{RECIPE}"\n'
+        f'registry = "sqlite:///{work / "registry.db"}"\n\n'
+        f'[train]\nrecipe = "{args.recipe.resolve()}"\n'
         f"{epochs}\n[data]\nfeedback_fraction = {args.feedback_fraction}\n\n"
         "[rollout]\ntimeout_s = 1800\npoll_s = 1.0\n\n[rollout.canary]\n"
         f"steps = [20, 50, 100]\ninterval_s = {args.canary_interval_s}\nmin_requests = 20\n"
@@ -351,8 +352,9 @@ def production_run(args: argparse.Namespace, work: Path) -> Path:
     if args.production is not None:
         return Path(args.production)
     out = work / "production"
-    run(resnetkit("train", "--config", str(RECIPE), "--out", str(out), "--no-progress"),
-        "train production")  # fmt: skip
+    epochs = ["--epochs", str(args.epochs)] if args.epochs else []  # as the retraining's
+    run(resnetkit("train", "--config", str(args.recipe), *epochs, "--out", str(out),
+                  "--no-progress"), "train production")  # fmt: skip
     return out
 
 
@@ -360,7 +362,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--production", type=Path, help="a trained run dir (default: train)")
-    parser.add_argument("--epochs", type=int, default=0, help="retraining epochs (0: recipe)")
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="training recipe (TOML)")
+    parser.add_argument(
+        "--epochs", type=int, default=0, help="epochs of production and the retraining (0: recipe)"
+    )
     parser.add_argument("--rate", type=float, default=25.0, help="live requests per second")
     parser.add_argument("--label-share", type=float, default=0.3)
     parser.add_argument("--feedback-fraction", type=float, default=0.3)
