@@ -13,7 +13,7 @@ from resnetkit.pipeline.config import PipelineConfig
 from resnetkit.pipeline.state import PIPELINE_JSON, STEPS, PipelineResult, StepState, write_json
 from resnetkit.pipeline.steps import STEP_FUNCTIONS, Progress, RunContext
 
-__all__ = ["TOKEN_ENV", "admin_token_from", "run_pipeline"]
+__all__ = ["TOKEN_ENV", "admin_token_from", "run_pipeline", "run_steps"]
 
 TOKEN_ENV = "RESNETKIT_ADMIN_TOKEN"
 
@@ -98,31 +98,74 @@ def run_pipeline(
         admin_token: the server's admin token (needed with ``server``).
         progress: called with ``(step, message)`` as the run goes.
 
+    Returns:
+        The result, also written as ``pipeline.json``.
+
     Raises:
         ConfigError: bad settings, or ``out_dir`` holds a run with other inputs.
         ServeError: the server cannot be reached, or refuses the rollout.
         ResNetKitError: from a step (data, training, registry); the state file keeps where
             the run was, so the same call resumes there.
     """
+    result = run_steps(
+        config, name=name, candidate=candidate, server=server, out_dir=out_dir,
+        admin_token=admin_token, progress=progress,
+    )  # fmt: skip
+    assert result is not None  # every step ran
+    return result
+
+
+def run_steps(
+    config: PipelineConfig,
+    *,
+    name: str,
+    candidate: str | None = None,
+    server: str | None = None,
+    out_dir: str | os.PathLike[str],
+    admin_token: str | None = None,
+    progress: Progress | None = None,
+    until: str | None = None,
+) -> PipelineResult | None:
+    """:func:`run_pipeline`, stopping after the step ``until`` (one engine task per step,
+    as the KFP spec runs it); None when it stopped before the last step."""
     report = progress or _quiet
-    out = check_output_dir(out_dir, what="--out")
-    inputs: dict[str, Any] = {"name": name, "candidate": candidate, "server": server,
-                              "config": config.digest()}  # fmt: skip
-    existing = out / PIPELINE_JSON
-    state = StepState.open(out, inputs)
-    if state.finished and existing.is_file():
-        report("pipeline", f"finished earlier: {existing}")
-        return PipelineResult.from_dict(json.loads(existing.read_text(encoding="utf-8")))
-    _validate(config, name, server, admin_token)
-    ctx = RunContext(config, name, candidate, server, admin_token, out, state, report)
+    ctx, finished = _open_run(config, name, candidate, server, out_dir, admin_token, report, until)
+    existing = ctx.out / PIPELINE_JSON
+    if finished is not None:
+        return finished
     for step in STEPS:
-        if state.done(step):
+        if ctx.state.done(step):
             report(step, "done earlier")
-            continue
-        state.start(step)
-        report(step, "started")
-        state.finish(step, STEP_FUNCTIONS[step](ctx))
-        report(step, "done")
+        else:
+            ctx.state.start(step)
+            report(step, "started")
+            ctx.state.finish(step, STEP_FUNCTIONS[step](ctx))
+            report(step, "done")
+        if step == until:
+            break
+    if not ctx.state.finished:
+        return None
     result = _result(ctx)
     write_json(existing, result.to_dict())
     return result
+
+
+def _open_run(
+    config: PipelineConfig, name: str, candidate: str | None, server: str | None,
+    out_dir: str | os.PathLike[str], admin_token: str | None, report: Progress,
+    until: str | None,
+) -> tuple[RunContext, PipelineResult | None]:  # fmt: skip
+    """The run's context, and its result when it finished earlier (nothing left to do)."""
+    if until is not None and until not in STEPS:
+        raise ConfigError(f"--until {until!r}: use one of {', '.join(STEPS)}")
+    out = check_output_dir(out_dir, what="--out")
+    inputs: dict[str, Any] = {"name": name, "candidate": candidate, "server": server,
+                              "config": config.digest()}  # fmt: skip
+    state = StepState.open(out, inputs)
+    ctx = RunContext(config, name, candidate, server, admin_token, out, state, report)
+    existing = out / PIPELINE_JSON
+    if state.finished and existing.is_file():
+        report("pipeline", f"finished earlier: {existing}")
+        return ctx, PipelineResult.from_dict(json.loads(existing.read_text(encoding="utf-8")))
+    _validate(config, name, server if not state.done("rollout") else None, admin_token)
+    return ctx, None

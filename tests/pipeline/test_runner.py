@@ -1,0 +1,163 @@
+"""The pipeline end to end on real trained models: the gate, registration, resume, bad input.
+
+Candidates are the session's trained Fashion-MNIST runs (tests/export/rundir.py: the same
+cached models the server's rollout tests use), gated with ``--candidate``; one test trains
+a tiny model on base data plus a feedback export.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resnetkit.errors import CheckpointError, ConfigError, ResNetKitError, ServeError
+from resnetkit.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
+from resnetkit.registry import open_registry
+from tests.export.rundir import trained_run_dir
+
+GATE = """
+[data]
+eval_limit = 1000
+[gate]
+min_accuracy = 0.6
+bootstrap_samples = 500
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = str(tmp_path_factory.getbasetemp())
+    return {
+        "good": trained_run_dir(base),
+        "shuffled": trained_run_dir(base, seed=2, shuffle_labels=True),
+    }
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Iterator[PipelineConfig]:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(f'registry = "sqlite:///{tmp_path / "reg.db"}"\n' + GATE)
+    yield load_pipeline_config(path)
+
+
+def _names(result_checks: list[dict[str, object]]) -> list[str]:
+    return [str(c["name"]) for c in result_checks]
+
+
+def test_a_first_candidate_is_gated_on_values_only_and_gets_the_candidate_alias(
+    config: PipelineConfig, runs: dict[str, Path], tmp_path: Path
+) -> None:
+    result = run_pipeline(
+        config, name="fashion", candidate=str(runs["good"]), out_dir=tmp_path / "p"
+    )
+    assert result.blessed and result.baseline is None and result.candidate == "fashion:1"
+    assert _names(result.checks) == ["accuracy/test", "ece/test", "latency_p95_ms", "size_mb"]
+    written = json.loads((tmp_path / "p" / "pipeline.json").read_text())
+    assert written["blessed"] is True and written["rollout"]["state"] == "skipped"
+    assert {"name", "value", "threshold", "passed"} <= set(written["checks"][0])
+    with open_registry(config.registry) as store:
+        assert store.resolve("fashion@candidate").version == 1
+        [record] = store.blessings("fashion:1")
+    assert record.blessing.blessed and record.blessing.baseline is None
+    assert set(record.blessing.lineage["data"]) == {"test"}
+
+    again = run_pipeline(
+        config, name="fashion", candidate=str(runs["good"]), out_dir=tmp_path / "p"
+    )
+    assert again.to_dict() == result.to_dict()
+    with open_registry(config.registry) as store:
+        assert len(store.list_versions("fashion")) == 1  # a finished run re-run does nothing
+
+
+def test_a_shuffled_label_candidate_is_registered_not_blessed_and_moves_nothing(
+    config: PipelineConfig, runs: dict[str, Path], tmp_path: Path
+) -> None:
+    with open_registry(config.registry) as store:
+        store.register(runs["good"], "fashion")
+        store.set_alias("fashion", "production", 1, reason="test")
+    result = run_pipeline(
+        config, name="fashion", candidate=str(runs["shuffled"]), out_dir=tmp_path / "p"
+    )
+    assert not result.blessed and result.baseline == "fashion:1"
+    assert result.candidate == "fashion:2" and result.rollout["state"] == "not_started"
+    failed = {c["name"] for c in result.checks if not c["passed"]}
+    assert {"accuracy/test", "accuracy_change/test", "class_change/test"} <= failed
+    change = next(c for c in result.checks if c["name"] == "accuracy_change/test")
+    assert "CI [" in change["detail"] and change["value"] < -20
+    with open_registry(config.registry) as store:
+        assert store.resolve("fashion@production").version == 1
+        assert "candidate" not in store.resolve("fashion:2").aliases
+        [record] = store.blessings("fashion:2")
+    assert not record.blessing.blessed and "accuracy_change/test" in record.blessing.failed_checks
+
+
+def test_the_same_model_against_itself_is_blessed_whatever_the_noise(
+    config: PipelineConfig, runs: dict[str, Path], tmp_path: Path
+) -> None:
+    with open_registry(config.registry) as store:
+        store.register(
+            runs["good"],
+            "fashion",
+        )
+        store.set_alias("fashion", "production", 1, reason="test")
+    result = run_pipeline(config, name="fashion", candidate="fashion:1", out_dir=tmp_path / "p")
+    change = next(c for c in result.checks if c["name"] == "accuracy_change/test")
+    assert change["value"] == 0 and change["passed"]
+    assert result.blessed and result.candidate == "fashion:1"  # gated in place, no new version
+    with open_registry(config.registry) as store:
+        assert [v.version for v in store.list_versions("fashion")] == [1]
+        assert store.resolve("fashion@candidate").version == 1
+
+
+def test_a_run_killed_after_a_step_resumes_at_the_next_one(
+    config: PipelineConfig, runs: dict[str, Path], tmp_path: Path
+) -> None:
+    def die_after_evaluate(step: str, message: str) -> None:
+        if (step, message) == ("evaluate", "done"):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "p"
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, name="fashion", candidate=str(runs["good"]), out_dir=out,
+                     progress=die_after_evaluate)  # fmt: skip
+    assert not (out / "pipeline.json").exists()
+    with open_registry(config.registry) as store:
+        assert store.list_models() == []
+    seen: list[tuple[str, str]] = []
+    result = run_pipeline(config, name="fashion", candidate=str(runs["good"]), out_dir=out,
+                          progress=lambda s, m: seen.append((s, m)))  # fmt: skip
+    assert ("evaluate", "done earlier") in seen and ("gate", "started") in seen
+    state = json.loads((out / "pipeline-state.json").read_text())
+    assert state["steps"]["evaluate"]["attempts"] == 1 and result.candidate == "fashion:1"
+    with pytest.raises(ConfigError, match="other inputs"):
+        run_pipeline(config, name="other", candidate=str(runs["good"]), out_dir=out)
+
+
+def test_bad_input_is_one_clear_error_and_registers_nothing(
+    config: PipelineConfig, runs: dict[str, Path], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gate]\nmin_acuracy = 0.9\n")
+    with pytest.raises(ConfigError, match="min_acuracy"):
+        load_pipeline_config(bad)
+    broken = tmp_path / "broken"
+    shutil.copytree(runs["good"], broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(CheckpointError):
+        run_pipeline(config, name="fashion", candidate=str(broken), out_dir=tmp_path / "p1")
+    with pytest.raises(ServeError, match="cannot reach"):
+        run_pipeline(config, name="fashion", candidate=str(runs["good"]), out_dir=tmp_path / "p2",
+                     server="http://127.0.0.1:9", admin_token="t")  # fmt: skip
+    missing = PipelineConfig(
+        registry=config.registry, data=type(config.data)(feedback=str(tmp_path))
+    )
+    with pytest.raises(ConfigError, match="no export there"):
+        run_pipeline(missing, name="fashion", candidate=str(runs["good"]), out_dir=tmp_path / "p3")
+    with pytest.raises(ResNetKitError, match="no production version to retrain"):
+        run_pipeline(config, name="fashion", out_dir=tmp_path / "p4")
+    with open_registry(config.registry) as store:
+        assert store.list_models() == []
