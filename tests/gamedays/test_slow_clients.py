@@ -116,10 +116,10 @@ def test_slow_headers_and_silent_connections_are_closed(server: ServerProcess) -
         slow.close()
 
 
-def test_oversized_headers_are_refused(server: ServerProcess) -> None:
+def test_headers_growing_past_the_limit_are_refused(server: ServerProcess) -> None:
     sock = _connect(server)
-    try:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    try:  # 20 KB of headers and still no end: refused without waiting for the rest
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
         closed, received = _closed_within(sock, MARGIN_S)
         assert closed and received.startswith(b"HTTP/1.1 400"), received[:200]
     finally:
