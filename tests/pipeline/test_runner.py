@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from resnetkit.data import load_dataset
 from resnetkit.errors import CheckpointError, ConfigError, ResNetKitError, ServeError
 from resnetkit.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
 from resnetkit.registry import open_registry
@@ -161,3 +163,55 @@ def test_bad_input_is_one_clear_error_and_registers_nothing(
         run_pipeline(config, name="fashion", out_dir=tmp_path / "p4")
     with open_registry(config.registry) as store:
         assert store.list_models() == []
+
+
+def _feedback_export(root: Path) -> Path:
+    """A folder as `resnetkit data export-feedback` writes it, from real test images."""
+    test = load_dataset("fashion-mnist", "test", limit=200)
+    folders = {name: str(i) if "/" in name else name for i, name in enumerate(test.classes)}
+    for index, (image, label) in enumerate(zip(test.images, test.labels.tolist(), strict=True)):
+        split = "train" if index < 120 else "holdout"
+        folder = root / split / folders[test.classes[label]]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(folder / f"{index:04d}.png")
+    manifest = {"classes": {folder: i for i, folder in enumerate(folders.values())}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+RECIPE = """
+epochs = 2
+batch_size = 128
+num_threads = 1
+progress = false
+[model]
+arch = "resnet8"
+kwargs = { width = 0.5 }
+[data]
+name = "fashion-mnist"
+limit = 1088
+val_fraction = 0.0588
+"""
+
+
+def test_training_on_base_plus_feedback_gates_on_the_production_holdout_too(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    _feedback_export(tmp_path / "feedback")
+    path = tmp_path / "pipeline.toml"
+    path.write_text(
+        f'registry = "sqlite:///{tmp_path / "reg.db"}"\n[train]\nrecipe = "recipe.toml"\n'
+        '[data]\nfeedback = "feedback"\nfeedback_fraction = 0.3\neval_limit = 500\n'
+        "[gate]\nmin_accuracy = 0.0\nmax_ece = 1.0\nbootstrap_samples = 200\n"
+    )
+    result = run_pipeline(load_pipeline_config(path), name="fashion", out_dir=tmp_path / "p")
+    names = _names(result.checks)
+    assert "accuracy/test" in names and "accuracy/holdout" in names
+    mix = result.lineage["data"]["mix"]
+    assert mix["feedback"] == 120 and mix["repeats"] == 4 and mix["train"] == 1088 + 480
+    assert set(result.lineage["data"]) >= {"test", "holdout", "train"}
+    with open_registry(f"sqlite:///{tmp_path / 'reg.db'}") as store:
+        info = store.resolve("fashion:1")
+        [record] = store.blessings("fashion:1")
+    assert info.run_config and record.blessing.lineage["feedback"] == str(tmp_path / "feedback")

@@ -34,7 +34,6 @@ _SCRIPT = r"""set -eu
 mkdir -p "$1"
 if [ -n "$0" ]; then cp -a "$0"/. "$1"/; fi
 if [ -n "$4" ]; then printf '%s' "$4" > "$1/pipeline.toml"; fi
-set -- "$@"
 step=$2 name=$3 candidate=$5 server=$6 registry=$7 out=$1
 export RESNETKIT_REGISTRY="$registry"
 exec resnetkit pipeline run ${4:+"$out/pipeline.toml"} --name "$name" --out "$out" \

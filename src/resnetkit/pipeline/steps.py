@@ -55,6 +55,14 @@ class RunContext:
 
         return open_registry(self.config.registry)
 
+    def source(self) -> str:
+        """The candidate as a reference: ``--candidate``, or the trained run's folder.
+
+        Step outputs name files relative to the output folder, so the folder can move
+        between steps (a KFP artifact copied from task to task)."""
+        trained = self.state.outputs("train")
+        return str(self.out / trained["source"]) if trained["trained"] else str(trained["source"])
+
     def load(self, ref: str) -> LoadedModel:
         """A model by any reference, in this run's registry."""
         from resnetkit.export import load_model_ref
@@ -158,7 +166,7 @@ def step_train(ctx: RunContext) -> dict[str, Any]:
     summary = read_summary(run_dir)
     dataset = summary.get("dataset", {})
     return {
-        "source": str(run_dir),
+        "source": run_dir.name,
         "trained": True,
         "baseline": baseline,
         "recipe": recipe,
@@ -214,7 +222,7 @@ def step_evaluate(ctx: RunContext) -> dict[str, Any]:
 
     trained = ctx.state.outputs("train")
     artifact = ctx.config.gate.artifact
-    candidate = ctx.load(trained["source"])
+    candidate = ctx.load(ctx.source())
     baseline_ref = trained.get("baseline")
     baseline = ctx.load(baseline_ref) if baseline_ref else None
     files: dict[str, dict[str, str]] = {}
@@ -226,8 +234,8 @@ def step_evaluate(ctx: RunContext) -> dict[str, Any]:
         for role, model in (("candidate", candidate), ("baseline", baseline)):
             if model is None:
                 continue
-            path = ctx.out / "eval" / f"{role}-{set_name}.npz"
-            predict(model, dataset, artifact).save(path)
+            path = Path("eval") / f"{role}-{set_name}.npz"
+            predict(model, dataset, artifact).save(ctx.out / path)
             files[set_name][role] = str(path)
         sets[set_name] = {"images": len(dataset), "fingerprint": fingerprint(dataset)}
     ctx.progress("evaluate", f"latency and size of the {artifact} artifact")
@@ -251,8 +259,8 @@ def step_gate(ctx: RunContext) -> dict[str, Any]:
     evaluated = ctx.state.outputs("evaluate")
     sets = {}
     for set_name, paths in evaluated["files"].items():
-        base = Predictions.load(Path(paths["baseline"])) if "baseline" in paths else None
-        sets[set_name] = (Predictions.load(Path(paths["candidate"])), base)
+        base = Predictions.load(ctx.out / paths["baseline"]) if "baseline" in paths else None
+        sets[set_name] = (Predictions.load(ctx.out / paths["candidate"]), base)
     checks = gate_checks(sets, tuple(evaluated["classes"]), evaluated["budget"], ctx.config.gate)
     blessed = all(c["passed"] for c in checks)
     write_json(ctx.out / "gate.json", {"blessed": blessed, "checks": checks})
@@ -305,7 +313,7 @@ def step_register(ctx: RunContext) -> dict[str, Any]:
     gated = ctx.state.outputs("gate")
     blessed = bool(gated["blessed"])
     aliases = (CANDIDATE_ALIAS,) if blessed else ()
-    source = ctx.state.outputs("train")["source"]
+    source = ctx.source()
     blessing = Blessing(ctx.state.run_id, blessed, gated["baseline"], tuple(gated["checks"]),
                         lineage(ctx))  # fmt: skip
     reason = f"pipeline run {ctx.state.run_id[:12]}: " + ("blessed" if blessed else "not blessed")
