@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from resnetkit.cli.main import main
 from resnetkit.data import load_dataset
 from resnetkit.errors import CheckpointError, ConfigError, ResNetKitError, ServeError
 from resnetkit.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
@@ -76,25 +77,65 @@ def test_a_first_candidate_is_gated_on_values_only_and_gets_the_candidate_alias(
 
 
 def test_a_shuffled_label_candidate_is_registered_not_blessed_and_moves_nothing(
-    config: PipelineConfig, runs: dict[str, Path], tmp_path: Path
-) -> None:
+    config: PipelineConfig, runs: dict[str, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
     with open_registry(config.registry) as store:
         store.register(runs["good"], "fashion")
         store.set_alias("fashion", "production", 1, reason="test")
-    result = run_pipeline(
-        config, name="fashion", candidate=str(runs["shuffled"]), out_dir=tmp_path / "p"
-    )
-    assert not result.blessed and result.baseline == "fashion:1"
-    assert result.candidate == "fashion:2" and result.rollout["state"] == "not_started"
-    failed = {c["name"] for c in result.checks if not c["passed"]}
+    (tmp_path / "p.toml").write_text(f'registry = "{config.registry}"\n' + GATE)
+    argv = ["pipeline", "run", str(tmp_path / "p.toml"), "--name", "fashion", "--candidate",
+            str(runs["shuffled"]), "--out", str(tmp_path / "p"), "--json"]  # fmt: skip
+    assert main(argv) == 3  # not blessed
+    result = json.loads(capsys.readouterr().out)
+    assert not result["blessed"] and result["baseline"] == "fashion:1"
+    assert result["candidate"] == "fashion:2" and result["rollout"]["state"] == "not_started"
+    failed = {c["name"] for c in result["checks"] if not c["passed"]}
     assert {"accuracy/test", "accuracy_change/test", "class_change/test"} <= failed
-    change = next(c for c in result.checks if c["name"] == "accuracy_change/test")
+    change = next(c for c in result["checks"] if c["name"] == "accuracy_change/test")
     assert "CI [" in change["detail"] and change["value"] < -20
     with open_registry(config.registry) as store:
         assert store.resolve("fashion@production").version == 1
         assert "candidate" not in store.resolve("fashion:2").aliases
         [record] = store.blessings("fashion:2")
     assert not record.blessing.blessed and "accuracy_change/test" in record.blessing.failed_checks
+    assert main(argv[:-1]) == 3  # finished: the table again, nothing redone
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_the_cli_reports_bad_input_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RESNETKIT_ADMIN_TOKEN", raising=False)
+    (tmp_path / "p.toml").write_text("[gate]\nmin_acuracy = 1\n")
+    assert (
+        main(
+            [
+                "pipeline",
+                "run",
+                str(tmp_path / "p.toml"),
+                "--name",
+                "f",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "min_acuracy" in err and err.count("\n") == 1
+    argv = [
+        "pipeline",
+        "run",
+        "--name",
+        "f",
+        "--out",
+        str(tmp_path / "o"),
+        "--server",
+        "http://127.0.0.1:9",
+    ]
+    assert main(argv) == 1
+    assert "RESNETKIT_ADMIN_TOKEN" in capsys.readouterr().err
 
 
 def test_the_same_model_against_itself_is_blessed_whatever_the_noise(
