@@ -54,8 +54,13 @@ def check_server(server: str, name: str, token: str | None) -> None:
     response = _request("GET", f"{base}/v1/models")
     if response.status_code >= 400:
         raise ServeError(f"{base}/v1/models answered {response.status_code}: {_error(response)}")
-    if f'"{name}"' not in response.text:
-        raise ServeError(f"{base} does not serve a model named {name!r}")
+    try:
+        served = {str(m.get("name")) for m in response.json().get("models", [])}
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise ServeError(f"{base}/v1/models did not answer a model list") from exc
+    if name not in served:
+        known = ", ".join(sorted(served)) or "none"
+        raise ServeError(f"{base} does not serve a model named {name!r} (it serves: {known})")
 
 
 def _latest(base: str, name: str) -> dict[str, Any] | None:
