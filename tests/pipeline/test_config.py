@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from resnetkit.cli.main import main
 from resnetkit.errors import ConfigError
 from resnetkit.pipeline import PipelineConfig, load_pipeline_config
 
@@ -32,7 +33,6 @@ def test_the_example_file_states_the_defaults_and_reads_its_paths_from_its_folde
     [
         ("[gate]\nmin_acuracy = 0.9\n", "unknown setting gate.min_acuracy"),
         ("colour = 1\n", "unknown setting colour"),
-        ("[rollout.canary]\nstepz = [1]\n", "rollout.canary: unknown setting stepz"),
         ("[gate]\nartifact = 'tflite'\n", "gate.artifact must be one of onnx, onnx-int8"),
         ("[data]\nfeedback_fraction = 1.0\n", r"feedback_fraction must be in \(0, 1\)"),
         ("[gate]\nmin_accuracy = 'high'\n", "gate.min_accuracy: expected float"),
@@ -49,3 +49,13 @@ def test_a_bad_file_is_one_error_naming_the_key(tmp_path: Path, text: str, messa
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_pipeline_config(tmp_path / "nope.toml")
+
+
+def test_the_cli_checks_the_canary_settings_as_the_server_will(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text("[rollout.canary]\nstepz = [1]\n")
+    assert main(["pipeline", "run", str(path), "--name", "f", "--out", str(tmp_path / "o")]) == 1
+    assert "rollout.canary: unknown setting stepz" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -64,6 +64,7 @@ def run_command(args: argparse.Namespace) -> int:
     from resnetkit.pipeline.runner import run_steps
 
     config = load_pipeline_config(args.config)
+    check_canary_settings(config.rollout.canary)
     token = admin_token_from(args.admin_token_file) if args.server else None
     result = run_steps(
         config, name=args.name, candidate=args.candidate, server=args.server, out_dir=args.out,
@@ -77,6 +78,21 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         show_result(result.to_dict())
     return EXIT_CODES.get(result.outcome, EXIT_ROLLOUT_FAILED)
+
+
+def check_canary_settings(canary: dict[str, Any]) -> None:
+    """The ``[rollout.canary]`` table, checked as the server will, before any training.
+
+    Raises:
+        ConfigError: an unknown key or a bad value, named.
+    """
+    from resnetkit.errors import ConfigError
+    from resnetkit.serve.rollout import RolloutConfig
+
+    try:
+        RolloutConfig.from_mapping(canary)
+    except ConfigError as exc:
+        raise ConfigError(f"rollout.canary: {exc}") from exc
 
 
 def _num(value: Any) -> str:
