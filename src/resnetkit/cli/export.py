@@ -3,7 +3,8 @@
 A ``REF`` is anything the loader takes (:mod:`resnetkit.export.loading`): a run directory,
 an ``.onnx`` file, or a registry reference (``name@alias``, ``name:3``, ``name``). Real
 images for parity, calibration and accuracy come from the data the model was trained on
-(its ``config.toml``), or ``--data``.
+(its ``config.toml``), or ``--data``. ``export --format executorch|tflite|coreml`` writes an
+edge model instead of ONNX (:mod:`resnetkit.export.edge`, ``docs/edge.md``).
 """
 
 from __future__ import annotations
@@ -53,11 +54,32 @@ def add_parser(subparsers: Any) -> None:
     common.add_argument("--data", help="dataset for real images (default: the model's own)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
-    exp = subparsers.add_parser("export", parents=[common], help="export a model to ONNX")
-    exp.add_argument("-o", "--output", required=True, type=Path, help="the .onnx file")
-    exp.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    exp.add_argument("--no-parity", action="store_true", help="skip the parity check")
-    exp.add_argument("--parity-images", type=int, default=256, help="real test images")
+    exp = subparsers.add_parser(
+        "export", parents=[common], help="export a model to ONNX, ExecuTorch, LiteRT or Core ML"
+    )
+    exp.add_argument("-o", "--output", required=True, type=Path,
+                     help="the .onnx, .pte, .tflite file or .mlpackage")  # fmt: skip
+    exp.add_argument("--format", default="onnx", metavar="FORMAT",
+                     help="onnx (default), executorch, tflite or coreml")  # fmt: skip
+    exp.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    exp.add_argument("--no-parity", action="store_true", help="ONNX: skip the parity check")
+    exp.add_argument(
+        "--parity-images",
+        type=int,
+        default=None,
+        help="real test images (ONNX 256, edge formats 1000 and at least 1000)",
+    )
+    exp.add_argument(
+        "--int8", action="store_true", help="executorch, tflite: PT2E static int8 within --budget"
+    )
+    exp.add_argument("--calib", type=int, default=512, help="int8 calibration training images")
+    exp.add_argument("--seed", type=int, default=0, help="picks the calibration images")
+    exp.add_argument("--budget", type=float, default=1.0, help="int8: max top-1 drop, points")
+    exp.add_argument(
+        "--no-delegate",
+        action="store_true",
+        help="executorch: portable kernels only, no XNNPACK delegate",
+    )
     exp.set_defaults(func=run_export)
 
     qua = subparsers.add_parser("quantize", parents=[common], help="static int8 (QDQ) ONNX")
@@ -109,6 +131,11 @@ def _weights_model(args: argparse.Namespace, verb: str) -> LoadedModel:
 
 def run_export(args: argparse.Namespace) -> int:
     """``resnetkit export REF -o model.onnx``: export, then check parity on real images."""
+    if args.format != "onnx":
+        return run_edge_export(args)
+    _refuse_edge_flags(args)
+    if args.parity_images is None:
+        args.parity_images = 256
     check_opset(args.opset)
     check_output_file(args.output, what="-o", suffix=".onnx")
     if not args.no_parity:
@@ -134,6 +161,53 @@ def run_export(args: argparse.Namespace) -> int:
     }
     line = parity.summary() if parity is not None else "parity check skipped"
     _say(args, result, f"wrote {args.output}\n{line}")
+    return 0
+
+
+def _refuse_edge_flags(args: argparse.Namespace) -> None:
+    edge_only = {"--int8": args.int8, "--no-delegate": args.no_delegate}
+    given = [flag for flag, on in edge_only.items() if on]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only for --format executorch|tflite|coreml; "
+                          "for int8 ONNX use `resnetkit quantize`")  # fmt: skip
+
+
+def run_edge_export(args: argparse.Namespace) -> int:
+    """``resnetkit export REF --format executorch|tflite|coreml -o FILE [--int8]``."""
+    from resnetkit.export.edge import MIN_PARITY_IMAGES, check_edge_output, edge_format, export_edge
+
+    fmt = edge_format(args.format)
+    check_edge_output(args.output, fmt)
+    if args.no_parity:
+        raise ConfigError("--no-parity: edge exports are always checked (a file that fails "
+                          "is not written)")  # fmt: skip
+    if args.opset != DEFAULT_OPSET:
+        raise ConfigError(f"--opset is for ONNX, not --format {fmt.name}")
+    if args.no_delegate and fmt.name != "executorch":
+        raise ConfigError("--no-delegate is for --format executorch")
+    check_at_least("--calib", args.calib, 1)
+    loaded = _weights_model(args, "export")
+    report = export_edge(
+        loaded, args.output, fmt=fmt.name, int8=args.int8,
+        parity_images=args.parity_images or MIN_PARITY_IMAGES, calibration_images=args.calib,
+        seed=args.seed, budget_points=args.budget, data=args.data,
+        delegate=not args.no_delegate, stage=lambda m: status(m, enabled=not args.json),
+    )  # fmt: skip
+    lines = [f"wrote {report.path} ({fmt.name} {report.precision}, "
+             f"{report.size_bytes / 1e6:.2f} MB, {report.seconds:.1f} s)"]  # fmt: skip
+    if report.parity is not None:
+        lines.append(f"parity {report.parity.summary()}")
+    if report.structure is not None:
+        lines.append(
+            f"structure: input {report.structure['input_shape']}, output "
+            f"{report.structure['output_shape']}, {report.structure['operations']} ops; "
+            "predictions not checked: Core ML runs only on macOS"
+        )
+    if report.details.get("delegated_subgraphs") is not None:
+        portable = ", ".join(sorted(report.details["portable_ops"])) or "none"
+        lines.append(f"XNNPACK subgraphs {report.details['delegated_subgraphs']}; portable "
+                     f"ops: {portable}")  # fmt: skip
+    _say(args, report.to_dict(), "\n".join(lines))
     return 0
 
 
