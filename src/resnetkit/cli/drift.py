@@ -4,7 +4,9 @@ Compares a sample of ``D`` with the model's training-time reference (embeddings 
 outputs of held-out training images, ``drift_reference.safetensors``) through the four
 detectors of :mod:`resnetkit.monitor.drift`, writes ``drift.json`` and ``drift.png``, and
 prints ``drift detected`` or ``no drift`` with the evidence. Exit status 0 either way; 1 only
-on an error. ``--make-reference`` builds a reference from ``D`` for a model without one.
+on an error. ``--make-reference`` builds a reference from ``D`` for a model without one, and
+the out-of-distribution detector (``ood_detector.npz``, :mod:`resnetkit.monitor.ood`) fitted
+on a held-out sample of ``D``'s test split; put both in the model's folder to serve the flag.
 """
 
 from __future__ import annotations
@@ -81,17 +83,42 @@ def _sample(
 
 
 def _make_reference(loaded: LoadedModel, args: argparse.Namespace, min_images: int) -> int:
+    from resnetkit.cli.robustness import ood_outputs
+    from resnetkit.monitor.ood import OOD_FILE, OODDetector
+
     images = _sample(loaded, args, "train", min_images)
-    with status(f"embedding {len(images)} training images"):
+    held_out = loaded.dataset("test", data=args.data)
+    if len(held_out) > args.sample:  # the test split, never trained on: the detector's data
+        pick = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(args.seed))
+        held_out = held_out.subset(pick[: args.sample])
+    cpu = torch.device("cpu")
+    with status(f"embedding {len(images)} training and {len(held_out)} test images"):
         embeddings, probabilities = loaded.embed(images)
+        _, logits = ood_outputs(loaded, images.numpy(), cpu)
+        test_emb, test_logits = ood_outputs(loaded, held_out.images.numpy(), cpu)
     target = args.out / DRIFT_REFERENCE
     tensors = {
         "embeddings": embeddings.contiguous(),
         "probabilities": probabilities.contiguous(),
         "labels": torch.full((len(images),), -1, dtype=torch.int64),  # unknown here
+        "logits": torch.from_numpy(logits).float().contiguous(),
     }
+    detector = None
+    if test_emb is not None:
+        source = f"test split of {args.data} ({len(held_out)} images, seed {args.seed})"
+        detector = OODDetector.fit(
+            test_emb, test_logits, held_out.labels.numpy(), source=source, seed=args.seed
+        )
     atomic_write(target, lambda p: save_file(tensors, str(p)))
     print(f"wrote {target} ({len(images)} images of {args.data}); use it with --reference")
+    if detector is None:
+        print("no OOD detector: the model has no embedding output")
+        return 0
+    detector.save(args.out / OOD_FILE)
+    print(
+        f"wrote {args.out / OOD_FILE} (calibrated on the {detector.source}); copy both into "
+        "the model's folder to serve the out-of-distribution flag"
+    )
     return 0
 
 

@@ -16,8 +16,8 @@ the server can score every request at the cost of a few small matrix products:
 
 Each method's threshold is calibrated so that ``quantile`` (95 %) of held-out
 in-distribution samples pass. The scores used for calibration are *out of sample*: the data
-are split in two folds, each scored by a detector fitted on the other fold (cross-fitting),
-then the served detector is fitted on all of it; in-sample Mahalanobis distances are smaller
+are split in :data:`FOLDS` folds, each scored by a detector fitted on the others
+(cross-fitting), then the served detector is fitted on all of it; in-sample Mahalanobis distances are smaller
 than those of new images, and calibrating on them would flag far more than 5 % of new
 in-distribution traffic.
 
@@ -73,6 +73,10 @@ DEFAULT_METHOD = "mahalanobis"
 #: Weight of the scaled identity the tied covariance is shrunk towards.
 SHRINKAGE = 0.01
 _MIN_SAMPLES = 20
+#: Calibration folds: each sample is scored by a detector fitted on the other nine tenths,
+#: nearly the served detector's data, so its distances are nearly as small as the served
+#: detector's on new images (two folds, half the data, flagged 3.6% instead of 5%).
+FOLDS = 10
 
 F64 = NDArray[np.float64]
 
@@ -88,17 +92,18 @@ def energy(logits: ArrayLike) -> F64:
 def mahalanobis_min(embeddings: ArrayLike, means: ArrayLike, precision: ArrayLike) -> F64:
     """The squared Mahalanobis distance to the nearest mean, per row ``(N,)``.
 
-    ``(x - mu_k)^T P (x - mu_k)`` expanded as ``x'Px - 2 x'P mu_k + mu_k'P mu_k`` so that one
+    ``(x - mu_k)^T P (x - mu_k)`` expanded as ``x'Px - 2 x'(P mu_k) + mu_k'P mu_k`` so that one
     ``(N, D) @ (D, D)`` and one ``(N, D) @ (D, K)`` product do all classes at once.
     """
-    x = np.asarray(embeddings, dtype=np.float64)
     mu = np.asarray(means, dtype=np.float64)
     p = np.asarray(precision, dtype=np.float64)
-    xp = x @ p  # (N, D)
-    self_term = np.einsum("nd,nd->n", xp, x)  # (N,)
-    cross = xp @ mu.T  # (N, K)
-    mu_term = np.einsum("kd,de,ke->k", mu, p, mu)  # (K,)
-    d2 = self_term[:, None] - 2.0 * cross + mu_term[None, :]
+    pm = mu @ p  # (K, D): P mu_k, P symmetric
+    return _mahalanobis_min(np.asarray(embeddings, dtype=np.float64), p, pm, (pm * mu).sum(1))
+
+
+def _mahalanobis_min(x: F64, p: F64, pm: F64, mu_term: F64) -> F64:
+    self_term = ((x @ p) * x).sum(axis=1)  # (N,)
+    d2 = self_term[:, None] - 2.0 * (x @ pm.T) + mu_term[None, :]
     return np.asarray(np.maximum(d2.min(axis=1), 0.0), dtype=np.float64)
 
 
@@ -164,10 +169,16 @@ class OODDetector:
     quantile: float = 0.95
     samples: int = 0
     source: str = ""
+    _pm: F64 = dataclasses.field(init=False, repr=False)
+    _mu_term: F64 = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"OOD method {self.method!r} is not known; use {', '.join(METHODS)}")
+        # What does not depend on the sample, computed once: a request pays two small products.
+        pm = self.means @ self.precision
+        object.__setattr__(self, "_pm", pm)
+        object.__setattr__(self, "_mu_term", (pm * self.means).sum(axis=1))
 
     @property
     def dim(self) -> int:
@@ -223,10 +234,10 @@ class OODDetector:
 
     @staticmethod
     def _cross_fitted(x: F64, z: F64, classes: NDArray[np.int64], seed: int) -> dict[str, F64]:
-        """Every sample's raw scores from a detector fitted on the other fold."""
-        fold = np.random.default_rng(seed).permutation(len(x)) % 2
+        """Every sample's raw scores from a detector fitted on the other folds."""
+        fold = np.random.default_rng(seed).permutation(len(x)) % FOLDS
         maha = np.empty(len(x))
-        for k in (0, 1):
+        for k in range(FOLDS):
             means, precision = _fit_gaussians(x[fold != k], classes[fold != k])
             maha[fold == k] = mahalanobis_min(x[fold == k], means, precision)
         return {"mahalanobis": maha, "energy": energy(z)}
@@ -266,7 +277,7 @@ class OODDetector:
                 f"embeddings of width {x.shape[1]} for a detector fitted on width {self.dim}: "
                 "the detector belongs to another model"
             )
-        return mahalanobis_min(x, self.means, self.precision)
+        return _mahalanobis_min(x, self.precision, self._pm, self._mu_term)
 
     def normalised(
         self, embeddings: ArrayLike | None, logits: ArrayLike | None, method: str
