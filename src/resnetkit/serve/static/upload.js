@@ -36,9 +36,24 @@ function renderPredictions(container, answer) {
   );
   fill(
     container,
+    ...oodLine(answer.ood),
     el("ol", { class: "predictions", id: "predictions" }, rows),
     el("p", { class: "muted" }, `${answer.model}:${answer.version} · ${answer.latency_ms} ms · request ${answer.request_id}`),
   );
+}
+
+// The out-of-distribution flag of a /v1 answer: a warning above the predictions when the input
+// is unlike the model's held-out data (score > 1, the calibrated threshold), a quiet line when
+// not, nothing for a version without a detector.
+function oodLine(ood) {
+  if (!ood) return [];
+  const score = Number(ood.score).toFixed(2);
+  if (ood.flagged) {
+    return [el("p", { class: "ood-flag", id: "ood", dataset: { flagged: "true" } },
+      `Out of distribution (score ${score} > 1, ${ood.method}): this input is unlike the images the model was checked on; do not trust the predictions below.`)];
+  }
+  return [el("p", { class: "muted", id: "ood", dataset: { flagged: "false" } },
+    `In distribution: OOD score ${score} (flagged above 1, ${ood.method})`)];
 }
 
 async function explain(model, file, figure) {
