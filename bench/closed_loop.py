@@ -303,8 +303,9 @@ def random_candidate(production: Path, work: Path, pipeline: Path) -> dict[str, 
     model, _ = load_model(folder)
     torch.manual_seed(1)
     for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               str(folder / "model.safetensors"))  # fmt: skip
     config = load_pipeline_config(pipeline)
