@@ -195,6 +195,7 @@ def test_bad_input_is_one_clear_error_and_registers_nothing(
     with pytest.raises(ServeError, match="cannot reach"):
         run_pipeline(config, name="fashion", candidate=str(runs["good"]), out_dir=tmp_path / "p2",
                      server="http://127.0.0.1:9", admin_token="t")  # fmt: skip
+    assert not (tmp_path / "p2" / "pipeline-state.json").exists()  # a fixed call starts afresh
     missing = PipelineConfig(
         registry=config.registry, data=type(config.data)(feedback=str(tmp_path))
     )

@@ -10,7 +10,14 @@ from typing import Any
 from resnetkit.errors import ConfigError
 from resnetkit.fileio import check_output_dir
 from resnetkit.pipeline.config import PipelineConfig
-from resnetkit.pipeline.state import PIPELINE_JSON, STEPS, PipelineResult, StepState, write_json
+from resnetkit.pipeline.state import (
+    PIPELINE_JSON,
+    STATE_FILE,
+    STEPS,
+    PipelineResult,
+    StepState,
+    write_json,
+)
 from resnetkit.pipeline.steps import STEP_FUNCTIONS, Progress, RunContext
 
 __all__ = ["TOKEN_ENV", "admin_token_from", "run_pipeline", "run_steps"]
@@ -161,11 +168,17 @@ def _open_run(
     out = check_output_dir(out_dir, what="--out")
     inputs: dict[str, Any] = {"name": name, "candidate": candidate, "server": server,
                               "config": config.digest()}  # fmt: skip
-    state = StepState.open(out, inputs)
-    ctx = RunContext(config, name, candidate, server, admin_token, out, state, report)
     existing = out / PIPELINE_JSON
-    if state.finished and existing.is_file():
-        report("pipeline", f"finished earlier: {existing}")
-        return ctx, PipelineResult.from_dict(json.loads(existing.read_text(encoding="utf-8")))
-    _validate(config, name, server if not state.done("rollout") else None, admin_token)
-    return ctx, None
+    if (out / STATE_FILE).is_file():  # a run to resume, or one that finished
+        state = StepState.open(out, inputs)
+        ctx = RunContext(config, name, candidate, server, admin_token, out, state, report)
+        if state.finished and existing.is_file():
+            report("pipeline", f"finished earlier: {existing}")
+            result = json.loads(existing.read_text(encoding="utf-8"))
+            return ctx, PipelineResult.from_dict(result)
+        _validate(config, name, server if not state.done("rollout") else None, admin_token)
+        return ctx, None
+    # A new run: bad input leaves no state behind, so the corrected call starts afresh.
+    _validate(config, name, server, admin_token)
+    state = StepState.open(out, inputs)
+    return RunContext(config, name, candidate, server, admin_token, out, state, report), None

@@ -113,8 +113,10 @@ def _recipe(ctx: RunContext, baseline: str | None) -> tuple[TrainConfig, str]:
 
 def _mix_feedback(ctx: RunContext, cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     """Write base + feedback as the base source's IDX files; train on those."""
-    from resnetkit.data import load_dataset
-    from resnetkit.data.fingerprint import fingerprint
+    # fingerprint from the package, never its submodule: importing resnetkit.data.fingerprint
+    # would set the package attribute to the module and break `from resnetkit.data import
+    # fingerprint` in the trainer.
+    from resnetkit.data import fingerprint, load_dataset
     from resnetkit.pipeline.datasets import MIXABLE, load_feedback, write_mixed_idx
 
     folder = ctx.config.data.feedback
@@ -217,7 +219,7 @@ def gate_sets(ctx: RunContext, candidate: LoadedModel) -> dict[str, ImageDataset
 
 def step_evaluate(ctx: RunContext) -> dict[str, Any]:
     """Candidate and baseline on the same frozen sets, as the server would run them."""
-    from resnetkit.data.fingerprint import fingerprint
+    from resnetkit.data import fingerprint
     from resnetkit.pipeline.gate import predict, served_artifact_budget
 
     trained = ctx.state.outputs("train")
