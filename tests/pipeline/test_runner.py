@@ -19,6 +19,7 @@ from resnetkit.cli.main import main
 from resnetkit.data import load_dataset
 from resnetkit.errors import CheckpointError, ConfigError, ResNetKitError, ServeError
 from resnetkit.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
+from resnetkit.pipeline.runner import run_steps
 from resnetkit.registry import open_registry
 from tests.export.rundir import trained_run_dir
 
@@ -156,28 +157,36 @@ def test_the_same_model_against_itself_is_blessed_whatever_the_noise(
         assert store.resolve("fashion@candidate").version == 1
 
 
-def test_a_run_killed_after_a_step_resumes_at_the_next_one(
+def test_a_killed_run_resumes_in_the_step_it_was_in_even_from_a_moved_folder(
     config: PipelineConfig, runs: dict[str, Path], tmp_path: Path
 ) -> None:
-    def die_after_evaluate(step: str, message: str) -> None:
-        if (step, message) == ("evaluate", "done"):
-            raise KeyboardInterrupt
+    def die_in_the_gate(step: str, message: str) -> None:
+        if (step, message) == ("gate", "started"):
+            raise KeyboardInterrupt  # killed inside the gate step, evaluate recorded
 
-    out = tmp_path / "p"
+    first, moved = tmp_path / "p", tmp_path / "moved"
+    good = str(runs["good"])
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(config, name="fashion", candidate=str(runs["good"]), out_dir=out,
-                     progress=die_after_evaluate)  # fmt: skip
-    assert not (out / "pipeline.json").exists()
+        run_pipeline(
+            config, name="fashion", candidate=good, out_dir=first, progress=die_in_the_gate
+        )
+    assert not (first / "pipeline.json").exists()
     with open_registry(config.registry) as store:
         assert store.list_models() == []
+    shutil.copytree(first, moved)  # as a KFP step receives its predecessor's folder
     seen: list[tuple[str, str]] = []
-    result = run_pipeline(config, name="fashion", candidate=str(runs["good"]), out_dir=out,
-                          progress=lambda s, m: seen.append((s, m)))  # fmt: skip
-    assert ("evaluate", "done earlier") in seen and ("gate", "started") in seen
-    state = json.loads((out / "pipeline-state.json").read_text())
-    assert state["steps"]["evaluate"]["attempts"] == 1 and result.candidate == "fashion:1"
+    stopped = run_steps(config, name="fashion", candidate=good, out_dir=moved, until="register",
+                        progress=lambda s, m: seen.append((s, m)))  # fmt: skip
+    assert stopped is None and ("evaluate", "done earlier") in seen
+    state = json.loads((moved / "pipeline-state.json").read_text())
+    assert state["steps"]["evaluate"]["attempts"] == 1 and state["steps"]["gate"]["attempts"] == 2
+    assert state["steps"]["register"]["status"] == "done" and "rollout" not in state["steps"]
+    result = run_pipeline(config, name="fashion", candidate=good, out_dir=moved)
+    assert result.candidate == "fashion:1" and result.blessed
+    with open_registry(config.registry) as store:
+        assert [v.version for v in store.list_versions("fashion")] == [1]
     with pytest.raises(ConfigError, match="other inputs"):
-        run_pipeline(config, name="other", candidate=str(runs["good"]), out_dir=out)
+        run_pipeline(config, name="other", candidate=good, out_dir=moved)
 
 
 def test_bad_input_is_one_clear_error_and_registers_nothing(
