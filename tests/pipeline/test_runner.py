@@ -212,6 +212,9 @@ def test_bad_input_is_one_clear_error_and_registers_nothing(
         run_pipeline(missing, name="fashion", candidate=str(runs["good"]), out_dir=tmp_path / "p3")
     with pytest.raises(ResNetKitError, match="no production version to retrain"):
         run_pipeline(config, name="fashion", out_dir=tmp_path / "p4")
+    no_data = PipelineConfig(registry=config.registry, data=type(config.data)(eval="nowhere"))
+    with pytest.raises(ConfigError, match="unknown dataset 'nowhere'"):
+        run_pipeline(no_data, name="fashion", candidate=str(runs["good"]), out_dir=tmp_path / "p4")
     with open_registry(config.registry) as store:
         assert store.list_models() == []
 

@@ -77,6 +77,10 @@ def _validate(config: PipelineConfig, name: str, server: str | None, token: str 
             f"[data] feedback {feedback}: no export there (no manifest.json); write one with "
             "`resnetkit data export-feedback`"
         )
+    if config.data.eval is not None:  # a missing gate set stops here, not after training
+        from resnetkit.data import load_dataset
+
+        load_dataset(config.data.eval, "test", data_dir=config.data.eval_dir, limit=1)
     if server is not None:
         from resnetkit.pipeline.canary import check_server
 

@@ -45,8 +45,11 @@ class StepState:
     def open(cls, out_dir: Path, inputs: dict[str, Any]) -> StepState:
         """The state of the run in ``out_dir``, or a new one (written at once).
 
+        A run that failed before finishing any step is started afresh with the new inputs
+        (the corrected call after a bad recipe, say): there is nothing of it to resume.
+
         Raises:
-            ConfigError: the folder holds a run with other inputs.
+            ConfigError: the folder holds a run with other inputs that finished a step.
         """
         path = out_dir / STATE_FILE
         if path.is_file():
@@ -55,7 +58,10 @@ class StepState:
                 state = cls(path, str(data["run_id"]), dict(data["inputs"]), dict(data["steps"]))
             except (ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(f"{path} is not a pipeline state file; use a new --out") from exc
-            if state.inputs != inputs:
+            if state.inputs != inputs and not any(state.done(step) for step in STEPS):
+                state = cls(path, uuid.uuid4().hex, inputs, {})  # nothing done to resume
+                state.save()
+            elif state.inputs != inputs:
                 changed = sorted(k for k in inputs.keys() | state.inputs.keys()
                                  if inputs.get(k) != state.inputs.get(k))  # fmt: skip
                 raise ConfigError(
