@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,12 @@ from resnetkit.errors import MissingDependency
 from resnetkit.pipeline import STEPS
 from resnetkit.pipeline.kfp import compile_kfp
 
-pytest.importorskip("kfp", reason="the [kfp] extra")
+try:
+    import kfp  # noqa: F401
+except ImportError:  # the [kfp] extra: skipped without it, except under CI
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("the [kfp] extra is not installed", allow_module_level=True)
 
 
 def test_the_compiled_spec_chains_the_five_steps_by_their_run_folder(tmp_path: Path) -> None:
