@@ -70,10 +70,12 @@ def test_calibration_on_random_gaussians_flags_about_one_minus_quantile(
     assert abs(flagged - (1 - quantile)) < 0.025, (flagged, quantile)
 
 
-def test_mahalanobis_score_is_the_direct_minimum_over_classes() -> None:
+@pytest.mark.parametrize("transform", ["none", "sqrt"])
+def test_mahalanobis_score_is_the_direct_minimum_over_classes(transform: str) -> None:
     rng = _generator(1)
-    x, z, y = _mixture(rng, 600, classes=3, dim=5)
-    detector = OODDetector.fit(x, z, y)
+    raw_x, z, y = _mixture(rng, 600, classes=3, dim=5)
+    detector = OODDetector.fit(raw_x, z, y, transform=transform)
+    x = raw_x if transform == "none" else np.sign(raw_x) * np.sqrt(np.abs(raw_x))
     means = np.stack([x[y == k].mean(axis=0) for k in range(3)])
     centred = x - means[y]
     cov = centred.T @ centred / len(x)
@@ -82,7 +84,8 @@ def test_mahalanobis_score_is_the_direct_minimum_over_classes() -> None:
     np.testing.assert_allclose(detector.means, means, rtol=1e-10)
     np.testing.assert_allclose(detector.precision, precision, rtol=1e-6)
     probe = rng.normal(0, 3, (50, 5))
-    direct = np.array([min(float((p - m) @ precision @ (p - m)) for m in means) for p in probe])
+    seen = probe if transform == "none" else np.sign(probe) * np.sqrt(np.abs(probe))
+    direct = np.array([min(float((p - m) @ precision @ (p - m)) for m in means) for p in seen])
     raw = detector.raw(probe, None, "mahalanobis")
     np.testing.assert_allclose(raw, direct, rtol=1e-8)
     np.testing.assert_allclose(
