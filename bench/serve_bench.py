@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -52,6 +53,9 @@ from typing import Any
 import httpx
 import numpy as np
 from fastapi import FastAPI, Request  # module level: FastAPI resolves route annotations here
+
+from resnetkit.cost import DEFAULT_PRICES, Prices, cost, load_prices
+from resnetkit.errors import ConfigError
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -927,31 +931,6 @@ def summarize(work: Workload, results: dict[str, Any]) -> dict[str, Any]:
 # -- cost (OpenCost's two bases) ------------------------------------------------------------
 
 
-def load_prices(path: Path) -> dict[str, Any]:
-    """The price file (``configs/cost/prices.toml``), checked: ValueError naming what is wrong."""
-    import tomllib
-
-    try:
-        prices = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
-    number = (int, float)
-    kinds: dict[str, type | tuple[type, ...]] = {
-        "version": int, "currency": str, "source": str, "date": str,
-        "vcpu_hour": number, "gib_hour": number,
-    }  # fmt: skip
-    for key, kind in kinds.items():
-        if not isinstance(prices.get(key), kind):
-            raise ValueError(
-                f"{path}: '{key}' missing or not a {getattr(kind, '__name__', 'number')}"
-            )
-    if prices["vcpu_hour"] < 0 or prices["gib_hour"] < 0:
-        raise ValueError(f"{path}: prices must not be negative")
-    if unknown := set(prices) - set(kinds):
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    return prices
-
-
 def requested_memory_gib(deployment: Path = REPO / "deploy" / "base" / "deployment.yaml") -> float:
     """The serving container's memory request in the Deployment, in GiB."""
     import yaml
@@ -966,23 +945,18 @@ def requested_memory_gib(deployment: Path = REPO / "deploy" / "base" / "deployme
 
 
 def cost_per_1k(
-    level: dict[str, Any], prices: dict[str, Any], request_cpus: float, request_gib: float
+    level: dict[str, Any], prices: Prices, request_cpus: float, request_gib: float
 ) -> dict[str, float]:
-    """CPU-seconds and dollars per 1,000 answered requests at one measured level.
-
-    Allocation basis (OpenCost's allocation: max(request, usage) of each resource for as
-    long as the pod runs): the wall time 1,000 requests take at the level's sustained rate,
-    times the larger of the requested and the used CPUs and memory. Usage basis: the CPU
-    seconds the server's processes used and their resident memory over that wall time.
-    """
-    wall_h = 1000 / level["throughput"] / 3600
+    """CPU-seconds and dollars per 1,000 answered requests at one measured level, on
+    OpenCost's allocation and usage bases (:func:`resnetkit.cost.cost`): the wall time
+    1,000 requests take at the level's sustained rate, the server processes' CPU-seconds
+    for them, and their resident memory."""
+    wall_s = 1000 / level["throughput"]
     cpu_s = 1000 * level["server_cpu_s"] / (level["throughput"] * level["wall_s"])
-    used_gib = level["server_rss_mb"] / 1024
-    used_cpus = cpu_s / (wall_h * 3600)
-    allocation = wall_h * (max(request_cpus, used_cpus) * prices["vcpu_hour"]
-                           + max(request_gib, used_gib) * prices["gib_hour"])  # fmt: skip
-    usage = cpu_s / 3600 * prices["vcpu_hour"] + used_gib * wall_h * prices["gib_hour"]
-    return {"cpu_s_per_1k": cpu_s, "usd_per_1k_allocation": allocation, "usd_per_1k_usage": usage}
+    c = cost(cpu_s, wall_s, prices, used_gib=level["server_rss_mb"] / 1024,
+             request_cpus=request_cpus, request_gib=request_gib)  # fmt: skip
+    return {"cpu_s_per_1k": cpu_s, "usd_per_1k_allocation": c.allocation,
+            "usd_per_1k_usage": c.usage}  # fmt: skip
 
 
 def print_costs(
@@ -991,9 +965,7 @@ def print_costs(
     """The cost per 1,000 requests of every server at its sustainable level."""
     prices, cpus, gib = args.prices, float(len(args.cpus)), requested_memory_gib()
     print(f"\n### {work.key}: cost per 1,000 requests at the sustainable level "
-          f"({prices['currency']}, price file v{prices['version']} of {prices['date']}: "
-          f"{prices['vcpu_hour']}/vCPU-h, {prices['gib_hour']}/GiB-h; request {cpus:g} CPUs, "
-          f"{gib:g} GiB)")  # fmt: skip
+          f"({prices.describe()}; request {cpus:g} CPUs, {gib:g} GiB)")  # fmt: skip
     print("| server | req/s | server CPU-s / 1k | $ / 1k, allocation | $ / 1k, usage |")
     print("|" + "---|" * 5)
     out = {}
@@ -1003,7 +975,12 @@ def print_costs(
         out[key] = c = cost_per_1k(lv, prices, cpus, gib)
         print(f"| {LABELS[key]} | {lv['throughput']:.1f} | {c['cpu_s_per_1k']:.2f} | "
               f"{c['usd_per_1k_allocation']:.6f} | {c['usd_per_1k_usage']:.6f} |")  # fmt: skip
-    return {"prices": prices, "request_cpus": cpus, "request_gib": gib, "servers": out}
+    return {
+        "prices": dataclasses.asdict(prices),
+        "request_cpus": cpus,
+        "request_gib": gib,
+        "servers": out,
+    }
 
 
 def _verdict(ok: bool | None) -> str:
@@ -1201,7 +1178,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--request-timeout-s", type=float, default=30.0)
     p.add_argument("--stop-p95-ms", type=float, default=1500.0, help="skip levels past this")
     p.add_argument("--max-run-s", type=float, help="bound on the whole run")
-    p.add_argument("--prices", type=Path, default=REPO / "configs" / "cost" / "prices.toml",
+    p.add_argument("--prices", type=Path, default=DEFAULT_PRICES,
                    help="price file for the cost per 1,000 requests")  # fmt: skip
     p.add_argument("--naive-server", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -1237,7 +1214,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.server_threads = args.server_threads or len(args.cpus)
     try:
         args.prices = load_prices(args.prices)
-    except ValueError as exc:
+    except ConfigError as exc:
         p.error(f"--prices: {exc}")
     return args
 

@@ -67,6 +67,9 @@ def test_run_directory_holds_everything_later_stages_read(tmp_path: Path) -> Non
     assert drift["embeddings"].shape == (64, model.num_features)
     torch.testing.assert_close(drift["probabilities"].sum(1), torch.ones(64))
     assert result.epochs_run == 2 and len(_metrics(run)) == 2
+    for record in _metrics(run):  # what each epoch cost: CPU time, and dollars both ways
+        assert record["epoch_cpu_seconds"] > 0
+        assert record["epoch_usd_allocation"] > 0 and record["epoch_usd_usage"] > 0
 
 
 def test_drift_reference_without_validation_split_is_a_bounded_sample_of_every_class() -> None:

@@ -412,6 +412,7 @@ class Trainer:
         seconds = self.train_seconds - previous.get("train_seconds", 0.0)
         record["epoch_images_per_s"] = (self.images_seen - seen_before) / max(seconds, 1e-9)
         record["train_seconds"] = self.train_seconds
+        record.update(self.progress.epoch_cost())
         self.history.append(record)
         self.epoch, self.step = self.epoch + 1, 0
         improved = "val_acc" in record and (
