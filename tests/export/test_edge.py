@@ -129,13 +129,27 @@ def test_bad_edge_arguments_are_one_line_errors_before_any_work(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("fmt", "module", "file", "message"),
+    [
+        ("coreml", "coremltools", "m.mlpackage", r"pip install 'resnetkit\[coreml\]'$"),
+        ("tflite", "litert_torch", "m.tflite",
+         r"pip install 'resnetkit\[tflite\]', then pip install --no-deps litert-torch==0\.10\.0"),
+    ],
+)  # fmt: skip
 def test_a_missing_extra_names_the_extra(
-    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    module: str,
+    file: str,
+    message: str,
 ) -> None:
-    # A None entry in sys.modules makes `import coremltools` fail as if not installed.
-    monkeypatch.setitem(sys.modules, "coremltools", None)
-    with pytest.raises(MissingDependency, match=r"pip install 'resnetkit\[coreml\]'"):
-        export_edge(load_model_ref(str(run_dir)), tmp_path / "m.mlpackage", fmt="coreml")
+    # A None entry in sys.modules makes the import fail as if the package were not installed.
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingDependency, match=message):
+        export_edge(load_model_ref(str(run_dir)), tmp_path / file, fmt=fmt)
     assert list(tmp_path.iterdir()) == []
 
 

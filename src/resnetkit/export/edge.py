@@ -88,6 +88,15 @@ EDGE_FORMATS = {
 }  # fmt: skip
 
 
+# litert-torch's converter packages pin typing-extensions below what pydantic needs, so they
+# are installed without their dependencies, beside the extra (docs/edge.md, "Installing").
+_NO_DEPS_MODULES = {"litert_torch", "ai_edge_quantizer", "litert_lm_builder", "xdsl"}
+_CONVERTER_NO_DEPS = (
+    ", then pip install --no-deps litert-torch==0.10.0 litert-converter==0.5.0 xdsl==0.28.0 "
+    "ai-edge-quantizer==0.10.0 litert-lm-builder==0.18.1"
+)
+
+
 def edge_format(name: str) -> EdgeFormat:
     """The format named ``name``.
 
@@ -114,9 +123,10 @@ def require(fmt: EdgeFormat, *, convert: bool) -> None:
                 importlib.import_module(module)
         except ImportError as exc:
             missing = exc.name or module
+            then = _CONVERTER_NO_DEPS if missing.partition(".")[0] in _NO_DEPS_MODULES else ""
             raise MissingDependency(
                 f"--format {fmt.name} needs {missing}, which this install lacks: "
-                f"pip install 'resnetkit[{fmt.extra}]'"
+                f"pip install 'resnetkit[{fmt.extra}]'{then}"
             ) from exc
 
 
