@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TORCH_SPEC := torch==2.13.0
 
-.PHONY: quickstart test lint system-deps clean
+.PHONY: quickstart test lint system-deps image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ system-deps:
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; fi
 	@if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q haproxy; fi
+	@if ! command -v mmdebstrap >/dev/null 2>&1 || ! command -v buildah >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mmdebstrap buildah; fi
+
+# The container images, without a daemon (scripts/build_image.py): IMAGE=serve (the
+# torch-free serving runtime, the default) or IMAGE=full (with PyTorch), to dist/.
+IMAGE ?= serve
+image: $(VENV)/.installed system-deps
+	$(BIN)/python scripts/build_image.py $(IMAGE)
 
 # The main job (scripts/quickstart.py): train the fast Fashion-MNIST recipe (about 3 minutes on
 # 2 CPU cores; FULL=1 for the 10-minute 95% recipe), evaluate it, register it as production,
