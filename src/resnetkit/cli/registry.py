@@ -29,6 +29,7 @@ from resnetkit.registry import (
     parse_ref,
 )
 from resnetkit.registry.engine import display_url
+from resnetkit.registry.records import BlessingRecord
 from resnetkit.registry.store import DEFAULT_GC_GRACE_S
 
 Handler = Callable[[RegistryStore, argparse.Namespace], int]
@@ -197,8 +198,9 @@ def _version_row(info: VersionInfo) -> tuple[Any, ...]:
 def run_show(store: RegistryStore, args: argparse.Namespace) -> int:
     """``registry show REF``."""
     info = store.resolve(args.ref)
+    blessings = store.blessings(info.ref)
     if args.json:
-        _print_json(info.to_dict())
+        _print_json({**info.to_dict(), "blessings": [b.to_dict() for b in blessings]})
         return 0
     fields = [
         ("arch", info.model_json.get("arch")),
@@ -216,7 +218,37 @@ def run_show(store: RegistryStore, args: argparse.Namespace) -> int:
     _table(info.ref, ("field", "value"), fields)
     files = [(a.filename, a.size_bytes, a.digest) for a in info.artifacts]
     _table("artifacts", ("file", "bytes", "sha256"), files)
+    if blessings:
+        _show_blessing(blessings[-1])
     return 0
+
+
+def _show_blessing(record: BlessingRecord) -> None:
+    """The current blessing: verdict, baseline, lineage, then every check of the gate."""
+    blessing = record.blessing
+    data = blessing.lineage.get("data", {})
+    fields = [
+        ("blessed", "yes" if blessing.blessed else "NO: " + ", ".join(blessing.failed_checks)),
+        ("baseline", blessing.baseline or "no baseline"),
+        ("pipeline run", f"{blessing.pipeline_run} ({record.created_at} by {record.created_by})"),
+        *(
+            (f"data {k}", v if isinstance(v, str) else json.dumps(v))
+            for k, v in sorted(data.items())
+        ),
+        ("recipe", blessing.lineage.get("recipe")),
+    ]
+    _table("blessing", ("field", "value"), fields)
+    checks = [
+        (
+            c["name"],
+            c["value"],
+            c["threshold"],
+            "pass" if c["passed"] else "FAIL",
+            c.get("detail", ""),
+        )
+        for c in blessing.checks
+    ]
+    _table("gate checks", ("check", "value", "threshold", "verdict", "detail"), checks)
 
 
 def _dataset(info: VersionInfo) -> str | None:
