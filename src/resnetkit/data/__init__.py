@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     )
     from resnetkit.data.cifar import load_cifar
     from resnetkit.data.dataset import BadImage, ImageDataset, split_train_val
-    from resnetkit.data.fingerprint import fingerprint
+    from resnetkit.data.fingerprinting import fingerprint
     from resnetkit.data.image_folder import load_image_folder
     from resnetkit.data.images import (
         ALPHA_BACKGROUND,
@@ -76,7 +76,7 @@ _LAZY: dict[str, str] = {
     "compute_preprocessing": "resnetkit.data.preprocess",
     "cutmix": "resnetkit.data.augment",
     "epoch_permutation": "resnetkit.data.loader",
-    "fingerprint": "resnetkit.data.fingerprint",
+    "fingerprint": "resnetkit.data.fingerprinting",
     "flatten_transparency": "resnetkit.data.images",
     "has_fixed_shape": "resnetkit.data.sources",
     "image_to_array": "resnetkit.data.images",

@@ -113,9 +113,6 @@ def _recipe(ctx: RunContext, baseline: str | None) -> tuple[TrainConfig, str]:
 
 def _mix_feedback(ctx: RunContext, cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     """Write base + feedback as the base source's IDX files; train on those."""
-    # fingerprint from the package, never its submodule: importing resnetkit.data.fingerprint
-    # would set the package attribute to the module and break `from resnetkit.data import
-    # fingerprint` in the trainer.
     from resnetkit.data import fingerprint, load_dataset
     from resnetkit.pipeline.datasets import MIXABLE, load_feedback, write_mixed_idx
 
