@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -58,6 +59,7 @@ def test_executorch_fp32_is_written_only_when_it_matches_torch_on_1000_real_imag
     assert report.parity.top1_agreement >= 0.999
     assert report.parity.max_abs_diff <= FP32_MAX_ABS_DIFF
     assert report.details["delegated_subgraphs"] >= 1  # XNNPACK took the convolutions
+    assert report.details["portable_ops"]  # and the portable kernels the rest, in the check
     assert [p.name for p in tmp_path.iterdir()] == ["model.pte"]
     metadata = _card_in(out, run_dir)
     assert metadata["format"] == "executorch" and metadata["precision"] == "fp32"
@@ -155,29 +157,57 @@ def test_a_missing_extra_names_the_extra(
 
 class _InverseErf(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.erfinv(x.tanh() * 0.5)
+        return torch.erfinv(x.tanh() * 0.5)  # LiteRT has no lowering for erfinv
+
+
+class _Spectrum(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(x, dim=-1).abs()  # Core ML has no complex FFT
 
 
 class _OddModel(nn.Module):
-    """A conv net with an op LiteRT has no lowering for, inside a named block."""
+    """A conv net with an op the target cannot lower, inside a named block."""
 
-    def __init__(self) -> None:
+    def __init__(self, odd: nn.Module) -> None:
         super().__init__()
         self.stem = nn.Conv2d(1, 4, 3)
-        self.head = nn.Sequential(nn.ReLU(), _InverseErf())
+        self.head = nn.Sequential(nn.ReLU(), odd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stem(x)).mean((2, 3))
 
 
-def test_an_unsupported_op_names_the_op_and_the_layer() -> None:
+def _to_tflite(model: nn.Module, tmp_path: Path) -> None:
     from resnetkit.export.edge_litert import to_tflite
 
+    to_tflite(model, torch.zeros(1, 1, 8, 8), metadata={})
+
+
+def _to_coreml(model: nn.Module, tmp_path: Path) -> None:
+    from resnetkit.export.edge_coreml import to_mlpackage
+
+    to_mlpackage(model, torch.zeros(1, 1, 8, 8), tmp_path / "m.mlpackage", metadata={})
+
+
+@pytest.mark.parametrize(
+    ("convert", "odd", "expected"),
+    [
+        (_to_tflite, _InverseErf(), "tflite conversion failed on op erfinv in layer head.1 "
+         "(_InverseErf): Lowering not found"),
+        (_to_coreml, _Spectrum(), "coreml conversion failed on op fft_rfft in layer head.1 "
+         "(_Spectrum): "),
+    ],
+    ids=["tflite", "coreml"],
+)  # fmt: skip
+def test_an_unsupported_op_names_the_op_and_the_layer(
+    tmp_path: Path, convert: Any, odd: nn.Module, expected: str
+) -> None:
     with pytest.raises(ExportError) as caught:
-        to_tflite(_OddModel(), torch.zeros(1, 1, 8, 8), metadata={})
+        convert(_OddModel(odd), tmp_path)
     message = str(caught.value)
-    assert message.startswith("tflite conversion failed on op erfinv in layer head.1 (_InverseErf)")
+    assert message.startswith(expected)
     assert "\n" not in message and len(message) < 300
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_read_edge_metadata_refuses_files_it_did_not_write(tmp_path: Path) -> None:
