@@ -40,7 +40,20 @@ ROWS = (
     ("executorch", "int8"), ("tflite", "fp32"), ("tflite", "int8"), ("coreml", "fp32"),
 )  # fmt: skip
 SUFFIX = {"executorch": ".pte", "tflite": ".tflite", "coreml": ".mlpackage", "onnx": ".onnx"}
+EDGE_PACKAGES = ("executorch", "ai-edge-litert", "litert-torch", "coremltools")
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_fast.toml"
+
+
+def _edge_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    found: dict[str, str | None] = {}
+    for name in EDGE_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def _peak_rss_bytes() -> int | None:
@@ -197,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(fmt, Path(path), args.run, args.images, args.runs)))
         return
     info = machine()
+    info["edge_packages"] = _edge_versions()
     print(describe(info), flush=True)
+    print("edge: " + ", ".join(f"{k} {v}" for k, v in info["edge_packages"].items()), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     args.run = args.run or trained_run(args.out)
     files = prepare(args.run, args.out)
