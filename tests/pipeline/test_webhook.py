@@ -158,12 +158,13 @@ def test_too_few_new_labels_runs_no_pipeline_and_keeps_no_cooldown(
 
 def test_a_run_that_fails_is_recorded_and_the_worker_goes_on(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "predictions.jsonl"
-    service = _service(missing, tmp_path / "out", Runner(), cooldown_s=0)
-    assert service.notify(_payload())[0] == 202
-    assert service.wait_idle(WAIT_S)
+    service = _service(missing, tmp_path / "out", Runner(), cooldown_s=600)
+    for _ in range(2):  # a failed run gives the cooldown back: the repeat tries again
+        assert service.notify(_payload())[0] == 202
+        assert service.wait_idle(WAIT_S)
     run = service.runs()[0]
     assert run["outcome"] == "failed" and "not found" in run["error"]
-    assert _counter(service, "resnetkit_pipeline_runs_total", outcome="failed") == 1
+    assert _counter(service, "resnetkit_pipeline_runs_total", outcome="failed") == 2
     service.close()
 
 

@@ -14,7 +14,8 @@ inside) the model server. Alertmanager's ``webhook_config`` POSTs its version-4 
 * else a run starts in the one worker thread: export the labelled production images
   (:func:`~resnetkit.data.feedback.export_feedback`) into a fresh folder; fewer than
   ``min_new_labels`` labelled since the last run ends it as ``not_enough_data`` (and gives
-  the cooldown back, so the next repeat tries again); otherwise the pipeline runs on them.
+  the cooldown back, so the next repeat tries again); otherwise the pipeline runs on them. A
+  run that fails (an error, a crash) gives the cooldown back too; it is counted as ``failed``.
 
 Every refusal is logged and counted in ``resnetkit_pipeline_webhook_refusals_total{reason}``;
 every run's outcome in ``resnetkit_pipeline_runs_total{outcome}`` (this service's own
@@ -73,6 +74,9 @@ OUTCOMES = (
 REFUSALS = (
     "malformed", "unauthorized", "resolved", "other_alert", "duplicate", "cooldown", "busy",
 )  # fmt: skip
+#: Outcomes that give the cooldown back: the pipeline did not run, or broke before its end
+#: (a transient error must not block retraining for a whole cooldown).
+_NO_COOLDOWN = (None, "not_enough_data", "failed")
 RUNS_FILE = "runs.json"
 MAX_BODY_BYTES = 1024 * 1024
 _KEPT_RUNS = 1000
@@ -188,7 +192,7 @@ class RetrainService:
         keys = sorted(f"{a.get('fingerprint', '')}@{a.get('startsAt', '')}" for a in alerts)
         now = self.clock()
         with self._lock:
-            last = next((r for r in self._runs if r["outcome"] != "not_enough_data"), None)
+            last = next((r for r in self._runs if r["outcome"] not in _NO_COOLDOWN), None)
             if any(r["finished"] is None for r in self._runs):
                 raise _Refused("busy", "a pipeline run is still going")
             if last is not None and now - last["started_s"] < self.settings.cooldown_s:
