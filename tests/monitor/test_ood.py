@@ -187,6 +187,7 @@ def test_a_drift_reference_with_logits_fits_a_detector_and_an_old_one_says_why(
 
 
 def test_the_trainers_reference_holds_logits_consistent_with_its_probabilities() -> None:
+    from resnetkit.models import ClassifierModel
     from resnetkit.train.loop import drift_reference
     from resnetkit.train.setup import build_model, load_train_data, model_kwargs
     from tests.train.conftest import tiny_config
@@ -194,6 +195,7 @@ def test_the_trainers_reference_holds_logits_consistent_with_its_probabilities()
     cfg = tiny_config(data=dataclasses.replace(tiny_config().data, limit=700))
     data = load_train_data(cfg.data, cfg.seed)
     model = build_model(cfg, model_kwargs(cfg, data), torch.device("cpu"), data).eval()
+    assert isinstance(model, ClassifierModel)
     reference = drift_reference(model, data)
     torch.testing.assert_close(
         reference["logits"].softmax(dim=1), reference["probabilities"], atol=1e-5, rtol=1e-4
