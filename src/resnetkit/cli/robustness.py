@@ -383,7 +383,13 @@ def ood_report(
     if other is not None:
         try:
             far = loaded.dataset("test", data=other, limit=len(test_images))
-            sets = {other: far.images.numpy(), **sets}
+            if tuple(far.images.shape[1:]) == loaded.input_size:
+                sets = {other: far.images.numpy(), **sets}
+            else:
+                unavailable[other] = (
+                    f"its images are {tuple(far.images.shape[1:])}, the model takes "
+                    f"{loaded.input_size}"
+                )
         except DataError as exc:
             unavailable[other] = str(exc)
     outside = {
