@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 CALIBRATION_BATCH = 32
+_CHATTY_LOGGERS = ("", "torch", "torchao", "executorch", "coremltools", "absl", "jax")
 _MAX_MESSAGE_CHARS = 160
 # "aten.erfinv.default", "aten::abs(Tensor self)", "converting 'fft_rfft' op"
 _OP_PATTERNS = (
@@ -91,15 +92,19 @@ def calibrated_pt2e(
 @contextlib.contextmanager
 def quiet_converters() -> Iterator[None]:
     """Keep the converters' warnings, progress lines and INFO logs off the user's terminal."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    # torch and torchao log through their own handlers, so the root level alone does not
+    # reach them ("Failed to load ... _C_mxfp8.so", pytree deprecations at import).
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        root.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:
