@@ -354,8 +354,9 @@ class RolloutController:
         """Follow every served registry model's rollout until cancelled."""
         while True:
             try:
-                for name in list(self.pool.models):
-                    await self.sync(name)
+                consulted = [await self.sync(name) for name in list(self.pool.models)]
+                if any(consulted):  # a whole round read and wrote: the registry is back
+                    self._registry_ok()
             except asyncio.CancelledError:
                 raise
             except RegistryError as exc:  # paused: nothing is decided on what was not saved
@@ -364,19 +365,22 @@ class RolloutController:
                 log.exception("rollout sync failed; retrying")
             await asyncio.sleep(self.poll_s)
 
-    async def sync(self, name: str) -> None:
-        """One round for ``name``: read the rollout, apply it, measure, maybe analyse."""
+    async def sync(self, name: str) -> bool:
+        """One round for ``name``: read the rollout, apply it, measure, maybe analyse.
+
+        Returns:
+            Whether the round used the registry (False for a model served from a file).
+        """
         served = self.pool.models.get(name, {}).values()
         if not any(s.loaded.identity.version is not None for s in served):
-            return  # served from a file: no registry, no rollouts
+            return False  # served from a file: no registry, no rollouts
         record = await asyncio.to_thread(db.latest_rollout, self.store(), name)
-        self._registry_ok()
         if record is None:
-            return
+            return True
         self.records[name] = record
         if not record.active:
             await self._apply_outcome(name, record)
-            return
+            return True
         self._followed.add(record.id)
         cfg = self.config(record)
         self.metrics.set_rollout(
@@ -384,7 +388,7 @@ class RolloutController:
             mirrored_share=mirrored_share(cfg),
         )  # fmt: skip
         if not await self._ensure_canary(name, record):
-            return
+            return True
         current = self._step_stats(name)
         if current is not None:
             await asyncio.to_thread(
@@ -396,6 +400,7 @@ class RolloutController:
         )
         if leader:
             await self._maybe_analyse(name, record, cfg)
+        return True
 
     async def _ensure_canary(self, name: str, record: db.RolloutRecord) -> bool:
         """True once the canary version is loaded; starts loading it otherwise."""
