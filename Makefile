@@ -14,6 +14,10 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_SPEC)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	# The PyTorch-to-LiteRT converter, --no-deps: xdsl 0.28 pins typing-extensions<4.13,
+	# which pydantic refuses (its other dependencies are in the tflite extra).
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps 'litert-torch==0.10.0' \
+		'litert-converter==0.5.0' 'xdsl==0.28.0' 'ai-edge-quantizer==0.10.0' 'litert-lm-builder==0.18.1'
 	# Test-only, against our PGD; --no-deps, since its dependencies would pull torchvision.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps 'torchattacks==3.5.1'
 	touch $@

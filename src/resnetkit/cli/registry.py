@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,14 @@ def _add_register(sub: Any) -> None:
         "--allow-rejected",
         action="store_true",
         help="register an int8 model even though it failed its accuracy budget",
+    )
+    reg.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="an edge model exported from this run (.pte, .tflite, .mlpackage), stored with it",
     )
     reg.add_argument(
         "--allow-duplicate",
@@ -278,7 +287,44 @@ def run_register(store: RegistryStore, args: argparse.Namespace) -> int:
         raise ConfigError("--reason explains an alias move; add --alias NAME or drop --reason")
     if args.reason is not None and not args.reason.strip():
         raise ConfigError("--reason must not be empty")
+    with tempfile.TemporaryDirectory(prefix="resnetkit-register-") as scratch:
+        extra = _edge_artifacts(args.source, args.artifact, Path(scratch))
+        return _register(store, args, extra, check_loadable)
+
+
+def _edge_artifacts(source: str, files: list[Path], scratch: Path) -> dict[str, Path]:
+    """``--artifact`` files checked to come from ``source``'s weights, by artifact name."""
+    if not files:
+        return {}
+    from resnetkit.contract import MODEL_WEIGHTS
+    from resnetkit.export.edge import check_edge_artifact, pack_mlpackage
+    from resnetkit.registry.artifacts import sha256_file
+
+    weights = Path(source) / MODEL_WEIGHTS
+    if not weights.is_file():
+        raise ConfigError(f"--artifact needs a run directory with {MODEL_WEIGHTS} as RUN_DIR")
+    digest = sha256_file(weights)
+    found: dict[str, Path] = {}
+    for path in files:
+        if not path.exists():
+            raise ConfigError(f"--artifact {path} does not exist")
+        name = check_edge_artifact(path, digest)
+        if path.is_dir():  # a Core ML package is a folder: stored as one zip file
+            name, path = f"{name}.zip", pack_mlpackage(path, scratch / f"{name}.zip")
+        if name in found:
+            raise ConfigError(f"--artifact: two files would both be stored as {name}")
+        found[name] = path
+    return found
+
+
+def _register(
+    store: RegistryStore,
+    args: argparse.Namespace,
+    extra: dict[str, Path],
+    check: Callable[[Path], None],
+) -> int:
     opts = RegistrationOptions(
+        extra_files=extra,
         aliases=tuple(args.alias),
         reason=args.reason or "registered",
         description=args.description,
@@ -288,7 +334,7 @@ def run_register(store: RegistryStore, args: argparse.Namespace) -> int:
         allow_rejected=args.allow_rejected,
         allow_duplicate=args.allow_duplicate,
     )
-    info = store.register(args.source, args.name, opts, check=check_loadable)
+    info = store.register(args.source, args.name, opts, check=check)
     if args.json:
         _print_json(info.to_dict())
     else:

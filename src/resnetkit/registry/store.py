@@ -9,6 +9,7 @@ complete version; files it stored without recording are only garbage for ``gc``.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import os
@@ -106,6 +107,9 @@ class RegistrationOptions:
     allow_duplicate: bool = True
     # The gate's verdict and the run's lineage, recorded in the registering transaction.
     blessing: Blessing | None = None
+    # More files stored with the version (artifact name -> path): e.g. the edge models
+    # exported from its weights (`registry register --artifact model.pte`).
+    extra_files: Mapping[str, Path] = field(default_factory=dict)
 
 
 def _artifact_root(engine: Engine, url: str, artifacts: str | os.PathLike[str] | None) -> Path:
@@ -225,6 +229,11 @@ class RegistryStore:
         for key in opts.tags:
             validate_name(key, kind="tag key")
         spec = read_source(source)
+        if opts.extra_files:
+            clash = sorted(set(opts.extra_files) & set(spec.files))
+            if clash:
+                raise RegistryError(f"extra artifacts {clash} clash with the source's own files")
+            spec = dataclasses.replace(spec, files={**spec.files, **opts.extra_files})
         if spec.rejected and not opts.allow_rejected:
             raise RegistryError(
                 f"refusing to register {spec.path}: {spec.rejected}; requantize with another "
