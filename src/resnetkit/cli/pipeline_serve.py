@@ -92,6 +92,7 @@ def run_pipeline_serve(args: argparse.Namespace) -> int:
     )  # fmt: skip
     service = RetrainService(settings, runner)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per rollout poll
     print(f"pipeline webhook on http://{args.host}:{args.port}/v1/alerts", flush=True)
     try:
         uvicorn.run(
