@@ -155,13 +155,15 @@ def write_configs(args: argparse.Namespace, work: Path, hook_port: int) -> dict[
     # The canary is judged on live feedback accuracy and errors. Agreement with stable and
     # the confidence shift are switched off: on shifted traffic the new model is meant to
     # disagree with the one it replaces (stable is wrong there), and to be more confident.
+    # Mirroring stays on (the default 20%): at the 100% step it is stable's only traffic,
+    # and a window without stable samples is inconclusive until the progress deadline.
     files["pipeline"].write_text(
         f'registry = "sqlite:///{work / "registry.db"}"\n\n'
         f'[train]\nrecipe = "{args.recipe.resolve()}"\n'
         f"{epochs}\n[data]\nfeedback_fraction = {args.feedback_fraction}\n\n"
         "[rollout]\ntimeout_s = 1800\npoll_s = 1.0\n\n[rollout.canary]\n"
         f"steps = [20, 50, 100]\ninterval_s = {args.canary_interval_s}\nmin_requests = 20\n"
-        "mirror_fraction = 0.0\n\n[rollout.canary.checks]\nmin_agreement = 0.0\n"
+        "\n[rollout.canary.checks]\nmin_agreement = 0.0\n"
         "max_confidence_shift = 1.0\nmin_feedback = 10\n"
     )
     am = {
@@ -370,7 +372,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=25.0, help="live requests per second")
     parser.add_argument("--label-share", type=float, default=0.3)
     parser.add_argument("--feedback-fraction", type=float, default=0.3)
-    parser.add_argument("--min-new-labels", type=int, default=300)
+    parser.add_argument("--min-new-labels", type=int, default=1000)
     parser.add_argument("--cooldown-s", type=float, default=3600.0)
     parser.add_argument("--repeat-s", type=int, default=20, help="Alertmanager repeat_interval")
     parser.add_argument("--fire-after", default="10s", help="the drift alert's `for`")
