@@ -71,7 +71,9 @@ def test_every_error_a_route_answers_is_declared_with_the_error_body(client: Any
     for path, item in doc["paths"].items():
         for method, operation in item.items():
             responses = operation["responses"]
-            assert "422" not in responses or path == "/v1/admin/models", (method, path)
+            # FastAPI's validation 422 is dropped; ours: an unloadable model, an OOD rejection
+            ood = path.endswith(("/predict", "/infer"))
+            assert "422" not in responses or path == "/v1/admin/models" or ood, (method, path)
             for status, answer in responses.items():
                 if int(status) >= 400 and "ready" not in path:
                     schema = answer["content"]["application/json"]["schema"]

@@ -271,10 +271,16 @@ class RegistryStore:
             )
 
     def _store_files(self, spec: VersionSource, progress: Progress | None) -> dict[str, StoredFile]:
-        stored = {
-            filename: self.artifacts.put(path, _copy_reporter(progress, filename))
-            for filename, path in spec.files.items()
-        }
+        stored: dict[str, StoredFile] = {}
+        try:
+            for filename, path in spec.files.items():
+                stored[filename] = self.artifacts.put(path, _copy_reporter(progress, filename))
+        except BaseException:
+            # A copy failed (a full disk): no orphan files. Only the copies: a commit whose
+            # acknowledgement is lost may have made a version that uses them.
+            for kept in stored.values():
+                self.artifacts.discard(kept)  # only files this call created
+            raise
         if progress is not None:
             progress("stored", ",".join(sorted(stored)))
         return stored

@@ -17,8 +17,9 @@ Errors use the HTTP table of :mod:`resnetkit.serve.http` (:func:`status_for`) an
 status to a gRPC code (:data:`GRPC_CODE_FOR_STATUS`): 400/415 INVALID_ARGUMENT, 413
 RESOURCE_EXHAUSTED, 404 NOT_FOUND, 409 FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403
 PERMISSION_DENIED, 503 UNAVAILABLE (backpressure: RESOURCE_EXHAUSTED with a ``retry-after``
-trailer), 504 DEADLINE_EXCEEDED, anything else INTERNAL. Message size limits equal the REST
-body limit, so a request too big for one protocol is too big for the other.
+trailer), 504 DEADLINE_EXCEEDED, 507 (no space to write) RESOURCE_EXHAUSTED, anything else
+INTERNAL. Message size limits equal the REST body limit, so a request too big for one protocol
+is too big for the other.
 
 The messages are built from the compiled descriptor ``proto/grpc_predict_v2.desc`` in a private
 descriptor pool (no generated ``_pb2`` modules), so a process may also import a client library
@@ -84,6 +85,7 @@ GRPC_CODE_FOR_STATUS: Mapping[int, grpc.StatusCode] = {
     501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
+    507: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 # Typed contents field per datatype, and the numpy type its values are checked against.

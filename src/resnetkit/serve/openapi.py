@@ -152,16 +152,18 @@ _ERROR_SCHEMA = {
 _REASONS = {
     400: "Bad request: the message says what is wrong",
     401: "No or malformed Authorization header",
+    408: "The body did not arrive within --body-timeout-s (the connection is closed)",
     403: "Management disabled, or a wrong token",
     404: "No such model, version or resource",
     409: "In conflict with the server's state",
     413: "Over the size policy",
     415: "Not an image this server takes",
-    422: "A model that cannot be loaded",
+    422: "A model that cannot be loaded, or an out-of-distribution input (--ood-action reject)",
     500: "The model failed (non-finite output, an injected fault)",
     501: "Needs PyTorch, which this install lacks (Grad-CAM; exporting torch weights)",
-    503: "Not ready, or the queue is full (Retry-After)",
+    503: "Not ready, the queue is full, or the registry is unreachable (Retry-After)",
     504: "The deadline (--timeout-ms) passed before the forward pass",
+    507: "No space left to write (a full disk)",
 }
 _INFERENCE = ("/predict", "/infer", "/explain")
 # Probes whose 4xx/5xx body is their state, not an error object.
@@ -179,11 +181,17 @@ def _error_statuses(method: str, path: str, operation: dict[str, Any]) -> set[in
     if "{" in path or path.startswith(("/v1/predict", "/v1/rollouts", "/v1/feedback")):
         statuses.add(404)  # a model that is not served, or a server without rollouts
     if "requestBody" in operation:
-        statuses |= {400, 413}
+        statuses |= {400, 408, 413}
     if path.endswith(_INFERENCE):
         statuses |= {409, 415, 500, 503, 504}
+    if path.endswith(("/predict", "/infer")):
+        statuses.add(422)  # --ood-action reject
+    if path.endswith("/history"):
+        statuses.add(503)  # the registry database is unreachable
     if "/admin/" in path:
         statuses |= {401, 403, 404}
+        if method != "get":
+            statuses |= {503, 507}  # the registry unreachable; no space for its files
     if method != "get" and ("/rollouts" in path or path.startswith("/v1/feedback")):
         statuses.add(409)
     if path.endswith("/explain") or (method, path) == ("post", "/v1/admin/models"):
