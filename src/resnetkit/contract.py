@@ -41,6 +41,7 @@ __all__ = [
     "MODEL_JSON",
     "MODEL_WEIGHTS",
     "ONNX_FILE",
+    "OOD_DETECTOR",
     "PLOTS_DIR",
     "SUMMARY_JSON",
     "ModelCard",
@@ -65,7 +66,10 @@ PLOTS_DIR = "plots"
 ONNX_FILE = "model.onnx"
 DRIFT_REFERENCE = "drift_reference.safetensors"
 #: The drift reference's tensors: ``embeddings`` float32 (N, D) pre-logits,
-#: ``probabilities`` float32 (N, K) softmax outputs, ``labels`` int64 (N,) true classes.
+#: ``probabilities`` float32 (N, K) softmax outputs, ``labels`` int64 (N,) true classes, and
+#: (references written since the OOD flag exists) ``logits`` float32 (N, K).
+#: The per-request out-of-distribution detector (``monitor/ood.py``), beside the reference.
+OOD_DETECTOR = "ood_detector.npz"
 DRIFT_KEYS = ("embeddings", "probabilities", "labels")
 _CARD_KEYS = ("arch", "kwargs", "labels", "preprocessing")
 

@@ -10,6 +10,8 @@ import pytest
 from resnetkit.cli.main import build_parser, main
 from resnetkit.cli.train import build_config
 from resnetkit.config import TrainConfig
+from resnetkit.contract import OOD_DETECTOR
+from resnetkit.monitor.ood import OODDetector
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -51,6 +53,8 @@ def test_training_leaves_a_run_evaluated_on_the_test_split(
     report = json.loads((out / "eval.json").read_text())
     assert report["top1"] == summary["test_accuracy"]
     assert (out / "plots" / "training_curves.png").stat().st_size > 0
+    detector = OODDetector.load(out / OOD_DETECTOR)  # fitted on the held-out reference
+    assert detector.method == "mahalanobis" and detector.means.shape[0] == 10
     table = capsys.readouterr().out
     assert "test accuracy" in table and f"{100 * summary['test_accuracy']:.2f}%" in table
 

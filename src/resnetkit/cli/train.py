@@ -245,6 +245,17 @@ def _default_out(cfg: TrainConfig) -> Path:
     return Path(f"runs/{cfg.model.arch}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def _fit_ood_detector(out: Path) -> None:
+    """The per-request OOD detector, fitted on the drift reference the trainer just wrote
+    (held-out images), saved beside it so it travels with the run and its versions."""
+    from resnetkit.contract import DRIFT_REFERENCE, OOD_DETECTOR
+    from resnetkit.monitor.ood import fit_from_reference
+
+    if (out / DRIFT_REFERENCE).is_file():
+        source = "the run's drift reference (validation split, or training images without one)"
+        fit_from_reference(out / DRIFT_REFERENCE, source=source).save(out / OOD_DETECTOR)
+
+
 def run(args: argparse.Namespace) -> int:
     """``resnetkit train``: a run directory, evaluated on the test split."""
     start = time.perf_counter()
@@ -255,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, out, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 alone evaluates and reports
+    _fit_ood_detector(out)
     # evaluate_run already merges its test metrics into summary.json and returns the whole.
     summary = read_summary(out) if args.no_eval else evaluate_run(out, cfg)
     wall_s = time.perf_counter() - start

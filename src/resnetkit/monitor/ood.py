@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from resnetkit.contract import OOD_DETECTOR
 from resnetkit.errors import CheckpointError, ConfigError, DriftError
 from resnetkit.fileio import atomic_write
 
@@ -68,7 +69,7 @@ __all__ = [
 ]
 
 #: The detector's file name, beside ``drift_reference.safetensors`` in a run or version.
-OOD_FILE = "ood_detector.npz"
+OOD_FILE = OOD_DETECTOR
 FORMAT = "resnetkit-ood"
 FORMAT_VERSION = 1
 METHODS = ("mahalanobis", "energy", "combined")

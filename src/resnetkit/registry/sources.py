@@ -24,6 +24,7 @@ from resnetkit.contract import (
     MODEL_JSON,
     MODEL_WEIGHTS,
     ONNX_FILE,
+    OOD_DETECTOR,
     SUMMARY_JSON,
     ModelCard,
     git_commit,
@@ -89,7 +90,7 @@ def _read_run_dir(folder: Path) -> VersionSource:
                 "(train a model first, or pass an .onnx file)"
             )
     files = {MODEL_WEIGHTS: folder / MODEL_WEIGHTS, MODEL_JSON: folder / MODEL_JSON}
-    for optional in (SUMMARY_JSON, CONFIG_TOML, METRICS_JSONL, DRIFT_REFERENCE):
+    for optional in (SUMMARY_JSON, CONFIG_TOML, METRICS_JSONL, DRIFT_REFERENCE, OOD_DETECTOR):
         if (folder / optional).is_file():
             files[optional] = folder / optional
     card = read_model_json(folder)

@@ -167,5 +167,6 @@ export function renderHeadline(container, now, windowed, stats) {
     item("Requests (5 min)", String(windowed.requests), "requests-window"),
     item("In flight", String(stats?.inflight_requests ?? "–"), "inflight"),
     item("Cold start", stats?.cold_start_s ? `${num(stats.cold_start_s)} s` : "–", "cold-start"),
+    item("Registry", stats?.registry ? (stats.registry.up ? "reachable" : `unreachable (${stats.registry.errors} errors)`) : "–", "registry"),
   );
 }
