@@ -33,6 +33,8 @@ system-deps:
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; fi
 	@if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q haproxy; fi
+	@if [ ! -x /usr/bin/prometheus-alertmanager ]; then \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus-alertmanager; fi
 	@if ! command -v mmdebstrap >/dev/null 2>&1 || ! command -v buildah >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mmdebstrap buildah; fi
 

@@ -144,7 +144,8 @@ METRICS: tuple[MetricSpec, ...] = (
        "Finished rollouts: promoted, rolled_back or aborted."),
     # Logs
     _m("prediction_log_dropped_total", "counter", ("what", "reason"),
-       "Prediction-log records and logged images dropped: queue_full or write_error."),
+       "Prediction-log records, logged images and feedback labels dropped: queue_full or "
+       "write_error."),
 )  # fmt: skip
 
 METRICS_BY_NAME: Mapping[str, MetricSpec] = MappingProxyType({m.name: m for m in METRICS})

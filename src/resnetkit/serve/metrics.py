@@ -504,7 +504,7 @@ class _LogDrops:
             self.spec.name.removesuffix("_total"), self.spec.help, labels=self.spec.labels
         )
         counts = self.owner._log_counts() if self.owner._log_counts is not None else {}
-        for what in ("record", "image"):
+        for what in ("record", "image", "feedback"):
             for reason in LOG_DROP_REASONS:
                 family.add_metric([what, reason], counts.get((what, reason), 0))
         yield family

@@ -74,18 +74,9 @@ def controller_of(state: ServerState) -> RolloutController:
     return state.router
 
 
-def _answered_by(router: RolloutController, rid: str) -> tuple[str, str]:
-    """The model and version that answered ``rid`` (the one the client saw)."""
-    # The router keeps what each request got for its feedback; it has no public reader yet.
-    answered = router._answered[rid]
-    versions = answered.versions
-    version = next((versions[r] for r in ("served", "stable", "canary") if r in versions), "")
-    return answered.name, str(version)
-
-
 async def _log_label(state: ServerState, labels_log: FeedbackLog, rid: str, label: int) -> bool:
     """Append an accepted label to the feedback log in a worker thread; whether it was."""
-    name, version = _answered_by(controller_of(state), rid)
+    name, version = controller_of(state).answered_by(rid)
     label_name = state.pool.get(name).labels[label]
     return await asyncio.to_thread(labels_log.append, rid, label, label_name, name, version)
 

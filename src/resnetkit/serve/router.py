@@ -297,6 +297,19 @@ class RolloutController:
         key = role or "served"
         answered.versions[key], answered.top1[key] = version, top1
 
+    def answered_by(self, request_id: str) -> tuple[str, str]:
+        """The model and the version whose answer the client of ``request_id`` saw.
+
+        Raises:
+            NotFound: an unknown (or forgotten) request id.
+        """
+        answered = self._answered.get(request_id)
+        if answered is None:
+            raise NotFound(f"request id {request_id[:64]!r} is unknown here")
+        versions = answered.versions
+        version = next((versions[r] for r in ("served", "stable", "canary") if r in versions), "")
+        return answered.name, str(version)
+
     def feedback(self, request_id: str, label: str | int) -> dict[str, Any]:
         """Score the versions that answered ``request_id`` against the true ``label``.
 
