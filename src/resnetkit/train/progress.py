@@ -108,10 +108,10 @@ class TrainProgress:
         if "epoch_cpu_seconds" in record:
             parts.append(
                 f"{record['epoch_cpu_seconds']:,.0f} CPU-s "
-                f"({self.prices.currency} {record['epoch_usd_allocation']:.4f} allocation, "
-                f"{record['epoch_usd_usage']:.4f} usage)"
+                f"({self.prices.currency} {record['epoch_usd_allocation']:.2g} allocation, "
+                f"{record['epoch_usd_usage']:.2g} usage)"
             )
-        self.console.print("  ".join(parts))
+        self.console.print("  ".join(parts), soft_wrap=True)  # one line per epoch, in logs too
 
     def close(self) -> None:
         """Stop drawing."""
