@@ -55,7 +55,11 @@ class Runner:
         assert self.gate.wait(WAIT_S)
         out_dir.mkdir(parents=True)
         (out_dir / "pipeline.json").write_text(json.dumps({"outcome": self.outcome}))
-        return {"outcome": self.outcome, "pipeline_json": str(out_dir / "pipeline.json")}
+        blessed = self.outcome in ("promoted", "blessed", "rolled_back")
+        return {
+            "outcome": self.outcome, "pipeline_json": str(out_dir / "pipeline.json"),
+            "candidate": f"fm:{len(self.calls) + 1}", "baseline": "fm:1", "blessed": blessed,
+        }  # fmt: skip
 
 
 def _payload(status: str = "firing", name: str = DRIFT_ALERT, fp: str = "a1") -> dict[str, Any]:
@@ -198,6 +202,50 @@ def test_bad_payloads_and_settings_are_refused_and_counted(
     service.close()
 
 
+def test_the_runs_page_and_each_runs_pipeline_json_are_served(
+    labelled_log: Path, tmp_path: Path
+) -> None:
+    runner = Runner()
+    service = _service(labelled_log, tmp_path / "out", runner, cooldown_s=0)
+    assert service.notify(_payload())[0] == 202
+    assert service.wait_idle(WAIT_S)
+    (run,) = service.runs()
+    with TestClient(create_webhook_app(service)) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        policy = page.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+        # Self-contained: no asset or script from anywhere else, data read from the API.
+        assert "http://" not in page.text and "https://" not in page.text
+        assert "src=" not in page.text and 'fetch("v1/pipelines"' in page.text
+        answer = client.get(f"/v1/pipelines/{run['id']}/pipeline.json")
+        assert answer.status_code == 200 and answer.json() == {"outcome": "promoted"}
+        for bad in ("nope", f"{run['id']}x", "..%2F..%2Fruns.json"):
+            missing = client.get(f"/v1/pipelines/{bad}/pipeline.json")
+            assert missing.status_code == 404, bad
+        assert (
+            "no pipeline.json for run 'nope'"
+            in client.get("/v1/pipelines/nope/pipeline.json").json()["error"]
+        )
+        text = client.get("/metrics").text
+    finished = datetime.fromisoformat(run["finished"].replace("Z", "+00:00")).timestamp()
+    last = {
+        s.labels["outcome"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "resnetkit_pipeline_last_run_timestamp_seconds"
+    }
+    assert last == {"promoted": pytest.approx(finished, abs=1e-3)}
+    Path(run["pipeline_json"]).unlink()  # a folder cleaned by hand: 404, not a 500
+    assert service.pipeline_json(run["id"]) is None
+    service.close()
+    # A restart reads the last run's time back from runs.json.
+    again = _service(labelled_log, tmp_path / "out", runner)
+    last_again = again.last_run.labels("promoted")._value.get()
+    assert last_again == pytest.approx(finished, abs=1e-3)
+    again.close()
+
+
 # -- through a real Alertmanager ---------------------------------------------------------
 
 
@@ -323,3 +371,59 @@ def test_pipeline_serve_refuses_bad_flags_in_one_line(
         assert main([*base, *argv]) == 1, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+# -- the runs page in a real browser -----------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "pipeline-runs.png"
+
+
+@pytest.mark.slow
+def test_the_runs_page_shows_new_runs_without_a_reload_in_a_real_browser(
+    labelled_log: Path, tmp_path: Path
+) -> None:
+    """Debian's chromium opens ``/``: the runs appear as the service records them, each with
+    its outcome, candidate and blessing, the link shows pipeline.json, and the page logs
+    nothing to the console (a script or style the CSP blocked would).
+
+    ``RESNETKIT_UPDATE_SCREENSHOT=1`` writes the screenshot to ``docs/pipeline-runs.png``."""
+    import os
+
+    from playwright import sync_api
+
+    assert CHROMIUM.is_file(), f"no chromium at {CHROMIUM}: run `make system-deps`"
+    first = _service(labelled_log, tmp_path / "out", Runner(), min_new_labels=100)
+    assert first.notify(_payload())[0] == 202 and first.wait_idle(WAIT_S)
+    first.close()  # not_enough_data, recorded in runs.json
+    runner = Runner()
+    service = _service(labelled_log, tmp_path / "out", runner, cooldown_s=3600)
+    problems: list[str] = []
+    with _webhook_server(service) as hook, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 420})
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.set_default_timeout(WAIT_S * 1000)
+        page.goto(f"{hook}/")
+        page.wait_for_selector("#runs tr")
+        assert "not_enough_data" in page.inner_text("#runs tr:first-child")
+        assert "--min-new-labels" in page.inner_text("#runs tr:first-child .error")
+        assert service.notify(_payload(fp="b2"))[0] == 202  # while the page is open
+        assert service.wait_idle(WAIT_S)
+        page.wait_for_selector("#runs tr:nth-child(2)")
+        cells = page.eval_on_selector_all("#runs tr:first-child td", "c => c.map(e => e.innerText)")
+        assert cells[1:6] == [f"{DRIFT_ALERT} · fm v1", "promoted", "fm:2", "fm:1", "yes"]
+        assert cells[6] == "6 / 6" and cells[7] == "5 / 1"  # labels new/total, train/holdout
+        assert "last run: promoted" in page.inner_text("#summary")
+        assert page.inner_text("#status").startswith("updated")
+        if os.environ.get("RESNETKIT_UPDATE_SCREENSHOT") == "1":
+            page.screenshot(path=SCREENSHOT, full_page=True)
+        page.click("#runs tr:first-child a")
+        assert json.loads(page.inner_text("body")) == {"outcome": "promoted"}
+        browser.close()
+    assert problems == []
+    service.close()

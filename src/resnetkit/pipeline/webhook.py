@@ -19,9 +19,12 @@ inside) the model server. Alertmanager's ``webhook_config`` POSTs its version-4 
 
 Every refusal is logged and counted in ``resnetkit_pipeline_webhook_refusals_total{reason}``;
 every run's outcome in ``resnetkit_pipeline_runs_total{outcome}`` (this service's own
-Prometheus registry, at ``GET /metrics``). ``GET /v1/pipelines`` lists the runs, newest
-first; they are kept in ``OUT/runs.json`` (written atomically), so a restart keeps the
-cooldown. ``GET /healthz`` answers 200.
+Prometheus registry, at ``GET /metrics``), and the time the last run of each outcome
+ended in ``resnetkit_pipeline_last_run_timestamp_seconds{outcome}``. ``GET /v1/pipelines``
+lists the runs, newest first; they are kept in ``OUT/runs.json`` (written atomically), so a
+restart keeps the cooldown. ``GET /v1/pipelines/<id>/pipeline.json`` is a run's own
+``pipeline.json``; ``GET /`` a page listing the runs (:mod:`resnetkit.pipeline.runs_page`).
+``GET /healthz`` answers 200.
 """
 
 from __future__ import annotations
@@ -43,12 +46,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from resnetkit.data.feedback import export_feedback, labelled_samples
 from resnetkit.errors import ConfigError, ResNetKitError
 from resnetkit.fileio import atomic_write, check_output_dir
+from resnetkit.pipeline.runs_page import CONTENT_SECURITY_POLICY, RUNS_PAGE
 
 __all__ = [
     "DRIFT_ALERT",
@@ -157,6 +161,11 @@ class RetrainService:
             "resnetkit_pipeline_running", "1 while a pipeline run is going.",
             registry=self.registry,
         )  # fmt: skip
+        self.last_run = Gauge(
+            "resnetkit_pipeline_last_run_timestamp_seconds",
+            "Unix time the last pipeline run of each outcome ended.", ["outcome"],
+            registry=self.registry,
+        )  # fmt: skip
         for outcome in OUTCOMES:
             self.runs_total.labels(outcome)
         for reason in REFUSALS:
@@ -164,6 +173,8 @@ class RetrainService:
         self._lock = threading.Condition()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-run")
         self._runs: list[dict[str, Any]] = self._load_runs()
+        for run in reversed(self._runs):  # oldest first: the newest of each outcome wins
+            self._mark_finished(run)
 
     # -- the webhook --------------------------------------------------------------------
 
@@ -241,6 +252,7 @@ class RetrainService:
         with self._lock:
             run.update(result, finished=_now_iso())
             self._save_runs()
+            self._mark_finished(run)
             self._lock.notify_all()
         logger.info("pipeline run %s: %s", run["id"], run["outcome"])
 
@@ -275,6 +287,26 @@ class RetrainService:
         """Every run, newest first (copies)."""
         with self._lock:
             return [{k: v for k, v in r.items() if k != "started_s"} for r in self._runs]
+
+    def pipeline_json(self, run_id: str) -> dict[str, Any] | None:
+        """The ``pipeline.json`` a run wrote, None for an unknown run or one without it.
+
+        Only paths this service recorded are read: the id is looked up, never joined."""
+        with self._lock:
+            path = next((r.get("pipeline_json") for r in self._runs if r["id"] == run_id), None)
+        if not path:
+            return None
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _mark_finished(self, run: dict[str, Any]) -> None:
+        finished = run.get("finished")
+        if finished and run.get("outcome") in OUTCOMES:
+            ended = datetime.fromisoformat(str(finished).replace("Z", "+00:00"))
+            self.last_run.labels(run["outcome"]).set(ended.timestamp())
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no run is going; False if one still is after ``timeout_s``."""
@@ -326,7 +358,8 @@ def _drift_alerts(payload: Any) -> list[dict[str, Any]]:
 
 def create_webhook_app(service: RetrainService) -> Starlette:
     """The HTTP face of ``service``: ``POST /v1/alerts``, ``GET /v1/pipelines``,
-    ``GET /metrics``, ``GET /healthz``."""
+    ``GET /v1/pipelines/<id>/pipeline.json``, ``GET /`` (the runs page), ``GET /metrics``,
+    ``GET /healthz``."""
 
     async def alerts(request: Request) -> Response:
         token = service.settings.token
@@ -348,6 +381,20 @@ def create_webhook_app(service: RetrainService) -> Starlette:
     async def pipelines(request: Request) -> Response:
         return JSONResponse({"runs": service.runs()})
 
+    async def pipeline_json(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        data = service.pipeline_json(run_id)
+        if data is None:
+            return JSONResponse({"error": f"no pipeline.json for run {run_id!r}"}, 404)
+        return JSONResponse(data)
+
+    async def page(request: Request) -> Response:
+        headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-store"}
+        return HTMLResponse(RUNS_PAGE, headers=headers)
+
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)  # browsers ask; no icon, and no 404 in their console
+
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -357,7 +404,10 @@ def create_webhook_app(service: RetrainService) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/alerts", alerts, methods=["POST"]),
+            Route("/", page, methods=["GET"]),
+            Route("/favicon.ico", favicon, methods=["GET"]),
             Route("/v1/pipelines", pipelines, methods=["GET"]),
+            Route("/v1/pipelines/{run_id}/pipeline.json", pipeline_json, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ]
