@@ -1,9 +1,11 @@
 """Writing files so that a reader, or a crash, never sees half of one.
 
 :func:`atomic_write` is the one way the package writes a file it keeps: a temp file beside
-the target, fsync, rename. :func:`check_output_file` and :func:`check_output_dir` check an
-output path *before* the work that fills it starts, so a wrong ``--out`` or ``-o`` fails in
-the first second with one clear line instead of after minutes of training or exporting.
+the target, fsync, rename; :func:`staged` builds an output that must pass a check before it
+replaces the file at its path (an export and its parity check). :func:`check_output_file`
+and :func:`check_output_dir` check an output path *before* the work that fills it starts,
+so a wrong ``--out`` or ``-o`` fails in the first second with one clear line instead of
+after minutes of training or exporting.
 
 The checks try a write instead of trusting permission bits: root passes every
 ``os.access`` test, yet cannot create anything in ``/sys`` or ``/proc`` or on a read-only
@@ -13,11 +15,12 @@ mount. An ``OSError`` from creating the place of an output becomes a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ __all__ = [
     "is_disk_full",
     "new_figure",
     "save_figure",
+    "staged",
 ]
 
 #: Resolution of every PNG plot the package writes.
@@ -64,11 +68,39 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         full = isinstance(exc, Exception) and is_disk_full(exc, target.parent)
         tmp.unlink(missing_ok=True)
         if full:
-            kept = "the previous file is unchanged" if target.exists() else "nothing was written"
-            raise StorageFull(
-                f"cannot write {target}: no space left on its disk ({kept}); free space and retry"
-            ) from exc
+            raise _storage_full(target) from exc
         raise
+
+
+def _storage_full(target: Path) -> StorageFull:
+    kept = "the previous file is unchanged" if target.exists() else "nothing was written"
+    return StorageFull(
+        f"cannot write {target}: no space left on its disk ({kept}); free space and retry"
+    )
+
+
+@contextlib.contextmanager
+def staged(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A hidden path beside ``path`` to build an output in, renamed to ``path`` only if the
+    block succeeds: a file that fails a check after it was written (an export whose parity
+    fails) never replaces the one at ``path``. Write the staged path with
+    :func:`atomic_write`.
+
+    Raises:
+        StorageFull: the disk filled up in the block, naming ``path`` (not the hidden
+            file); nothing is left beside it and a file already at ``path`` is unchanged.
+    """
+    target = Path(path)
+    stage = target.with_name(f".{target.name}.{os.getpid()}.staged")
+    try:
+        yield stage
+        os.replace(stage, target)
+    except Exception as exc:
+        if isinstance(exc, StorageFull) or is_disk_full(exc, target.parent):
+            raise _storage_full(target) from exc
+        raise
+    finally:
+        stage.unlink(missing_ok=True)
 
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}

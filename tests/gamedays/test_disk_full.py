@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from resnetkit.cli.main import main
 from resnetkit.errors import RegistryError, StorageFull
+from resnetkit.fileio import atomic_write, staged
+from resnetkit.onnxio import read_metadata
 from resnetkit.registry import open_registry
 from resnetkit.train import load_checkpoint, train
+from tests.export.rundir import trained_run_dir
 from tests.gamedays.conftest import fill, tmpfs
 from tests.registry.rundirs import make_run_dir
 from tests.serve.server import in_process, png
@@ -69,6 +73,74 @@ def test_a_full_disk_leaves_no_partial_export(tmp_path: Path) -> None:
         out.write_bytes(b"old")  # an older export at the path stays as it was
         with pytest.raises(StorageFull, match="previous file is unchanged"):
             export_onnx(model, out, input_size=(1, 28, 28))
+        assert out.read_bytes() == b"old" and [p.name for p in disk.iterdir()] == ["model.onnx"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_run_dir(str(tmp_path_factory.getbasetemp()))  # shared with tests/cli
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["export", "--no-parity"], ["quantize", "--calib", "8", "--test-limit", "50"]],
+    ids=["export", "quantize"],
+)
+def test_a_disk_that_fills_under_export_and_quantize_is_one_line_and_the_old_file_stays(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # 64 KiB: less than either model (fp32 about 300 KB, int8 about 100 KB), so the disk
+    # fills in the middle of the write.
+    with tmpfs(tmp_path / "disk", 64) as disk:
+        out = disk / "model.onnx"
+        out.write_bytes(b"an older model")
+        assert main([command[0], str(trained), "-o", str(out), *command[1:]]) == 1
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+        assert "no space left" in lines[0] and out.name in lines[0]
+        assert out.read_bytes() == b"an older model"
+        assert [p.name for p in disk.iterdir()] == ["model.onnx"]  # no temp, no staged file
+
+
+def test_quantize_writes_once_so_room_for_one_model_is_enough(
+    trained: Path, tmp_path: Path
+) -> None:
+    from resnetkit.compress import quantize_with_budget
+    from resnetkit.export import load_model_ref
+
+    loaded = load_model_ref(str(trained))
+    test = loaded.dataset("test", limit=50)
+    calib = loaded.calibration_images(8)
+
+    def quantize(out: Path) -> None:
+        quantize_with_budget(
+            loaded.onnx_path(), out, calib, test.images, test.labels, loaded.spec, budget_points=100
+        )
+
+    quantize(tmp_path / "reference.onnx")
+    size = _on_disk(tmp_path / "reference.onnx")
+    # Room for the model and its temp file's first half: a second write of the whole file
+    # (the report added after the fact) would not fit.
+    with tmpfs(tmp_path / "disk", (size + size // 2 + 2 * _PAGE) // 1024) as disk:
+        out = disk / "int8.onnx"
+        quantize(out)
+        assert read_metadata(out)["quantization_accepted"] is True
+        assert read_metadata(out)["quantization_report"]["int8_size_bytes"] > 0
+        assert [p.name for p in disk.iterdir()] == ["int8.onnx"]
+
+
+def test_a_staged_output_on_a_full_disk_names_its_path_and_keeps_the_old_file(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "disk", 16) as disk:
+        out = disk / "model.onnx"
+        out.write_bytes(b"old")
+        with pytest.raises(StorageFull) as caught, staged(out) as stage:
+            atomic_write(stage, lambda tmp: tmp.write_bytes(b"x" * 64 * 1024))
+        assert str(caught.value) == (
+            f"cannot write {out}: no space left on its disk (the previous file is unchanged); "
+            "free space and retry"
+        )
         assert out.read_bytes() == b"old" and [p.name for p in disk.iterdir()] == ["model.onnx"]
 
 

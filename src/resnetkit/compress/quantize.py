@@ -179,7 +179,26 @@ def quantize_onnx(
     Raises:
         ConfigError: an unknown method or activation type, or no calibration images.
         ExportError: ONNX Runtime fails to quantize.
+        StorageFull: no room for the int8 file (a file already at ``out_path`` is kept).
     """
+    target = Path(out_path)
+    with _quantized(
+        fp32_path, calibration_images, method, activation_type, preprocess, metadata
+    ) as (quantized, info):
+        _save(_with_metadata(quantized, info), target)
+    return target
+
+
+@contextlib.contextmanager
+def _quantized(
+    fp32_path: str | os.PathLike[str],
+    calibration_images: torch.Tensor,
+    method: str,
+    activation_type: str,
+    preprocess: bool,
+    metadata: dict[str, Any] | None,
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The int8 model in a scratch folder (gone after the block) and its metadata."""
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"method {method!r} is not known; use {', '.join(CALIBRATION_METHODS)}")
     if activation_type not in ACTIVATION_TYPES:
@@ -188,7 +207,6 @@ def quantize_onnx(
         raise ConfigError("calibration needs at least one image, shape (N, C, H, W)")
     source_metadata = check_quantizable(fp32_path)
     q = _ort_quantization()
-    target = Path(out_path)
     # Scratch files go to the system's temp folder, never the working directory.
     with tempfile.TemporaryDirectory(prefix="resnetkit-quantize-") as tmp:
         src = Path(fp32_path)
@@ -211,8 +229,7 @@ def quantize_onnx(
                 "calibration_images": int(calibration_images.shape[0]),
             },
         }
-        _save_with_metadata(quantized, target, info)
-    return target
+        yield quantized, info
 
 
 def _quantize_static(
@@ -236,11 +253,16 @@ def _quantize_static(
     )
 
 
-def _save_with_metadata(src: Path, target: Path, metadata: dict[str, Any]) -> None:
-    onnx = import_onnx()
-    proto = onnx.load(str(src))
+def _with_metadata(src: Path, metadata: dict[str, Any]) -> Any:
+    """The ``onnx.ModelProto`` at ``src`` with ``metadata`` set."""
+    proto = import_onnx().load(str(src))
     write_metadata(proto, metadata)
-    atomic_write(target, lambda tmp: onnx.save_model(proto, str(tmp)))
+    return proto
+
+
+def _save(proto: Any, target: Path) -> None:
+    """Write ``proto`` to ``target`` atomically (a full disk keeps the file already there)."""
+    atomic_write(target, lambda tmp: import_onnx().save_model(proto, str(tmp)))
 
 
 def evaluate_onnx_top1(
@@ -318,24 +340,35 @@ def quantize_with_budget(
         calibration_images: normalised float32 training images ``(N, C, H, W)``.
         test_images, test_labels: ``uint8`` test images and their labels.
         spec: the model's preprocessing, to normalise the test images.
+
+    Raises:
+        StorageFull: no room for the int8 file; a file already at ``out_path`` is kept.
     """
-    out = quantize_onnx(
-        fp32_path, out_path, calibration_images, method=method, activation_type=activation_type
-    )
-    fp32 = evaluate_onnx_top1(fp32_path, test_images, test_labels, spec)
-    int8 = evaluate_onnx_top1(out, test_images, test_labels, spec)
-    report = QuantizationReport(
-        path=str(out),
-        method=method,
-        activation_type=activation_type,
-        calibration_images=int(calibration_images.shape[0]),
-        test_images=int(test_images.shape[0]),
-        fp32_top1=fp32,
-        int8_top1=int8,
-        budget_points=budget_points,
-        fp32_size_bytes=Path(fp32_path).stat().st_size,
-        int8_size_bytes=out.stat().st_size,
-    )
-    verdict = {"quantization_report": report.to_dict(), "quantization_accepted": report.accepted}
-    _save_with_metadata(out, out, verdict)
+    out = Path(out_path)
+    # One write, at the end, with the verdict: a full disk or a failed evaluation leaves a
+    # file already at ``out_path`` as it was, never an int8 model without its report.
+    with _quantized(fp32_path, calibration_images, method, activation_type, True, None) as (
+        quantized,
+        info,
+    ):
+        fp32 = evaluate_onnx_top1(fp32_path, test_images, test_labels, spec)
+        int8 = evaluate_onnx_top1(quantized, test_images, test_labels, spec)
+        proto = _with_metadata(quantized, info)
+        report = QuantizationReport(
+            path=str(out),
+            method=method,
+            activation_type=activation_type,
+            calibration_images=int(calibration_images.shape[0]),
+            test_images=int(test_images.shape[0]),
+            fp32_top1=fp32,
+            int8_top1=int8,
+            budget_points=budget_points,
+            fp32_size_bytes=Path(fp32_path).stat().st_size,
+            int8_size_bytes=int(proto.ByteSize()),  # the file without the report
+        )
+        accepted = report.accepted
+        write_metadata(
+            proto, {"quantization_report": report.to_dict(), "quantization_accepted": accepted}
+        )
+        _save(proto, out)
     return report
