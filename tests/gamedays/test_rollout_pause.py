@@ -16,7 +16,8 @@ from resnetkit.registry import rollouts as db
 from resnetkit.serve.metrics import ServerMetrics
 from resnetkit.serve.pool import ModelPool, PoolSettings
 from resnetkit.serve.rollout import RolloutConfig, StepStats, Verdict
-from resnetkit.serve.router import RolloutController
+from resnetkit.serve.rollout_loop import RolloutLoop
+from resnetkit.serve.router import RolloutRouter
 from tests.registry.rundirs import make_run_dir
 
 DEADLINE_S = 1.0
@@ -37,9 +38,10 @@ def rollout(tmp_path: Path) -> tuple[str, db.RolloutRecord, RolloutConfig]:
     return url, record, cfg
 
 
-def _controller(url: str) -> RolloutController:
+def _controller(url: str) -> RolloutLoop:
     metrics = ServerMetrics()
-    return RolloutController(ModelPool(PoolSettings(registry=url), metrics), metrics, registry=url)
+    pool = ModelPool(PoolSettings(registry=url), metrics)
+    return RolloutLoop(pool, metrics, RolloutRouter(pool, metrics), registry=url)
 
 
 def _state(url: str) -> str:

@@ -1,4 +1,6 @@
-"""A real ``resnetkit serve`` process on loopback, for tests that talk HTTP to it."""
+"""Servers for tests: built in this process (``in_process``: no socket; ``threaded``: uvicorn
+on a real loopback socket), or a real ``resnetkit serve`` process where the process itself is
+what a test is about (signals, its memory map, the command line)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +100,29 @@ def serving(
         server.stop()
 
 
+def _config(
+    refs: list[str],
+    registry: str | None,
+    prediction_log: Path | None,
+    poll_s: float,
+    settings: dict[str, Any],
+) -> Any:
+    from resnetkit.serve.config import ServeConfig
+
+    return ServeConfig(
+        refs=tuple(refs), registry=registry, threads=1, warmup_batches=1,
+        prediction_log=prediction_log, prediction_log_rate=1.0, rollout_poll_s=poll_s,
+        **settings,
+    )  # fmt: skip
+
+
+def _for_tests(state: Any, token: str | None) -> None:
+    from resnetkit.serve.auth import AdminAuth
+
+    state.auth = AdminAuth(token)
+    state.rollouts.drain_s = 0.0  # a version leaving service needs no grace period in a test
+
+
 @contextlib.contextmanager
 def in_process(
     refs: list[str],
@@ -105,22 +131,18 @@ def in_process(
     token: str | None = None,
     prediction_log: Path | None = None,
     poll_s: float = 0.1,
+    **settings: Any,
 ) -> Iterator[tuple[Any, Any]]:
     """A server built in this process (no subprocess, no socket): ``(client, state)``, the
-    client a Starlette ``TestClient`` that runs the app's lifespan, ready when yielded."""
+    client a Starlette ``TestClient`` that runs the app's lifespan, ready when yielded.
+    ``settings``: more :class:`~resnetkit.serve.config.ServeConfig` fields."""
     from starlette.testclient import TestClient
 
-    from resnetkit.serve.auth import AdminAuth
-    from resnetkit.serve.config import ServeConfig, build_app
+    from resnetkit.serve.config import build_app
 
-    config = ServeConfig(
-        refs=tuple(refs), registry=registry, threads=1, warmup_batches=1,
-        prediction_log=prediction_log, prediction_log_rate=1.0, rollout_poll_s=poll_s,
-    )  # fmt: skip
-    app = build_app(config)
+    app = build_app(_config(refs, registry, prediction_log, poll_s, settings))
     state = app.state.resnetkit
-    state.auth = AdminAuth(token)
-    state.router.drain_s = 0.0  # a version leaving service needs no grace period in a test
+    _for_tests(state, token)
     with TestClient(app) as client:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while client.get("/readyz").status_code != 200:
@@ -128,3 +150,41 @@ def in_process(
                 raise RuntimeError(f"in-process server not ready: {state.failed}")
             time.sleep(0.05)
         yield client, state
+
+
+@contextlib.contextmanager
+def threaded(
+    refs: list[str],
+    *,
+    registry: str | None = None,
+    token: str | None = None,
+    prediction_log: Path | None = None,
+    poll_s: float = 0.1,
+    **settings: Any,
+) -> Iterator[tuple[str, Any]]:
+    """The server ``resnetkit serve`` runs (uvicorn, the same protocol and limits) in a
+    thread of this process, on a real socket on loopback: ``(url, state)``, ready when
+    yielded; for clients that need a socket (tritonclient, schemathesis' CLI)."""
+    from resnetkit.serve.config import build_server
+    from resnetkit.serve.process import bind_listener
+
+    server, state = build_server(_config(refs, registry, prediction_log, poll_s, settings))
+    _for_tests(state, token)
+    listener = bind_listener("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            if state.failed or not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"threaded server not ready: {state.failed}")
+            time.sleep(0.05)
+        yield url, state
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        listener.close()

@@ -26,7 +26,8 @@ from resnetkit.registry import RegistrationOptions, open_registry
 from resnetkit.registry import rollouts as db
 from resnetkit.serve.metrics import ServerMetrics
 from resnetkit.serve.pool import ModelPool, PoolSettings
-from resnetkit.serve.router import RolloutController
+from resnetkit.serve.rollout_loop import RolloutLoop
+from resnetkit.serve.router import RolloutRouter
 from tests.registry.rundirs import LABELS, make_run_dir
 from tests.serve.server import in_process, png
 
@@ -190,8 +191,8 @@ def test_feedback_is_one_label_per_request_and_a_new_label_replaces_the_first(
         counted = {outcome: live(outcome) for outcome in ("correct", "incorrect")}
         assert counted == {"correct": 0, "incorrect": 1}
         # What the rollout analysis reads: this replica's counts of the step, in the registry.
-        record = state.router.records["fm"]
-        client.portal.call(state.router.sync, "fm")
+        record = state.rollouts.records["fm"]
+        client.portal.call(state.rollouts.sync, "fm")
         with open_registry(registry, create=False) as store:
             parts = db.read_stats(store, record.id, record.step)
     role = "canary" if version == "2" else "stable"
@@ -278,15 +279,16 @@ def test_two_versions_given_at_start_stay_addressable_after_an_old_rollout(
     async def serve_both() -> list[str]:
         metrics = ServerMetrics()
         pool = ModelPool(PoolSettings(registry=registry, threads=1, warmup_batches=0), metrics)
-        router = RolloutController(pool, metrics, registry=registry, drain_s=0.0)
+        loop = RolloutLoop(pool, metrics, RolloutRouter(pool, metrics), registry=registry,
+                           drain_s=0.0)  # fmt: skip
         try:
             await pool.load("fm:1")
             await pool.load("fm:2")
-            await router.sync("fm")
-            await asyncio.gather(*router._tasks)  # an unload it scheduled, if any
+            await loop.sync("fm")
+            await asyncio.gather(*loop._tasks)  # an unload it scheduled, if any
             return [s.version for s in pool.all()]
         finally:
-            router.close()
+            loop.close()
             await pool.close()
 
     assert asyncio.run(serve_both()) == ["1", "2"]

@@ -36,6 +36,7 @@ __all__ = [
     "OOD_ACTIONS",
     "ServeConfig",
     "build_app",
+    "build_server",
     "build_state",
     "serve_forever",
 ]
@@ -168,9 +169,10 @@ def _positive(name: str, value: float) -> None:
 
 
 def build_state(config: ServeConfig, *, started_monotonic: float | None = None) -> Any:
-    """The :class:`~resnetkit.serve.state.ServerState` of ``config``: pool, metrics, router,
-    auth, limits, prediction log and, with ``grpc_port``, the gRPC listener (started and
-    stopped by the app's lifespan). Models load when the app starts, not here.
+    """The :class:`~resnetkit.serve.state.ServerState` of ``config``: pool, metrics, the
+    rollout router and its control loop, auth, limits, prediction log and, with
+    ``grpc_port``, the gRPC listener (started and stopped by the app's lifespan). Models
+    load when the app starts, not here.
 
     Raises:
         ConfigError: an unreadable token file or prediction log.
@@ -179,7 +181,7 @@ def build_state(config: ServeConfig, *, started_monotonic: float | None = None) 
     from resnetkit.serve.metrics import ServerMetrics
     from resnetkit.serve.pool import ModelPool, PoolSettings
     from resnetkit.serve.predlog import PredictionLog
-    from resnetkit.serve.router import RolloutController
+    from resnetkit.serve.rollout_loop import LifespanRouter, RolloutLoop
     from resnetkit.serve.state import HttpSettings, ServerState
 
     if config.backend == "torch" and config.threads:
@@ -205,12 +207,15 @@ def build_state(config: ServeConfig, *, started_monotonic: float | None = None) 
             max_image_bytes=config.log_images_max_bytes,
         )
         metrics.watch_prediction_log(predlog.drop_counts)
+    router = LifespanRouter(pool, metrics)
+    router.loop = RolloutLoop(
+        pool, metrics, router, registry=config.registry, poll_s=config.rollout_poll_s
+    )
     state = ServerState(
         pool=pool,
         metrics=metrics,
-        router=RolloutController(
-            pool, metrics, registry=config.registry, poll_s=config.rollout_poll_s
-        ),
+        router=router,
+        rollouts=router.loop,
         auth=AdminAuth.from_sources(token_file=config.admin_token_file),
         http=HttpSettings(
             max_body_bytes=config.max_body_bytes,
@@ -238,6 +243,38 @@ def build_app(config: ServeConfig, *, started_monotonic: float | None = None) ->
     app = create_app(state, body_timeout_s=config.body_timeout_s)
     app.state.resnetkit = state
     return app
+
+
+def build_server(config: ServeConfig, *, started_monotonic: float | None = None) -> Any:
+    """The uvicorn server of ``config`` and its state: ``(server, state)``, not started.
+
+    What :func:`serve_forever` runs, without its signal handling: ``server.run(sockets=
+    [listener])`` serves until ``server.should_exit`` is set (a test runs it in a thread on
+    a real socket). The server drains on shutdown (:class:`~resnetkit.serve.process.
+    DrainingServer`), bounds headers, keep-alive and connections, and stops if an initial
+    model fails to load.
+    """
+    import uvicorn
+
+    from resnetkit.serve.process import (
+        CloseWhenDraining,
+        DrainingServer,
+        header_timeout_protocol,
+    )
+
+    app = build_app(config, started_monotonic=started_monotonic)
+    state = app.state.resnetkit
+    uv_config = uvicorn.Config(
+        CloseWhenDraining(app), host=config.host, port=config.port, log_level="warning",
+        access_log=False, timeout_graceful_shutdown=int(config.drain_timeout_s), lifespan="on",
+        http=header_timeout_protocol(config.header_timeout_s),
+        timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # a float works
+        limit_concurrency=config.max_connections,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )  # fmt: skip
+    server = DrainingServer(uv_config)
+    state.on_startup_failure = lambda _message: setattr(server, "should_exit", True)
+    return server, state
 
 
 def _check_free(host: str, port: int, flag: str) -> None:
@@ -268,27 +305,9 @@ def serve_forever(
         ConfigError: a port in use, or a bad setting.
         ServeError: a model could not be loaded at start-up.
     """
-    import uvicorn
+    from resnetkit.serve.process import bind_listener
 
-    from resnetkit.serve.process import (
-        CloseWhenDraining,
-        DrainingServer,
-        bind_listener,
-        header_timeout_protocol,
-    )
-
-    app = build_app(config, started_monotonic=started_monotonic)
-    state = app.state.resnetkit
-    uv_config = uvicorn.Config(
-        CloseWhenDraining(app), host=config.host, port=config.port, log_level="warning",
-        access_log=False, timeout_graceful_shutdown=int(config.drain_timeout_s), lifespan="on",
-        http=header_timeout_protocol(config.header_timeout_s),
-        timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # a float works
-        limit_concurrency=config.max_connections,
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-    )  # fmt: skip
-    server = DrainingServer(uv_config)
-    state.on_startup_failure = lambda _message: setattr(server, "should_exit", True)
+    server, state = build_server(config, started_monotonic=started_monotonic)
     listener = bind_listener(config.host, config.port)  # a port in use fails here, unannounced
     try:
         if config.grpc_port:

@@ -27,7 +27,8 @@ from resnetkit.serve.feedbacklog import FeedbackLog
 from resnetkit.serve.http import read_json
 from resnetkit.serve.jsonsafe import FiniteJSONResponse
 from resnetkit.serve.rollout import RolloutConfig
-from resnetkit.serve.router import Fault, RolloutController
+from resnetkit.serve.rollout_loop import RolloutLoop
+from resnetkit.serve.router import Fault, RolloutRouter
 from resnetkit.serve.state import ServerState
 
 __all__ = ["add_rollout_routes"]
@@ -67,16 +68,27 @@ def _feedback_log(state: ServerState) -> FeedbackLog | None:
     return labels_log
 
 
-def controller_of(state: ServerState) -> RolloutController:
-    """The server's rollout controller; a served-without-rollouts server has none (404)."""
+def _without_rollouts() -> ModelNotServed:
+    return ModelNotServed("this server was started without rollouts")
+
+
+def rollouts_of(state: ServerState) -> RolloutLoop:
+    """The server's rollout control loop; a served-without-rollouts server has none (404)."""
+    if state.rollouts is None:
+        raise _without_rollouts()
+    return state.rollouts
+
+
+def router_of(state: ServerState) -> RolloutRouter:
+    """The server's rollout router (feedback lives there); 404 without one."""
     if state.router is None:
-        raise ModelNotServed("this server was started without rollouts")
+        raise _without_rollouts()
     return state.router
 
 
 async def _log_label(state: ServerState, labels_log: FeedbackLog, rid: str, label: int) -> bool:
     """Append an accepted label to the feedback log in a worker thread; whether it was."""
-    name, version = controller_of(state).answered_by(rid)
+    name, version = router_of(state).answered_by(rid)
     label_name = state.pool.get(name).labels[label]
     return await asyncio.to_thread(labels_log.append, rid, label, label_name, name, version)
 
@@ -84,8 +96,8 @@ async def _log_label(state: ServerState, labels_log: FeedbackLog, rid: str, labe
 def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
     """Register the rollout, feedback and fault routes."""
 
-    def controller() -> RolloutController:
-        return controller_of(state)
+    def loop() -> RolloutLoop:
+        return rollouts_of(state)
 
     admin = admin_only(lambda: state.auth)
     labels_log = _feedback_log(state)
@@ -97,7 +109,7 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
         for name in list(state.pool.models):
             if any(s.loaded.identity.version is not None for s in state.pool.models[name].values()):
                 try:
-                    found.append(await controller().describe(name))
+                    found.append(await loop().describe(name))
                 except ModelNotServed:
                     continue
         return {"rollouts": [{k: v for k, v in r.items() if k != "events"} for r in found]}
@@ -106,7 +118,7 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
     async def rollout(name: str) -> dict[str, Any]:
         """The latest rollout of ``name`` with its audit log (read-only)."""
         state.pool.get(name)
-        return await controller().describe(name)
+        return await loop().describe(name)
 
     @app.post(
         "/v1/admin/rollouts", tags=["rollouts"], response_class=FiniteJSONResponse,
@@ -120,10 +132,8 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
             raise InvalidInput('"model" must name a served model')
         cfg = RolloutConfig.from_mapping({k: v for k, v in payload.items() if k not in _START_KEYS})
         who = str(payload.get("actor") or ADMIN_ACTOR)[:200]
-        record = await controller().start(
-            name, _canary_version(name, payload.get("canary")), cfg, who
-        )
-        return await controller().describe(record.name)
+        record = await loop().start(name, _canary_version(name, payload.get("canary")), cfg, who)
+        return await loop().describe(record.name)
 
     @app.post(
         "/v1/admin/rollouts/{name}/promote", tags=["rollouts"], response_class=FiniteJSONResponse,
@@ -131,8 +141,8 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
     )  # fmt: skip
     async def promote(name: str) -> dict[str, Any]:
         """Promote the canary now (token required)."""
-        await controller().decide(name, "promoted", ADMIN_ACTOR)
-        return await controller().describe(name)
+        await loop().decide(name, "promoted", ADMIN_ACTOR)
+        return await loop().describe(name)
 
     @app.post(
         "/v1/admin/rollouts/{name}/abort", tags=["rollouts"], response_class=FiniteJSONResponse,
@@ -140,8 +150,8 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
     )  # fmt: skip
     async def abort(name: str) -> dict[str, Any]:
         """Stop the rollout and send every request to stable (token required)."""
-        await controller().decide(name, "aborted", ADMIN_ACTOR)
-        return await controller().describe(name)
+        await loop().decide(name, "aborted", ADMIN_ACTOR)
+        return await loop().describe(name)
 
     @app.post("/v1/feedback", tags=["rollouts"], response_class=FiniteJSONResponse)
     async def feedback(request: Request) -> dict[str, Any]:
@@ -156,7 +166,7 @@ def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
         rid, label = payload.get("request_id"), _integral(payload.get("label"))
         if not isinstance(rid, str) or not isinstance(label, (str, int)):
             raise InvalidInput('body needs "request_id" (string) and "label" (index or name)')
-        answer = controller().feedback(rid, label)
+        answer = router_of(state).feedback(rid, label)
         if labels_log is not None and not answer.get("repeated"):
             answer["logged"] = await _log_label(state, labels_log, rid, int(answer["label"]))
         return answer

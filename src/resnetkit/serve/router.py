@@ -1,80 +1,43 @@
-"""Canary rollouts inside the server: routing, measurement, and the analysis loop.
+"""Per-request rollout routing: which version answers, what each version did, feedback.
 
-The rollout itself lives in the registry database (:mod:`resnetkit.registry.rollouts`), so
-every replica sharing the registry follows the same one. Each replica, every ``poll_s``:
+Everything here runs on the request path, in memory: no registry, no I/O, no event loop.
+The control loop (:mod:`resnetkit.serve.rollout_loop`) tells the router what to route by
+through one small interface, and reads back what it counted:
 
-1. reads the model's latest rollout; loads the canary version if it is not loaded yet (a
-   canary that cannot be loaded rolls the rollout back, with the reason);
-2. routes by the recorded canary weight (sticky by a request header if configured), or in
-   shadow mode runs every request on both versions and answers from stable (the canary's
-   weight is then 0: it answers nobody); in split mode a share of stable's requests is
-   mirrored to the canary, in the background, to compare them. A canary run that fails on
-   the server's side is counted against the canary and answered by stable
-   (:mod:`resnetkit.serve.inference`);
-3. writes what it measured in this step to the database;
-4. takes the analysis lease if it is free; the holder analyses every ``interval_s`` and moves
-   the rollout on: next step, promotion (the alias moves, in the same transaction, with the
-   analysis summary as its reason) or rollback (weight 0, alias unchanged, the failed checks
-   and their values in the rollout's audit log).
+- :meth:`RolloutRouter.follow` hands it the :class:`RoutingPlan` of a model's progressing
+  rollout (canary version, weight, mode, step), or ``None`` when none progresses;
+- :meth:`RolloutRouter.step_counts` gives this replica's counts of the current step, which
+  the loop writes to the registry for the analysis.
 
-A finished rollout is applied everywhere it was followed: after promotion the canary is the
-default version and the old stable is unloaded; after a rollback or an abort the canary is
-unloaded. A replica that starts after a rollout finished serves what it was asked to serve
-(``serve fm:1 fm:2`` keeps both, whatever an old rollout of ``fm`` decided).
+During a rollout a request goes to stable or canary by the plan's canary weight (sticky by a
+request header if configured), or, in shadow mode, is answered by stable and also run on the
+canary in the background; in split mode a share of each version's requests is mirrored to
+the other, in the background, so both are compared at every step. The router counts each
+version's answers, errors, latency and confidence, and the top-1 agreement of mirrored runs.
 
 Feedback (``POST /v1/feedback``) is one label per request: the same label again changes
 nothing, a different one replaces the first in the counts (the answer says which it replaced).
+What a request got is kept for the last :data:`FEEDBACK_MEMORY` request ids, in about 240
+bytes per id, the id included (slotted records, no per-request dicts: 12 MB when full).
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import dataclasses
-import datetime
 import hashlib
-import importlib
-import logging
-import os
 import random
-import socket
-import time
-import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
-from resnetkit.errors import (
-    Conflict,
-    InvalidInput,
-    ModelNotServed,
-    NotFound,
-    RegistryError,
-    RegistryUnavailable,
-    ResNetKitError,
-)
+from resnetkit.errors import InvalidInput, NotFound
 from resnetkit.serve.metrics import ServerMetrics
 from resnetkit.serve.pool import ModelPool, ServedModel
-from resnetkit.serve.rollout import RolloutConfig, StepStats, Verdict, analyse
+from resnetkit.serve.rollout import StepStats
 
-if TYPE_CHECKING:
-    from resnetkit.registry import RegistryStore
-    from resnetkit.registry import rollouts as db
-else:  # SQLAlchemy is loaded with the first registry model, not by serving a file
+__all__ = ["FEEDBACK_MEMORY", "Fault", "RolloutRouter", "Route", "RoutingPlan"]
 
-    class _LazyRollouts:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(importlib.import_module("resnetkit.registry.rollouts"), name)
-
-    db = _LazyRollouts()
-
-__all__ = ["Fault", "RolloutController", "Route"]
-
-log = logging.getLogger("resnetkit.serve")
-
-_FEEDBACK_MEMORY = 50_000  # requests remembered for POST /v1/feedback
+FEEDBACK_MEMORY = 50_000  # request ids remembered for POST /v1/feedback
 
 
 @dataclasses.dataclass
@@ -104,116 +67,114 @@ class Route:
         return "stable" if self.role == "canary" else "canary"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class RoutingPlan:
+    """What routing needs of one progressing rollout; made by the control loop each time
+    it reads or changes the rollout, so a request never parses the rollout's settings."""
+
+    rollout_id: int
+    step: int
+    canary_version: str
+    canary_weight: float  # percent of requests the canary answers (0 in shadow mode)
+    shadow: bool = False
+    mirror_fraction: float = 0.0  # split mode: share of requests also run on the other one
+    sticky_header: str = ""
+    # (rollout id, step): the window a request's counts belong to; one tuple per plan,
+    # shared by every request remembered under it.
+    key: tuple[int, int] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.rollout_id, self.step))
+
+
 class _Answered:
-    """What a request got, kept for its feedback: model, versions and top-1 per role."""
+    """What a request got, kept for its feedback: the model, and version and top-1 per role
+    (``served`` without a rollout; ``stable`` and/or ``canary`` during one). Slotted, and
+    sharing its strings and its rollout key with the server, so that the 50,000 kept cost
+    little memory: no dict per request."""
 
-    name: str
-    versions: dict[str, str]  # role ("stable", "canary" or "served") -> version
-    top1: dict[str, int]
-    rollout: tuple[int, int] | None  # (rollout id, step) when it was part of a rollout
-    label: int | None = None  # the true label given as feedback, once given
-    counted: bool = False  # whether that label is in the rollout step's feedback counts
+    __slots__ = (
+        "canary_top1", "canary_version", "counted", "label", "name", "rollout",
+        "served_top1", "served_version", "stable_top1", "stable_version",
+    )  # fmt: skip
+
+    def __init__(self, name: str, rollout: tuple[int, int] | None) -> None:
+        self.name = name
+        self.rollout = rollout  # (rollout id, step) when it was part of a rollout
+        self.label: int | None = None  # the true label given as feedback, once given
+        self.counted = False  # whether that label is in the rollout step's feedback counts
+        self.served_version: str | None = None
+        self.served_top1 = -1
+        self.stable_version: str | None = None
+        self.stable_top1 = -1
+        self.canary_version: str | None = None
+        self.canary_top1 = -1
+
+    def set(self, role: str, version: str, top1: int) -> None:
+        """The answer of the version in ``role``."""
+        if role == "stable":
+            self.stable_version, self.stable_top1 = version, top1
+        elif role == "canary":
+            self.canary_version, self.canary_top1 = version, top1
+        else:
+            self.served_version, self.served_top1 = version, top1
+
+    def answers(self) -> list[tuple[str, str, int]]:
+        """``(role, version, top-1)`` of every version that answered, served first."""
+        found = (
+            ("served", self.served_version, self.served_top1),
+            ("stable", self.stable_version, self.stable_top1),
+            ("canary", self.canary_version, self.canary_top1),
+        )
+        return [(role, v, top1) for role, v, top1 in found if v is not None]
 
 
-def _utc(text: str) -> float:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-class RolloutController:
-    """Routes requests during rollouts and drives them; one per server process."""
+class RolloutRouter:
+    """Routes requests during rollouts and counts what each version did; one per server."""
 
     def __init__(
-        self,
-        pool: ModelPool,
-        metrics: ServerMetrics,
-        *,
-        registry: str | None,
-        poll_s: float = 1.0,
-        replica: str | None = None,
-        drain_s: float = 5.0,
+        self, pool: ModelPool, metrics: ServerMetrics, *, feedback_memory: int = FEEDBACK_MEMORY
     ) -> None:
         self.pool = pool
         self.metrics = metrics
-        self.registry = registry
-        self.poll_s = poll_s
-        self.drain_s = drain_s  # a version leaving service gets this long for its requests
-        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.records: dict[str, db.RolloutRecord] = {}
-        self._stats: dict[str, tuple[int, int, StepStats]] = {}
-        self._baseline: dict[tuple[int, int], StepStats] = {}
-        self._last_analysis: dict[int, float] = {}
-        self._applied: set[int] = set()
-        self._followed: set[int] = set()  # rollouts this replica saw progressing
-        self._loading: set[str] = set()
-        self._answered: collections.OrderedDict[str, _Answered] = collections.OrderedDict()
-        self._store: RegistryStore | None = None
+        self.feedback_memory = feedback_memory  # request ids kept for feedback
+        self._plans: dict[str, RoutingPlan] = {}
+        self._stats: dict[str, tuple[tuple[int, int], StepStats]] = {}
+        # Request id -> what it got; ids in the order they came, to forget the oldest.
+        self._answered: dict[str, _Answered] = {}
+        self._order: collections.deque[str] = collections.deque()
         self._rng = random.Random()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        # Wall-clock spans (start, end or None while it lasts) when the registry could not
-        # be read or written: no rollout decides then, and a step's progress deadline does
-        # not count them (the step could not be measured).
-        self._outages: list[tuple[float, float | None]] = []
 
-    # -- the registry ---------------------------------------------------------------------
+    # -- the control loop's interface -------------------------------------------------------
 
-    def store(self) -> RegistryStore:
-        """The registry (opened once, on first use)."""
-        if self._store is None:
-            from resnetkit.registry import open_registry
+    def follow(self, name: str, plan: RoutingPlan | None) -> None:
+        """Route ``name`` by ``plan`` from now on (None: no rollout progresses)."""
+        if plan is None:
+            self._plans.pop(name, None)
+        else:
+            self._plans[name] = plan
 
-            self._store = open_registry(self.registry, create=False)
-        return self._store
+    def plan(self, name: str) -> RoutingPlan | None:
+        """The plan ``name`` is routed by (None without a progressing rollout)."""
+        return self._plans.get(name)
 
-    @property
-    def registry_down(self) -> bool:
-        """Whether the last call to the registry failed (rollouts are paused meanwhile)."""
-        return bool(self._outages) and self._outages[-1][1] is None
+    def step_counts(self, name: str) -> StepStats | None:
+        """This replica's counts in the current step of ``name``'s rollout (None: none
+        progresses); the live object, which later requests keep adding to."""
+        current = self._step_stats(name)
+        return None if current is None else current[1]
 
-    def _registry_failed(self, operation: str, exc: RegistryError) -> None:
-        self.metrics.set_registry_up(False, operation)
-        if not self.registry_down:
-            self._outages.append((time.time(), None))
-            log.warning("registry unreachable, rollouts paused until it returns: %s", exc)
+    def _step_stats(self, name: str) -> tuple[RoutingPlan, StepStats] | None:
+        plan = self._plans.get(name)
+        if plan is None:
+            return None
+        key, stats = self._stats.get(name, ((-1, -1), StepStats()))
+        if key != plan.key:
+            stats = StepStats()
+            self._stats[name] = (plan.key, stats)
+        return plan, stats
 
-    def _registry_ok(self) -> None:
-        self.metrics.set_registry_up(True)
-        if self.registry_down:
-            start, _ = self._outages.pop()
-            self._outages.append((start, time.time()))
-            self._outages = self._outages[-100:]
-            # The first analysis after an outage waits a whole interval of fresh data.
-            now = time.monotonic()
-            self._last_analysis = dict.fromkeys(self._last_analysis, now)
-            log.warning(
-                "registry reachable again after %.1f s; rollouts resume", time.time() - start
-            )
-
-    def _outage_s(self, since: float) -> float:
-        """Seconds since ``since`` (wall clock) that the registry was unreachable."""
-        now = time.time()
-        return sum(
-            max(0.0, min(end if end is not None else now, now) - max(start, since))
-            for start, end in self._outages
-        )
-
-    def close(self) -> None:
-        """Give back every lease this replica holds and close the registry."""
-        if self._store is None:
-            return
-        if self.registry_down:  # each release would wait out the timeout; the leases expire
-            self._store.close()
-            return
-        for name in self.records:
-            with contextlib.suppress(ResNetKitError):
-                db.release_lease(self._store, name, self.replica)
-        self._store.close()
-
-    # -- routing and measurement ----------------------------------------------------------
-
-    def config(self, record: db.RolloutRecord) -> RolloutConfig:
-        """The rollout's settings."""
-        return RolloutConfig.from_mapping(record.config)
+    # -- routing and measurement ------------------------------------------------------------
 
     def route(self, name: str, headers: Mapping[str, str]) -> Route:
         """Where a request for ``name`` goes now.
@@ -222,37 +183,26 @@ class RolloutController:
             ModelNotServed, NotReady: as :meth:`ModelPool.get`.
         """
         stable = self.pool.get(name)
-        record = self.records.get(name)
-        if record is None or not record.active:
+        plan = self._plans.get(name)
+        if plan is None:
             return Route(stable)
-        canary = self.pool.models.get(name, {}).get(str(record.canary_version))
+        canary = self.pool.models.get(name, {}).get(plan.canary_version)
         if canary is None or not canary.ready or canary is stable:
             return Route(stable, "stable")
-        cfg = self.config(record)
-        if cfg.shadow:
+        if plan.shadow:
             return Route(stable, "stable", canary)
-        sticky = headers.get(cfg.sticky_header) if cfg.sticky_header else None
+        sticky = headers.get(plan.sticky_header) if plan.sticky_header else None
         if sticky:
-            digest = hashlib.sha256(f"{record.id}:{sticky}".encode()).digest()
+            digest = hashlib.sha256(f"{plan.rollout_id}:{sticky}".encode()).digest()
             share = int.from_bytes(digest[:8], "big") / 2**64
         else:
             share = self._rng.random()
         # A share of each version's requests also runs on the other one, in the background:
         # both versions are measured and compared at every step, 100% included.
-        mirrored = self._rng.random() < cfg.mirror_fraction
-        if share < record.canary_weight / 100:
+        mirrored = self._rng.random() < plan.mirror_fraction
+        if share < plan.canary_weight / 100:
             return Route(canary, "canary", stable if mirrored else None)
         return Route(stable, "stable", canary if mirrored else None)
-
-    def _step_stats(self, name: str) -> tuple[db.RolloutRecord, StepStats] | None:
-        record = self.records.get(name)
-        if record is None or not record.active:
-            return None
-        rid, step, stats = self._stats.get(name, (-1, -1, StepStats()))
-        if (rid, step) != (record.id, record.step):
-            stats = StepStats()
-            self._stats[name] = (record.id, record.step, stats)
-        return record, stats
 
     def record(
         self, name: str, role: str | None, ok: bool, latency_s: float, confidence: float | None
@@ -270,6 +220,8 @@ class RolloutController:
             current[1].compared += 1
             current[1].agree += int(stable_top1 == canary_top1)
 
+    # -- feedback ---------------------------------------------------------------------------
+
     def remember(
         self,
         request_ids: str | Sequence[str],
@@ -284,18 +236,19 @@ class RolloutController:
             request_ids: every id the request is known by (the server's request id, the
                 id a V2 client sent): feedback under any of them scores the same answer.
         """
-        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
-        answered = next((self._answered[i] for i in ids if i in self._answered), None)
+        ids = [request_ids] if isinstance(request_ids, str) else request_ids
+        known = self._answered
+        answered = next((known[i] for i in ids if i in known), None)
         if answered is None:
-            record = self.records.get(name)
-            rollout = (record.id, record.step) if record is not None and record.active else None
-            answered = _Answered(name, {}, {}, rollout)
+            plan = self._plans.get(name)
+            answered = _Answered(name, None if plan is None else plan.key)
         for request_id in ids:
-            self._answered[request_id] = answered
-        while len(self._answered) > _FEEDBACK_MEMORY:
-            self._answered.popitem(last=False)
-        key = role or "served"
-        answered.versions[key], answered.top1[key] = version, top1
+            if request_id not in known:
+                self._order.append(request_id)
+            known[request_id] = answered
+        while len(self._order) > self.feedback_memory:
+            del known[self._order.popleft()]
+        answered.set(role or "served", version, top1)
 
     def answered_by(self, request_id: str) -> tuple[str, str]:
         """The model and the version whose answer the client of ``request_id`` saw.
@@ -306,9 +259,8 @@ class RolloutController:
         answered = self._answered.get(request_id)
         if answered is None:
             raise NotFound(f"request id {request_id[:64]!r} is unknown here")
-        versions = answered.versions
-        version = next((versions[r] for r in ("served", "stable", "canary") if r in versions), "")
-        return answered.name, str(version)
+        answers = answered.answers()
+        return answered.name, answers[0][1] if answers else ""
 
     def feedback(self, request_id: str, label: str | int) -> dict[str, Any]:
         """Score the versions that answered ``request_id`` against the true ``label``.
@@ -325,11 +277,11 @@ class RolloutController:
         if answered is None:
             raise NotFound(
                 f"request id {request_id[:64]!r} is unknown here: it is older than the last "
-                f"{_FEEDBACK_MEMORY:,} requests, or another replica answered it"
+                f"{self.feedback_memory:,} requests, or another replica answered it"
             )
         served = self.pool.get(answered.name)
         index = _label_index(label, served.labels)
-        scores = {role: top1 == index for role, top1 in answered.top1.items()}
+        scores = {role: top1 == index for role, _, top1 in answered.answers()}
         answer: dict[str, Any] = {"request_id": request_id, "label": index, "correct": scores}
         previous = answered.label
         if previous == index:
@@ -345,12 +297,11 @@ class RolloutController:
         """Add (``sign=1``) or take back (-1) one label of a request in every count: the
         metrics (a retraction is a counter of its own) and the rollout step it belongs to."""
         current = self._step_stats(answered.name)
-        in_step = current is not None and answered.rollout == (current[0].id, current[0].step)
+        in_step = current is not None and answered.rollout == current[0].key
         if sign < 0 and not answered.counted:
             in_step = False  # its step is over: that window was judged with the old label
-        for role, top1 in answered.top1.items():
+        for role, version, top1 in answered.answers():
             correct = top1 == label
-            version = answered.versions[role]
             if sign > 0:
                 self.metrics.observe_feedback(answered.name, version, correct)
             else:
@@ -360,308 +311,6 @@ class RolloutController:
                 stats.feedback_total += sign
                 stats.feedback_correct += sign * int(correct)
         answered.counted = in_step and sign > 0
-
-    # -- the loop -------------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Follow every served registry model's rollout until cancelled."""
-        while True:
-            try:
-                consulted = [await self.sync(name) for name in list(self.pool.models)]
-                if any(consulted):  # a whole round read and wrote: the registry is back
-                    self._registry_ok()
-            except asyncio.CancelledError:
-                raise
-            except RegistryError as exc:  # paused: nothing is decided on what was not saved
-                self._registry_failed("rollout", exc)
-            except Exception:  # the loop must outlive a database hiccup
-                log.exception("rollout sync failed; retrying")
-            await asyncio.sleep(self.poll_s)
-
-    async def sync(self, name: str) -> bool:
-        """One round for ``name``: read the rollout, apply it, measure, maybe analyse.
-
-        Returns:
-            Whether the round used the registry (False for a model served from a file).
-        """
-        served = self.pool.models.get(name, {}).values()
-        if not any(s.loaded.identity.version is not None for s in served):
-            return False  # served from a file: no registry, no rollouts
-        record = await asyncio.to_thread(db.latest_rollout, self.store(), name)
-        if record is None:
-            return True
-        self.records[name] = record
-        if not record.active:
-            await self._apply_outcome(name, record)
-            return True
-        self._followed.add(record.id)
-        cfg = self.config(record)
-        self.metrics.set_rollout(
-            name, canary_weight=answer_share(record, cfg), step=record.step,
-            mirrored_share=mirrored_share(cfg),
-        )  # fmt: skip
-        if not await self._ensure_canary(name, record):
-            return True
-        current = self._step_stats(name)
-        if current is not None:
-            await asyncio.to_thread(
-                db.write_stats, self.store(), record.id, self.replica, record.step,
-                current[1].to_dict(),
-            )  # fmt: skip
-        leader = await asyncio.to_thread(
-            db.acquire_lease, self.store(), name, self.replica, 1.5 * cfg.interval_s
-        )
-        if leader:
-            await self._maybe_analyse(name, record, cfg)
-        return True
-
-    async def _ensure_canary(self, name: str, record: db.RolloutRecord) -> bool:
-        """True once the canary version is loaded; starts loading it otherwise."""
-        version = str(record.canary_version)
-        served = self.pool.models.get(name, {}).get(version)
-        if served is not None:
-            return served.ready
-        key = f"{name}:{version}"
-        if key not in self._loading:
-            self._loading.add(key)
-            task = asyncio.get_running_loop().create_task(self._load_canary(name, record))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return False
-
-    async def _load_canary(self, name: str, record: db.RolloutRecord) -> None:
-        key = f"{name}:{record.canary_version}"
-        try:
-            await self.pool.load(key, name=name)
-        except RegistryUnavailable as exc:  # not the canary's fault: the next round retries
-            self._registry_failed("rollout", exc)
-        except ResNetKitError as exc:
-            log.error("rollout of %s: the canary %s cannot be loaded: %s", name, key, exc)
-            await self._finish(
-                name, record, "rolled_back", f"the canary {key} cannot be loaded: {exc}", []
-            )
-        finally:
-            self._loading.discard(key)
-
-    async def _maybe_analyse(self, name: str, record: db.RolloutRecord, cfg: RolloutConfig) -> None:
-        now = time.monotonic()
-        last = self._last_analysis.setdefault(record.id, now)
-        if now - last < cfg.interval_s:
-            return
-        self._last_analysis[record.id] = now
-        parts = await asyncio.to_thread(db.read_stats, self.store(), record.id, record.step)
-        total = StepStats.total([StepStats.from_dict(p) for p in parts])
-        base = self._baseline.get((record.id, record.step), StepStats())
-        verdict = analyse(total.combine(base, -1), cfg)
-        await self._act(name, record, cfg, verdict, total)
-
-    async def _act(
-        self,
-        name: str,
-        record: db.RolloutRecord,
-        cfg: RolloutConfig,
-        verdict: Verdict,
-        total: StepStats,
-    ) -> None:
-        checks = [c.to_dict() for c in verdict.checks]
-        for check in verdict.checks:
-            if check.value is not None and check.passed is not None:
-                self.metrics.set_rollout_check(
-                    name, check.name, value=check.value, passed=check.passed
-                )
-        if verdict.outcome == "inconclusive":
-            started = _utc(record.step_started_at)
-            waited = time.time() - started - self._outage_s(started)
-            if waited > cfg.progress_deadline_s:
-                reason = f"no verdict after {waited:.0f} s at step {record.step}: {verdict.reason}"
-                await self._finish(name, record, "rolled_back", reason, checks)
-            return
-        self._baseline[(record.id, record.step)] = total
-        if verdict.outcome == "pass":
-            await self._advance(name, record, cfg, checks)
-            return
-        failures = record.failures + 1
-        if failures >= cfg.failure_limit:
-            await self._finish(name, record, "rolled_back", verdict.reason, checks)
-            return
-        await self._update(
-            record, {"failures": failures, "checks": checks, "reason": verdict.reason},
-            ("check_failed", {"failures": failures, "reason": verdict.reason, "checks": checks}),
-        )  # fmt: skip
-
-    async def _advance(
-        self, name: str, record: db.RolloutRecord, cfg: RolloutConfig, checks: list[Any]
-    ) -> None:
-        if record.step + 1 >= len(cfg.steps):
-            summary = (
-                f"canary {name}:{record.canary_version} passed every step "
-                f"({', '.join(f'{s}%' for s in cfg.steps)}): "
-                + "; ".join(_describe(c) for c in checks if c["value"] is not None)
-            )
-            await self._finish(name, record, "promoted", summary, checks)
-            return
-        weight = 0.0 if cfg.shadow else cfg.weight(record.step + 1)
-        changes = {
-            "step": record.step + 1, "canary_weight": weight, "checks": checks,
-            "step_started_at": db.utc_now(), "reason": f"step {record.step + 1}: {weight:g}%",
-        }  # fmt: skip
-        await self._update(
-            record, changes, ("step", {"step": record.step + 1, "weight": weight, "checks": checks})
-        )
-
-    async def _update(
-        self,
-        record: db.RolloutRecord,
-        changes: dict[str, Any],
-        event: tuple[str, dict[str, Any]],
-        move_alias: tuple[str, int, str] | None = None,
-        actor: str | None = None,
-    ) -> db.RolloutRecord | None:
-        try:
-            updated = await asyncio.to_thread(
-                db.update_rollout, self.store(), record, changes=changes, event=event,
-                actor=actor or f"resnetkit-rollout ({self.replica})", move_alias=move_alias,
-            )  # fmt: skip
-        except db.RolloutConflict:
-            return None  # someone else acted first; the next round reads the new state
-        self.records[record.name] = updated
-        return updated
-
-    async def _finish(
-        self,
-        name: str,
-        record: db.RolloutRecord,
-        outcome: str,
-        reason: str,
-        checks: list[Any],
-        actor: str | None = None,
-    ) -> db.RolloutRecord | None:
-        cfg = self.config(record)
-        weight = 100.0 if outcome == "promoted" else 0.0
-        changes = {
-            "state": outcome, "canary_weight": weight, "reason": reason, "checks": checks,
-            "finished_at": db.utc_now(),
-        }  # fmt: skip
-        move = (cfg.alias, record.canary_version, reason[:2000]) if outcome == "promoted" else None
-        kind = {"promoted": "promote", "rolled_back": "rollback", "aborted": "abort"}[outcome]
-        updated = await self._update(
-            record, changes, (kind, {"reason": reason, "checks": checks}), move, actor
-        )
-        if updated is not None:
-            self.metrics.rollout_finished(name, outcome)
-            log.warning("rollout of %s %s: %s", name, outcome.replace("_", " "), reason)
-            await self._apply_outcome(name, updated)
-        return updated
-
-    async def _apply_outcome(self, name: str, record: db.RolloutRecord) -> None:
-        """Serve what a finished rollout decided (once per rollout, on every replica that
-        followed it; one that started later serves what its command line or admin asked)."""
-        if record.id in self._applied:
-            return
-        self._applied.add(record.id)
-        if record.id not in self._followed:
-            return
-        versions = self.pool.models.get(name, {})
-        canary, stable = str(record.canary_version), str(record.stable_version)
-        if record.state == "promoted":
-            if canary not in versions:
-                await self.pool.load(f"{name}:{canary}", name=name)
-            self.pool.set_default(name, canary)
-            leaving = stable
-        else:
-            leaving = canary
-        if leaving in self.pool.models.get(name, {}) and len(self.pool.models[name]) > 1:
-            # No new request is routed to it any more; the ones that already were (still
-            # decoding, or queued) finish on it before it is unloaded.
-            task = asyncio.get_running_loop().create_task(self._unload_later(name, leaving))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _unload_later(self, name: str, version: str) -> None:
-        await asyncio.sleep(self.drain_s)
-        with contextlib.suppress(ModelNotServed):
-            await self.pool.unload(name, version)
-
-    # -- the API ----------------------------------------------------------------------------
-
-    async def start(
-        self, name: str, canary_version: int, cfg: RolloutConfig, actor: str
-    ) -> db.RolloutRecord:
-        """Start a rollout of ``name`` from the version it serves to ``canary_version``.
-
-        Raises:
-            ModelNotServed: the model is not served here, or not from the registry.
-            Conflict: a rollout is already progressing, or the canary is the stable version.
-            RegistryError: the version does not exist.
-        """
-        stable = self.pool.get(name)
-        if stable.loaded.identity.version is None:
-            raise ModelNotServed(
-                f"{name} is served from a file, not a registry version; a rollout moves "
-                "registry aliases, so serve it as name@alias"
-            )
-        try:
-            record = await asyncio.to_thread(
-                db.start_rollout, self.store(), name,
-                stable_version=stable.loaded.identity.version, canary_version=canary_version,
-                config=cfg.to_dict(), first_weight=0.0 if cfg.shadow else cfg.weight(0),
-                actor=actor,
-            )  # fmt: skip
-        except db.RolloutRefused as exc:
-            raise Conflict(str(exc)) from exc
-        self.records[name] = record
-        await self.sync(name)
-        return self.records[name]
-
-    async def decide(self, name: str, outcome: str, actor: str) -> db.RolloutRecord:
-        """Promote or abort the progressing rollout of ``name`` by hand.
-
-        Raises:
-            ModelNotServed: no rollout of ``name`` is progressing.
-        """
-        record = await asyncio.to_thread(db.active_rollout, self.store(), name)
-        if record is None:
-            raise ModelNotServed(f"{name} has no rollout in progress")
-        reason = f"{outcome.replace('_', ' ')} by hand ({actor})"
-        done = await self._finish(name, record, outcome, reason, record.checks, actor=actor)
-        if done is None:
-            raise RegistryError(f"the rollout of {name} changed meanwhile; try again")
-        return done
-
-    async def describe(self, name: str) -> dict[str, Any]:
-        """The latest rollout of ``name`` with its audit log, as plain data."""
-        record = await asyncio.to_thread(db.latest_rollout, self.store(), name)
-        if record is None:
-            raise ModelNotServed(f"{name} has never had a rollout")
-        events = await asyncio.to_thread(db.list_rollout_events, self.store(), record.id)
-        cfg = self.config(record)
-        return {
-            **record.to_dict(),
-            "model": name,
-            "steps": list(cfg.steps),
-            "mode": "shadow" if cfg.shadow else "split",
-            # percent, as canary_weight: the canary's share of answers, and of requests it
-            # also runs in the background (for comparison; their answers are stable's)
-            "canary_weight": 100 * answer_share(record, cfg),
-            "mirrored_percent": 100 * mirrored_share(cfg) if record.active else 0.0,
-            "events": [e.to_dict() for e in events],
-        }
-
-
-def answer_share(record: db.RolloutRecord, cfg: RolloutConfig) -> float:
-    """The share of answers (0 to 1) the canary of ``record`` gives: none in shadow mode."""
-    return 0.0 if cfg.shadow and record.active else record.canary_weight / 100
-
-
-def mirrored_share(cfg: RolloutConfig) -> float:
-    """The share of stable's requests (0 to 1) also run on the canary in the background."""
-    return 1.0 if cfg.shadow else cfg.mirror_fraction
-
-
-def _describe(check: Mapping[str, Any]) -> str:
-    threshold = check.get("threshold")
-    limit = "" if threshold is None else f" (threshold {threshold:.4g})"
-    return f"{check['name']} {check['value']:.4g}{limit}"
 
 
 def _label_index(label: str | int, labels: list[str]) -> int:
@@ -674,10 +323,3 @@ def _label_index(label: str | int, labels: list[str]) -> int:
     if label in labels:
         return labels.index(label)
     raise InvalidInput(f"label {label[:64]!r} is not one of the model's classes")
-
-
-def top1(outputs: Mapping[str, np.ndarray], key: str) -> tuple[int, float]:
-    """The top class of the first row of ``outputs[key]`` and its probability."""
-    row = outputs[key][0]
-    index = int(np.argmax(row))
-    return index, float(row[index])
