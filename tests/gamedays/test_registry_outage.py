@@ -6,6 +6,7 @@ line, and everything recovers when the database returns."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,15 +17,20 @@ import numpy as np
 import pytest
 
 from resnetkit.errors import RegistryUnavailable
-from resnetkit.registry import open_registry
+from resnetkit.registry import RegistryStore, open_registry
+from resnetkit.registry import rollouts as db
 from tests.gamedays.conftest import Postgres
 from tests.registry.rundirs import make_run_dir
-from tests.serve.server import in_process, png
+from tests.serve.server import ServerProcess, in_process, png
 
 TIMEOUT_S = 1.0  # the registry timeout of these tests
 # The bound on a failing call: connect_timeout (at least 2 s in libpq) plus the client's
 # grace, with room for a loaded CI machine; without the timeouts these calls hang forever.
 BOUND_S = 12.0
+# SIGTERM to a server whose database hangs: one registry call's bound (the call in flight
+# when the signal came, and the lease given back; libpq's connect timeout is at least 2 s),
+# plus 5 s for the drain and the interpreter's exit. Without the timeouts it never exits.
+SHUTDOWN_BOUND_S = max(2.0, TIMEOUT_S) + 5.0
 
 
 def _cli(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -154,3 +160,52 @@ def test_sqlite_writer_waits_a_bounded_time_for_a_held_write_lock(tmp_path: Path
     with open_registry(url, create=False) as store:  # the lock is gone: the move goes through
         store.set_alias("fmnist", "prod", 1, reason="after the lock")
         assert store.resolve("fmnist@prod").version == 1
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_database_hangs_stops_a_rollout_leader_in_bounded_time(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    # A database of its own: the module's in-process server never follows this rollout.
+    url = postgres.create_database()
+    with open_registry(url, tmp_path / "artifacts") as store:
+        for seed in (0, 1):
+            store.register(make_run_dir(tmp_path / f"run{seed}", seed=seed), "fmnist")
+        store.set_alias("fmnist", "prod", 1, reason="game day")
+        db.start_rollout(
+            store, "fmnist", stable_version=1, canary_version=2, actor="game day",
+            config={"interval_s": 0.5, "progress_deadline_s": 3600}, first_weight=5.0,
+        )  # fmt: skip
+    env = {"RESNETKIT_REGISTRY_TIMEOUT_S": str(TIMEOUT_S)}
+    args = ["fmnist@prod", "--registry", url, "--rollout-poll-s", "0.2"]
+    server = ServerProcess(args, tmp_path / "server.log", env)
+    try:
+        server.wait_ready()
+        with open_registry(url, create=False) as store:
+            _wait_for_lease(store)  # the server leads the rollout: it writes every round
+        with postgres.frozen():
+            time.sleep(2 * TIMEOUT_S)  # its rollout loop is stuck in a call by now
+            start = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            try:
+                status = server.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"no exit 60 s after SIGTERM:\n{server.log()}")
+            took = time.monotonic() - start
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert status == 0, log
+    assert took <= SHUTDOWN_BOUND_S, f"{took:.1f} s:\n{log}"
+    assert "Traceback" not in log
+
+
+def _wait_for_lease(store: RegistryStore, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with store.engine.connect() as conn:
+            if conn.exec_driver_sql("SELECT count(*) FROM rollout_leases").scalar():
+                return
+        if time.monotonic() > deadline:
+            pytest.fail("the server never took the rollout's lease")
+        time.sleep(0.1)
