@@ -10,7 +10,9 @@ corrupted; attacks need gradients, so the model must have torch weights.
 The out-of-distribution part scores the model's OOD detector (``ood_detector.npz``, or one
 fitted on its drift reference) on the test images and on far-OOD sets: MNIST digits for a
 Fashion-MNIST model and the reverse, uniform noise, and ``skimage.data`` photos resized to the
-input; AUROC and FPR at 95 % TPR per method beside the max-softmax baseline.
+input; AUROC and FPR at 95 % TPR per method beside the max-softmax baseline. That part lives
+in ``resnetkit.monitor.ood_eval`` (the pipeline's gate uses it too); ``ood_outputs`` and
+``ood_report`` stay importable from here.
 """
 
 from __future__ import annotations
@@ -29,26 +31,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from resnetkit.cli.common import add_registry_flag, check_at_least, print_json
-from resnetkit.errors import CheckpointError, ConfigError, DataError
+from resnetkit.errors import CheckpointError, ConfigError
 from resnetkit.evaluate import check_dataset_fits, resolve_device
 from resnetkit.export import LoadedModel, load_model_ref
 from resnetkit.fileio import atomic_write, check_output_dir
 from resnetkit.monitor.corruptions import CORRUPTIONS, SEVERITIES, check_severities
+from resnetkit.monitor.ood_eval import OTHER_DATASET, ood_report
+from resnetkit.monitor.ood_eval import model_outputs as ood_outputs
 from resnetkit.monitor.robustness import (
     Classify,
     CorruptionResult,
     corruption_accuracy,
     corruption_errors,
-    far_ood_images,
-    ood_separation,
     plot_attack_accuracy,
     plot_corruption_accuracy,
 )
 from resnetkit.train.adversarial import PixelSpaceModel, attack_accuracy, check_eps
 
+__all__ = ["OTHER_DATASET", "add_parser", "ood_outputs", "ood_report", "run_robustness"]
+
 DEFAULT_EPS = (0.05, 0.1, 0.2, 0.3)
-#: The far-OOD dataset of a model trained on the key.
-OTHER_DATASET = {"fashion-mnist": "mnist", "mnist": "fashion-mnist"}
 ROBUSTNESS_JSON = "robustness.json"
 
 
@@ -324,87 +326,3 @@ def _print_ood(console: Console, ood: dict[str, Any]) -> None:
     console.print(f"flagged in-distribution test images: {rate:.1%} (calibrated for 5%)")
     for name, why in ood.get("unavailable_sets", {}).items():
         console.print(f"{name}: unavailable: {why}")
-
-
-def ood_outputs(
-    loaded: LoadedModel, images: np.ndarray, device: torch.device, batch_size: int = 500
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """Pre-logits embeddings ``(N, D)`` (None for an ONNX graph without them) and logits
-    ``(N, K)`` of ``uint8`` images ``(N, C, H, W)``, as the server sees them."""
-    from resnetkit.onnxio import EMBEDDING_NAME, OUTPUT_NAME
-
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    embeddings: list[np.ndarray] = []
-    logits: list[np.ndarray] = []
-    if loaded.has_weights:
-        model: Any = loaded.module(device)
-        with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                batch = loaded.normalized(x[start : start + batch_size]).to(device)
-                emb = model.forward_head(model.forward_features(batch), pre_logits=True)
-                embeddings.append(emb.float().cpu().numpy())
-                logits.append(model.get_classifier()(emb).float().cpu().numpy())
-        return np.concatenate(embeddings), np.concatenate(logits)
-    backend = loaded.backend("onnx")
-    for start in range(0, len(x), batch_size):
-        out = backend.run(loaded.normalized(x[start : start + batch_size]).numpy())
-        logits.append(out[OUTPUT_NAME])
-        if EMBEDDING_NAME in out:
-            embeddings.append(out[EMBEDDING_NAME])
-    return (np.concatenate(embeddings) if embeddings else None), np.concatenate(logits)
-
-
-def _method_scores(detector: Any, emb: np.ndarray | None, logits: np.ndarray) -> dict[str, Any]:
-    from resnetkit.monitor.ood import METHODS
-
-    z = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    scores = {m: detector.normalised(emb, logits, m) for m in METHODS}
-    return {**scores, "max_softmax": -probs.max(axis=1)}
-
-
-def ood_report(
-    loaded: LoadedModel, test_images: np.ndarray, data_name: str, seed: int, device: torch.device
-) -> dict[str, Any]:
-    """The OOD part of the report: the detector against far-OOD sets, beside max-softmax;
-    ``{"available": False, "reason": ...}`` for a model without a detector or embeddings."""
-    from resnetkit.monitor.ood import detector_beside
-
-    detector, why = detector_beside(loaded.folder, loaded.drift_reference)
-    if detector is None:
-        return {"available": False, "reason": why}
-    emb, logits = ood_outputs(loaded, test_images, device)
-    if emb is None:
-        return {"available": False, "reason": "the model has no embedding output"}
-    inside = _method_scores(detector, emb, logits)
-    sets = far_ood_images(loaded.input_size, len(test_images), seed=seed)
-    unavailable: dict[str, str] = {}
-    other = OTHER_DATASET.get(data_name)
-    if other is not None:
-        try:
-            far = loaded.dataset("test", data=other, limit=len(test_images))
-            if tuple(far.images.shape[1:]) == loaded.input_size:
-                sets = {other: far.images.numpy(), **sets}
-            else:
-                unavailable[other] = (
-                    f"its images are {tuple(far.images.shape[1:])}, the model takes "
-                    f"{loaded.input_size}"
-                )
-        except DataError as exc:
-            unavailable[other] = str(exc)
-    outside = {
-        k: _method_scores(detector, *ood_outputs(loaded, v, device)) for k, v in sets.items()
-    }
-    return {
-        "available": True,
-        "method": detector.method,
-        "detector": {**detector.describe(), "from": why},
-        "in_distribution_images": len(test_images),
-        "in_distribution_flag_rate": {
-            m: float(np.mean(v > 1.0)) for m, v in inside.items() if m != "max_softmax"
-        },
-        "sets": ood_separation(inside, outside),
-        "set_sizes": {k: len(v) for k, v in sets.items()},
-        "baseline": "max_softmax: Hendrycks & Gimpel (2017), score = -max softmax probability",
-        "unavailable_sets": unavailable,
-    }
