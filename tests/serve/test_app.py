@@ -1,7 +1,10 @@
-"""``resnetkit serve`` as a user and a standard client see it: a real server on loopback.
+"""``resnetkit serve`` as a user and a standard client see it.
 
-One trained Fashion-MNIST model (a few seconds of training, shared with the export tests)
-served by a real uvicorn process; requests from httpx, tritonclient.http and raw bytes.
+One trained Fashion-MNIST model (a few seconds of training, shared with the export tests),
+served in this process: through Starlette's ``TestClient`` (no socket) where HTTP semantics
+are the subject, and by the same uvicorn server ``resnetkit serve`` runs, in a thread on a
+real loopback socket, for clients that need one (httpx with concurrent connections,
+tritonclient.http, schemathesis). One test starts the real command, for its flag wiring.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ import asyncio
 import io
 import json
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -21,6 +27,7 @@ import torch
 import tritonclient.http as triton
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
 
 from resnetkit.data import load_dataset, normalize
 from resnetkit.evaluate import predict_log_probs
@@ -28,9 +35,10 @@ from resnetkit.models import load_model
 from resnetkit.monitor.slo import SERVER_METRICS
 from resnetkit.serve.pool import softmax
 from tests.export.rundir import trained_run_dir
-from tests.serve.server import ServerProcess, png, serving
+from tests.serve.server import in_process, png, serving, threaded
 
 TOKEN = "s3cret-admin-token"
+MAX_BODY_BYTES = 1_000_000  # what --max-body-bytes 1MB gives
 pytestmark = pytest.mark.slow
 
 
@@ -40,16 +48,25 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    folder = tmp_path_factory.mktemp("server")
-    (folder / "token").write_text(TOKEN + "\n")
-    args = [
-        str(run_dir), "--admin-token-file", str(folder / "token"), "--threads", "1",
-        "--prediction-log", str(folder / "predictions.jsonl"), "--prediction-log-rate", "1",
-        "--max-body-bytes", "1MB", "--access-log",
-    ]  # fmt: skip
-    with serving(args, folder / "server.log") as srv:
-        yield srv
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server")
+
+
+@pytest.fixture(scope="module")
+def client(run_dir: Path, log_dir: Path) -> Iterator[TestClient]:
+    """The app in process, with a prediction log of every request and a 1 MB body limit."""
+    with in_process(
+        [str(run_dir)], token=TOKEN, prediction_log=log_dir / "predictions.jsonl",
+        max_body_bytes=MAX_BODY_BYTES,
+    ) as (test_client, _state):  # fmt: skip
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def url(run_dir: Path) -> Iterator[str]:
+    """The same server under uvicorn on a loopback socket, in a thread of this process."""
+    with threaded([str(run_dir)], token=TOKEN, max_body_bytes=MAX_BODY_BYTES) as (base, _):
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +76,11 @@ def test_images() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_predict_takes_a_raw_body_or_a_form_and_names_the_version(
-    server: ServerProcess, test_images: tuple[np.ndarray, np.ndarray]
+    client: TestClient, test_images: tuple[np.ndarray, np.ndarray]
 ) -> None:
     image = png(test_images[0][0])
-    raw = httpx.post(
-        f"{server.url}/v1/predict?k=3", content=image, headers={"Content-Type": "image/png"}
-    )
-    form = httpx.post(f"{server.url}/v1/models/run-resnet8/predict", files={"file": image})
+    raw = client.post("/v1/predict?k=3", content=image, headers={"Content-Type": "image/png"})
+    form = client.post("/v1/models/run-resnet8/predict", files={"file": image})
     assert raw.status_code == form.status_code == 200, (raw.text, form.text)
     a, b = raw.json(), form.json()
     assert len(a["predictions"]) == 3 and len(b["predictions"]) == 5
@@ -91,10 +106,10 @@ async def _predict_all(url: str, images: np.ndarray) -> list[dict[str, object]]:
 
 
 def test_served_predictions_are_exactly_those_of_evaluation(
-    server: ServerProcess, run_dir: Path, test_images: tuple[np.ndarray, np.ndarray]
+    url: str, run_dir: Path, test_images: tuple[np.ndarray, np.ndarray]
 ) -> None:
     images, _ = test_images
-    answers = asyncio.run(_predict_all(server.url, images))
+    answers = asyncio.run(_predict_all(url, images))  # 8 connections: batched answers
     model, card = load_model(run_dir)
     expected = predict_log_probs(model, torch.from_numpy(images[:, None]), card.spec()).exp()
     served = np.zeros((len(images), 10), dtype=np.float64)
@@ -106,9 +121,9 @@ def test_served_predictions_are_exactly_those_of_evaluation(
 
 
 def test_the_v2_protocol_works_with_tritonclient(
-    server: ServerProcess, run_dir: Path, test_images: tuple[np.ndarray, np.ndarray]
+    url: str, run_dir: Path, test_images: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("run-resnet8")
     meta = client.get_model_metadata("run-resnet8")
@@ -200,7 +215,7 @@ def _png_header_only(width: int, height: int) -> bytes:
     ids=[case[0] for case in _bad_requests()],
 )
 def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(
-    server: ServerProcess,
+    client: TestClient,
     what: str,
     method: str,
     path: str,
@@ -208,40 +223,37 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(
     body: bytes,
     status: int,
 ) -> None:
-    response = httpx.request(method, server.url + path, headers=headers, content=body, timeout=30)
+    response = client.request(method, path, headers=headers, content=body)
     assert response.status_code == status, (what, response.text)
     if status >= 400:
         assert set(response.json()) == {"error"} and response.json()["error"]
-    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    assert client.get("/healthz").status_code == 200
 
 
 def test_management_needs_the_token_and_a_wrong_one_changes_nothing(
-    server: ServerProcess, run_dir: Path
+    client: TestClient, run_dir: Path
 ) -> None:
-    url = f"{server.url}/v1/admin/models"
-    assert httpx.get(url).status_code == 401
-    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    url = "/v1/admin/models"
+    assert client.get(url).status_code == 401
+    assert client.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 403
     body = {"ref": str(run_dir), "name": "second"}
-    refused = httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"})
+    refused = client.post(url, json=body, headers={"Authorization": "Bearer wrong"})
     assert refused.status_code == 403
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    assert [m["name"] for m in httpx.get(url, headers=auth).json()["models"]] == ["run-resnet8"]
-    loaded = httpx.post(url, json=body, headers=auth, timeout=120)
+    assert [m["name"] for m in client.get(url, headers=auth).json()["models"]] == ["run-resnet8"]
+    loaded = client.post(url, json=body, headers=auth)
     assert loaded.status_code == 201, loaded.text
     image = png(np.zeros((28, 28), dtype=np.uint8))
-    answer = httpx.post(f"{server.url}/v1/models/second/predict", files={"file": image})
+    answer = client.post("/v1/models/second/predict", files={"file": image})
     assert answer.status_code == 200
-    assert httpx.delete(f"{url}/second", headers={"Authorization": "Bearer x"}).status_code == 403
-    assert httpx.delete(f"{url}/second", headers=auth).status_code == 200
-    assert (
-        httpx.post(f"{server.url}/v1/models/second/predict", files={"file": image}).status_code
-        == 404
-    )
+    assert client.delete(f"{url}/second", headers={"Authorization": "Bearer x"}).status_code == 403
+    assert client.delete(f"{url}/second", headers=auth).status_code == 200
+    assert client.post("/v1/models/second/predict", files={"file": image}).status_code == 404
 
 
-def test_metrics_are_prometheus_text_with_every_contract_name(server: ServerProcess) -> None:
-    httpx.post(f"{server.url}/v1/predict", files={"file": png(np.zeros((28, 28), np.uint8))})
-    text = httpx.get(f"{server.url}/metrics").text
+def test_metrics_are_prometheus_text_with_every_contract_name(client: TestClient) -> None:
+    client.post("/v1/predict", files={"file": png(np.zeros((28, 28), np.uint8))})
+    text = client.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     exported = set(families)
     for metric in SERVER_METRICS:
@@ -256,24 +268,22 @@ def test_metrics_are_prometheus_text_with_every_contract_name(server: ServerProc
     assert families["resnetkit_cold_start_seconds"].samples[0].value > 0
 
 
-def test_the_prediction_log_has_embeddings_and_no_images(server: ServerProcess) -> None:
-    httpx.post(f"{server.url}/v1/predict", files={"file": png(np.zeros((28, 28), np.uint8))})
-    log = Path(server.log_path).parent / "predictions.jsonl"
-    for _ in range(50):
-        if log.is_file() and log.read_text().strip():
-            break
-        asyncio.run(asyncio.sleep(0.1))
-    record = json.loads(log.read_text().splitlines()[-1])
+def test_the_prediction_log_has_embeddings_and_no_images(client: TestClient, log_dir: Path) -> None:
+    answer = client.post("/v1/predict", files={"file": png(np.zeros((28, 28), np.uint8))})
+    state: Any = client.app.state.resnetkit  # type: ignore[attr-defined]
+    state.predlog.flush()  # the log writes on its own thread: wait for it
+    lines = (log_dir / "predictions.jsonl").read_text().splitlines()
+    record = next(json.loads(r) for r in reversed(lines) if answer.json()["request_id"] in r)
     assert record["model"] == "run-resnet8" and len(record["embedding"]) > 0
     assert "image" not in record or record["image"] is None
 
 
 def test_readiness_waits_for_warm_up_and_the_openapi_document_lists_the_routes(
-    server: ServerProcess,
+    client: TestClient,
 ) -> None:
-    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/predict", "/v2/models/{name}/infer", "/metrics"} <= set(paths)
-    ready = httpx.get(f"{server.url}/readyz").json()
+    ready = client.get("/readyz").json()
     assert ready["ready"] and ready["models"][0]["backend"] == "onnx-fp32"
 
 
@@ -282,25 +292,56 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("token", [None, TOKEN], ids=["anonymous", "admin"])
 def test_the_server_keeps_every_promise_of_its_openapi_document(
-    server: ServerProcess, token: str | None
+    url: str, token: str | None
 ) -> None:
     """``schemathesis run --checks all``: statuses, bodies, content types, Allow headers,
-    valid requests accepted and invalid ones refused, with and without the admin token."""
-    import subprocess
-    import sys
-
+    valid requests accepted and invalid ones refused, with and without the admin token.
+    Every phase (examples, coverage, fuzzing, stateful) runs once over every operation:
+    no time budget that repeats random examples until it is spent."""
     schemathesis = Path(sys.executable).with_name("schemathesis")
     auth = ["-H", f"Authorization: Bearer {token}"] if token else []
     proc = subprocess.run(
         [
             str(schemathesis), "--config-file", str(REPO / "schemathesis.toml"), "run",
-            f"{server.url}/openapi.json", "--checks", "all", *auth,
+            f"{url}/openapi.json", "--checks", "all", *auth,
             "--max-examples", "10", "--seed", "1", "--workers", "1",
-            "--request-timeout", "30", "--generation-database", "none", "--max-time", "90",
+            "--request-timeout", "30", "--generation-database", "none",
         ],
         capture_output=True, text=True, timeout=400, check=False, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert "failure" not in proc.stdout.strip().splitlines()[-1], proc.stdout[-3000:]
-    ready = httpx.get(f"{server.url}/readyz").json()
+    ready = httpx.get(f"{url}/readyz").json()
     assert ready["ready"] and "run-resnet8" in [m["name"] for m in ready["models"]]
+
+
+def test_the_command_line_server_answers_with_its_flags_applied(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """The real ``resnetkit serve`` process: its flags reach the server (token file, body
+    limit in SI units, prediction log, access log) and SIGTERM ends it with status 0."""
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    args = [
+        str(run_dir), "--admin-token-file", str(tmp_path / "token"), "--threads", "1",
+        "--prediction-log", str(tmp_path / "predictions.jsonl"), "--prediction-log-rate", "1",
+        "--max-body-bytes", "1MB", "--access-log",
+    ]  # fmt: skip
+    png_type = {"Content-Type": "image/png"}
+    with serving(args, tmp_path / "server.log") as server:
+        answer = httpx.post(
+            f"{server.url}/v1/predict", content=png(np.zeros((28, 28), np.uint8)), headers=png_type
+        )
+        assert answer.status_code == 200, answer.text
+        rid = answer.json()["request_id"]
+        over = httpx.post(f"{server.url}/v1/predict", content=b"\0" * 1_000_001, headers=png_type)
+        assert over.status_code == 413, over.text
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert httpx.get(f"{server.url}/v1/admin/models", headers=auth).status_code == 200
+        assert server.stop() == 0
+    printed = (tmp_path / "server.log").read_text().splitlines()
+    access = [json.loads(line) for line in printed if line.startswith("{")]
+    assert {"request_id": rid, "route": "/v1/predict", "status": 200}.items() <= next(
+        a for a in access if a["request_id"] == rid
+    ).items()
+    logged = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["request_id"] for line in logged] == [rid]
