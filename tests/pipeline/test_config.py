@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,18 @@ def test_no_file_means_the_documented_defaults() -> None:
     assert cfg.train.recipe is None and cfg.data.feedback is None
 
 
+def test_robustness_checks_are_off_by_default() -> None:
+    gate = PipelineConfig().gate
+    assert gate.max_mce_increase is None and gate.max_ood_auroc_drop is None
+    assert not gate.robustness_checked and gate.robustness_images == 1000
+
+
 def test_the_example_file_states_the_defaults_and_reads_its_paths_from_its_folder() -> None:
     cfg = load_pipeline_config(EXAMPLE)
-    assert cfg.gate == PipelineConfig().gate and cfg.data == PipelineConfig().data
+    # The example turns the robustness checks on; every other gate key is the default.
+    on = dataclasses.replace(cfg.gate, max_mce_increase=None, max_ood_auroc_drop=None)
+    assert on == PipelineConfig().gate and cfg.data == PipelineConfig().data
+    assert cfg.gate.max_mce_increase == 15.0 and cfg.gate.max_ood_auroc_drop == 0.02
     assert cfg.train.recipe == str((EXAMPLE.parent.parent / "fashion_mnist_fast.toml").resolve())
     assert Path(cfg.train.recipe).is_file()
     assert cfg.rollout.canary == {"steps": [5, 25, 50, 100], "interval_s": 30.0}
@@ -37,13 +47,21 @@ def test_the_example_file_states_the_defaults_and_reads_its_paths_from_its_folde
         ("[data]\nfeedback_fraction = 1.0\n", r"feedback_fraction must be in \(0, 1\)"),
         ("[gate]\nmin_accuracy = 'high'\n", "gate.min_accuracy: expected float"),
         ("[gate\n", "not valid TOML"),
+        ("[gate]\nmax_mce_increase = -1\n", "gate.max_mce_increase must be >= 0, got -1.0"),
+        ("[gate]\nmax_ood_auroc_drop = 2\n", r"gate.max_ood_auroc_drop must be in \[0, 1\]"),
+        ("[gate]\nrobustness_images = 0\n", "gate.robustness_images must be at least 1"),
+        ("[gate]\nrobustness_severities = [0, 3]\n", "must be severities 1 to 5, got \\[0, 3\\]"),
+        ("[gate]\nrobustness_severities = []\n", "must be severities 1 to 5, got \\[\\]"),
+        ("[gate]\nrobustness_corruptions = ['snow']\n", "unknown 'snow'; use names from"),
+        ("[gate]\nmax_mce_increase = 'ten'\n", "gate.max_mce_increase: expected"),
     ],
 )
 def test_a_bad_file_is_one_error_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "p.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as caught:
         load_pipeline_config(path)
+    assert "\n" not in str(caught.value)
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ Relative paths are read from the pipeline file's folder.
     [gate]
     min_accuracy = 0.80           # on every gate set
     max_accuracy_drop_points = 1.0
+    max_mce_increase = 15.0       # robustness vs production (off unless set)
+    max_ood_auroc_drop = 0.02
     ...
 
     [rollout]
@@ -94,9 +96,16 @@ class GateSection:
     max_size_mb: float = 100.0  # the served artifact's file size
     bootstrap_samples: int = 2000
     confidence: float = 0.95
-    seed: int = 0
+    seed: int = 0  # the bootstrap's, the corruptions' and the far-OOD sets' seed
+    # Robustness against production, both off by default (each costs a minute or more):
+    max_mce_increase: float | None = None  # points: candidate's mCE, production's errors = 100
+    max_ood_auroc_drop: float | None = None  # served detector's AUROC, on every far-OOD set
+    robustness_images: int = 1000  # the first N gate test images, for both checks
+    robustness_severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    robustness_corruptions: tuple[str, ...] = ()  # empty: all fourteen
 
     def __post_init__(self) -> None:
+        self._check_robustness()
         if self.artifact not in ARTIFACTS:
             raise ConfigError(f"gate.artifact must be one of {', '.join(ARTIFACTS)}")
         if not 0 <= self.min_accuracy <= 1:
@@ -109,6 +118,37 @@ class GateSection:
                      "max_ece_increase", "max_latency_ms", "max_size_mb"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ConfigError(f"gate.{name} must be >= 0, got {getattr(self, name)}")
+
+    def _check_robustness(self) -> None:
+        if self.max_mce_increase is not None and self.max_mce_increase < 0:
+            raise ConfigError(f"gate.max_mce_increase must be >= 0, got {self.max_mce_increase}")
+        drop = self.max_ood_auroc_drop
+        if drop is not None and not 0 <= drop <= 1:
+            raise ConfigError(f"gate.max_ood_auroc_drop must be in [0, 1], got {drop}")
+        if self.robustness_images < 1:
+            raise ConfigError(
+                f"gate.robustness_images must be at least 1, got {self.robustness_images}"
+            )
+        bad = [s for s in self.robustness_severities if s not in range(1, 6)]
+        if bad or not self.robustness_severities:
+            raise ConfigError(
+                f"gate.robustness_severities must be severities 1 to 5, got "
+                f"{list(self.robustness_severities)}"
+            )
+        if self.robustness_corruptions:
+            from resnetkit.monitor.corruptions import CORRUPTIONS
+
+            unknown = [c for c in self.robustness_corruptions if c not in CORRUPTIONS]
+            if unknown:
+                raise ConfigError(
+                    f"gate.robustness_corruptions: unknown {unknown[0]!r}; use names from "
+                    f"{', '.join(CORRUPTIONS)}"
+                )
+
+    @property
+    def robustness_checked(self) -> bool:
+        """Whether the gate evaluates robustness at all (either check configured)."""
+        return self.max_mce_increase is not None or self.max_ood_auroc_drop is not None
 
 
 @dataclasses.dataclass(frozen=True)

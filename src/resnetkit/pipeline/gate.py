@@ -17,13 +17,24 @@ Checks, each ``{"name", "value", "threshold", "passed", "detail"}``:
   over classes with at least ``min_class_samples`` images;
 * ``ece_change/<set>``: the ECE increase <= ``max_ece_increase``;
 * ``latency_p95_ms`` and ``size_mb``: the served artifact's p95 latency for one image (one
-  thread) and file size, within the budgets.
+  thread) and file size, within the budgets;
+* robustness, only when configured (:func:`robustness_evaluation`, on the first
+  ``robustness_images`` test images, both models as the served artifact, the same seeded
+  corruptions and far-OOD images for both): ``mce_change``, the candidate's mCE normalised
+  by production's errors (Hendrycks & Dietterich: production is 100) minus 100, in points,
+  <= ``max_mce_increase``; ``ood_auroc_change/<set>``, the served OOD detector's AUROC on
+  each far-OOD set, candidate minus production, >= ``-max_ood_auroc_drop``. A candidate
+  whose detector is unavailable fails ``ood_auroc`` with the reason: the operator asked
+  for the check.
 
-Without a production version the change checks are left out ("no baseline").
+Without a production version the change checks are left out ("no baseline"); the
+robustness values are still reported (``mce``, unnormalised; ``ood_auroc/<set>``), with no
+threshold, and do not fail.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,11 +45,19 @@ from resnetkit.errors import ConfigError
 from resnetkit.fileio import atomic_write
 from resnetkit.pipeline.config import GateSection
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # SciPy (the corruptions) only where robustness is checked
     from resnetkit.data import ImageDataset
     from resnetkit.export import LoadedModel
+    from resnetkit.monitor.robustness import Classify, CorruptionResult
 
-__all__ = ["Predictions", "gate_checks", "predict", "served_artifact_budget"]
+__all__ = [
+    "Predictions",
+    "gate_checks",
+    "predict",
+    "robustness_checks",
+    "robustness_evaluation",
+    "served_artifact_budget",
+]
 
 ECE_BINS = 15
 _BATCH = 256
@@ -220,13 +239,17 @@ def gate_checks(
     classes: tuple[str, ...],
     budget: dict[str, float],
     gate: GateSection,
+    *,
+    robustness: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every check of the gate, in a stable order: per set (value, then change), then budgets.
+    """Every check of the gate, in a stable order: per set (value, then change), budgets,
+    then robustness.
 
     Args:
         sets: gate set name -> (candidate, production or None for "no baseline").
         classes: the class names, in label order.
         budget: the served artifact's ``size_mb`` and ``latency_p95_ms``.
+        robustness: :func:`robustness_evaluation`'s result (None: not configured).
     """
     checks: list[dict[str, Any]] = []
     for name, (cand, base) in sets.items():
@@ -239,4 +262,174 @@ def gate_checks(
                "one image, one thread, ONNX Runtime")
     )  # fmt: skip
     checks.append(_check("size_mb", size, gate.max_size_mb, size <= gate.max_size_mb))
+    if gate.robustness_checked:
+        checks += robustness_checks(robustness, gate)
+    return checks
+
+
+# -- robustness: corruptions (mCE) and the OOD detector, candidate against production --------
+
+
+def _classifier(model: LoadedModel, backend: Any, order: np.ndarray) -> Classify:
+    """``uint8`` images to predicted gate-set class indices, on the served artifact."""
+    import torch
+
+    def classify(images: np.ndarray) -> np.ndarray:
+        batch = model.normalized(torch.from_numpy(images)).numpy()
+        return np.asarray(order[backend.predict(batch).argmax(axis=1)])
+
+    return classify
+
+
+def robustness_evaluation(
+    candidate: LoadedModel,
+    baseline: LoadedModel | None,
+    dataset: ImageDataset,
+    gate: GateSection,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any] | None:
+    """Both models under the same seeded corruptions and against the same far-OOD images,
+    as the served artifact: what :func:`robustness_checks` judges. None when neither
+    robustness check is configured (nothing is computed).
+
+    Returns:
+        Plain data: ``images``, ``seed``, and ``corruptions`` (each role's accuracy per
+        corruption and severity) and/or ``ood`` (each role's OOD report), per the config.
+    """
+    from resnetkit.monitor.corruptions import CORRUPTIONS
+    from resnetkit.monitor.ood_eval import far_ood_sets, ood_report
+    from resnetkit.monitor.robustness import corruption_accuracy
+
+    if not gate.robustness_checked:
+        return None
+    say = progress or (lambda message: None)
+    count = min(gate.robustness_images, len(dataset))
+    images = dataset.images[:count].numpy()
+    labels = dataset.labels[:count].numpy()
+    models = {"candidate": candidate, "baseline": baseline}
+    roles = {k: m for k, m in models.items() if m is not None}
+    out: dict[str, Any] = {"images": count, "seed": gate.seed, "artifact": gate.artifact}
+    if gate.max_mce_increase is not None:
+        names = list(gate.robustness_corruptions or CORRUPTIONS)
+        classifiers = {
+            role: _classifier(m, m.backend(gate.artifact), _label_order(m, dataset.classes))
+            for role, m in roles.items()
+        }
+        total = len(names) * len(gate.robustness_severities)
+        done = iter(range(1, total + 1))
+        results = corruption_accuracy(
+            classifiers, images, labels, corruptions=names,
+            severities=gate.robustness_severities, seed=gate.seed,
+            on_step=lambda name, s: say(f"robustness: {name} {s} ({next(done)}/{total})"),
+        )  # fmt: skip
+        out["corruptions"] = {role: r.to_dict() for role, r in results.items()}
+    if gate.max_ood_auroc_drop is not None:
+        say(f"robustness: OOD detectors on {count} test images and the far-OOD sets")
+        far = far_ood_sets(candidate, count, seed=gate.seed, data_name=dataset.name)
+        out["ood"] = {
+            role: ood_report(m, images, dataset.name, gate.seed, artifact=gate.artifact, far=far)
+            for role, m in roles.items()
+        }
+        out["ood_unavailable_sets"] = far[1]
+    return out
+
+
+def _reported(name: str, value: float | None, detail: str) -> dict[str, Any]:
+    """A value shown beside the checks, not gated: no threshold, never fails."""
+    shown = None if value is None else round(value, 6)
+    return {"name": name, "value": shown, "threshold": None, "passed": True, "detail": detail}
+
+
+def _result(data: dict[str, Any]) -> CorruptionResult:
+    from resnetkit.monitor.robustness import CorruptionResult
+
+    return CorruptionResult(
+        float(data["clean_accuracy"]),
+        {k: list(v) for k, v in data["accuracy"].items()},
+        tuple(data["severities"]),
+    )
+
+
+def _mce_check(corruptions: dict[str, Any], images: int, gate: GateSection) -> dict[str, Any]:
+    from resnetkit.monitor.robustness import corruption_errors
+
+    cand = _result(corruptions["candidate"])
+    size = f"{len(cand.by_corruption)} corruptions x {len(cand.severities)} severities"
+    if corruptions.get("baseline") is None:
+        errors = corruption_errors(cand)
+        detail = f"no baseline: mean error under {size}, {images} images; not gated"
+        return _reported("mce", 100 * errors["mce"], detail)
+    base = _result(corruptions["baseline"])
+    errors = corruption_errors(cand, base)
+    increase = 100 * errors["mce"] - 100
+    rel = errors["relative_mce"]
+    accuracy = {k: np.mean(list(r.by_corruption.values())) for k, r in (("b", base), ("c", cand))}
+    detail = (
+        f"mCE {100 * errors['mce']:.1f}% of production's errors"
+        + (f", relative mCE {100 * rel:.1f}%" if np.isfinite(rel) else "")
+        + f"; corrupted accuracy {accuracy['b']:.2%} -> {accuracy['c']:.2%}; {size}, "
+        f"{images} images"
+    )
+    limit = gate.max_mce_increase
+    assert limit is not None
+    return _check("mce_change", increase, limit, increase <= limit, detail)
+
+
+def _ood_checks(
+    ood: dict[str, Any], unavailable: dict[str, str], gate: GateSection
+) -> list[dict[str, Any]]:
+    drop = gate.max_ood_auroc_drop
+    assert drop is not None
+    cand, base = ood["candidate"], ood.get("baseline")
+    if not cand["available"]:
+        why = (
+            f"candidate's OOD detector unavailable: {cand['reason']}; max_ood_auroc_drop needs one"
+        )
+        return [{"name": "ood_auroc", "value": None, "threshold": -drop, "passed": False,
+                 "detail": why}]  # fmt: skip
+    checks = []
+    for name, by_method in cand["sets"].items():
+        auroc = by_method[cand["method"]]["auroc"]
+        if base is None:
+            checks.append(_reported(f"ood_auroc/{name}", auroc,
+                                    f"no baseline: {cand['method']} AUROC; not gated"))  # fmt: skip
+        elif not base["available"]:
+            why = f"production's detector unavailable ({base['reason']}): not compared"
+            checks.append(_reported(f"ood_auroc/{name}", auroc, why))
+        else:
+            before = base["sets"][name][base["method"]]["auroc"]
+            change = auroc - before
+            detail = (
+                f"AUROC {before:.4f} ({base['method']}) -> {auroc:.4f} ({cand['method']}); "
+                f"{cand['set_sizes'][name]} far-OOD vs {cand['in_distribution_images']} test images"
+            )
+            checks.append(
+                _check(f"ood_auroc_change/{name}", change, -drop, change >= -drop, detail)
+            )
+    for name, why in unavailable.items():
+        checks.append(_reported(f"ood_auroc/{name}", None, f"set unavailable: {why}"))
+    return checks
+
+
+def _not_evaluated(name: str, key: str) -> dict[str, Any]:
+    detail = f"gate.{key} is set but the evaluate step measured no robustness: re-run it"
+    return {"name": name, "value": None, "threshold": None, "passed": False, "detail": detail}
+
+
+def robustness_checks(robustness: dict[str, Any] | None, gate: GateSection) -> list[dict[str, Any]]:
+    """The configured robustness checks from :func:`robustness_evaluation`'s result; a
+    configured check that was not evaluated fails, saying so (never passes unmeasured)."""
+    data = robustness or {}
+    checks: list[dict[str, Any]] = []
+    if gate.max_mce_increase is not None:
+        if "corruptions" in data:
+            checks.append(_mce_check(data["corruptions"], data["images"], gate))
+        else:
+            checks.append(_not_evaluated("mce_change", "max_mce_increase"))
+    if gate.max_ood_auroc_drop is not None:
+        if "ood" in data:
+            checks += _ood_checks(data["ood"], data.get("ood_unavailable_sets", {}), gate)
+        else:
+            checks.append(_not_evaluated("ood_auroc", "max_ood_auroc_drop"))
     return checks
