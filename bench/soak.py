@@ -337,8 +337,8 @@ def warm(row: dict[str, Any], args: Any) -> bool:
 
 
 def goals(samples: list[dict[str, Any]], load: Load, t0: float, args: Any) -> dict[str, Any]:
-    after = [s for s in samples if s["t_s"] >= next((r["t_s"] for r in samples if warm(r, args)),
-                                                     math.inf)]  # fmt: skip
+    warmed_s = next((r["t_s"] for r in samples if warm(r, args)), math.inf)
+    after = [s for s in samples if s["t_s"] >= warmed_s]
     five_xx = sum(1 for s in load.status if s >= 500)
     result: dict[str, Any] = {
         "warmup_ended_s": after[0]["t_s"] if after else None,

@@ -10,6 +10,7 @@ naming the full disk), keeps answering every request, and resumes when space ret
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +56,8 @@ def test_a_rollout_whose_state_cannot_be_saved_pauses_and_resumes_when_space_ret
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     image = png(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8))
-    with tmpfs(tmp_path / "disk", 2048) as disk:
+    # Room for the WAL to reach its checkpoint size (1,000 pages) once space returns.
+    with tmpfs(tmp_path / "disk", 16 * 1024) as disk:
         url = f"sqlite:///{disk / 'registry.db'}"
         with open_registry(url, tmp_path / "artifacts") as store:  # artifacts elsewhere
             for seed in (0, 1):
@@ -74,7 +76,7 @@ def test_a_rollout_whose_state_cannot_be_saved_pauses_and_resumes_when_space_ret
                 return bool(client.get("/v1/stats").json()["registry"]["up"])
 
             cfg = RolloutConfig.from_mapping(ROLLOUT)
-            with open_registry(url, create=False) as store:
+            with open_registry(url, create=False) as store:  # the server follows it from now
                 db.start_rollout(
                     store, "fmnist", stable_version=1, canary_version=2, config=cfg.to_dict(),
                     first_weight=cfg.weight(0), actor="game day",
@@ -82,21 +84,20 @@ def test_a_rollout_whose_state_cannot_be_saved_pauses_and_resumes_when_space_ret
             caplog.set_level(logging.WARNING, logger="resnetkit.serve")
             fill(disk)
             _wait_for("the registry shown down", lambda: not registry_up())
-            before = _latest(url)  # reads still work on a full disk
             metrics = client.get("/metrics").text
             assert "resnetkit_registry_up 0.0" in metrics
             assert 'resnetkit_registry_errors_total{operation="rollout"}' in metrics
             paused = [r.getMessage() for r in caplog.records if "rollouts paused" in r.message]
-            assert len(paused) == 1 and "disk is full" in paused[0], paused
+            # SQLite says "database or disk is full", or "disk I/O error" when the full disk
+            # hits its shared-memory or WAL file first.
+            assert len(paused) == 1 and re.search("disk is full|disk I/O", paused[0]), paused
 
             end = time.monotonic() + OUTAGE_S
             while time.monotonic() < end:  # traffic that a running loop would act on
                 predict()
-            during = _latest(url)
-            assert during.state == "progressing" and during.step == 0
-            assert during.revision == before.revision  # nothing decided, nothing half-saved
             assert not registry_up()
 
+            back = db.utc_now()
             (disk / ".filler").unlink()  # space returns
             _wait_for("the registry shown up again", registry_up)
 
@@ -108,7 +109,9 @@ def test_a_rollout_whose_state_cannot_be_saved_pauses_and_resumes_when_space_ret
             after = _latest(url)
             assert after.state == "promoted", after.reason  # not rolled back for the outage
             with open_registry(url, create=False) as store:
-                kinds = [e.kind for e in db.list_rollout_events(store, after.id)]
-            assert kinds == ["start", "step", "promote"]
+                events = db.list_rollout_events(store, after.id)
+            assert [e.kind for e in events] == ["start", "step", "promote"]
+            # Nothing was decided while the disk was full: both decisions came after.
+            assert all(e.created_at > back for e in events[1:]), events
             resumed = [r.getMessage() for r in caplog.records if "rollouts resume" in r.message]
             assert len(resumed) == 1
