@@ -14,6 +14,7 @@ import yaml
 
 from resnetkit.monitor.dashboards import (
     DASHBOARD_NAMES,
+    PIPELINE_SERVICE_METRICS,
     generate_dashboards,
     metrics_used,
     panel_titles,
@@ -61,6 +62,7 @@ def test_every_query_is_filtered_by_the_model_variable(dashboards) -> None:
                 "resnetkit_prediction_log_dropped_total",
                 "resnetkit_registry_up",
                 "resnetkit_registry_errors_total",
+                *PIPELINE_SERVICE_METRICS,
             }
             if metrics <= per_process:
                 continue  # per-process series without a model label
@@ -82,6 +84,8 @@ def test_each_dashboard_shows_what_its_audience_needs(dashboards) -> None:
         "In-flight requests",
         "Deploys and rollbacks",
         "Model ready",
+        "Last pipeline run",
+        "Pipeline runs by outcome",
     } <= on_call
     assert {
         "Drift statistic per detector",
@@ -95,9 +99,29 @@ def test_each_dashboard_shows_what_its_audience_needs(dashboards) -> None:
 
 def test_dashboards_read_only_contract_metrics_and_show_all_of_them(dashboards) -> None:
     used = {name: metrics_used(d) for name, d in dashboards.items()}
+    known = CONTRACT | PIPELINE_SERVICE_METRICS
     for name, metrics in used.items():
-        assert metrics <= CONTRACT, f"{name} reads {sorted(metrics - CONTRACT)}"
-    assert set().union(*used.values()) == CONTRACT
+        assert metrics <= known, f"{name} reads {sorted(metrics - known)}"
+    assert set().union(*used.values()) == known
+
+
+def test_the_pipeline_panels_read_what_pipeline_serve_exports(tmp_path: Path, dashboards) -> None:
+    from resnetkit.pipeline.webhook import RetrainService, WebhookSettings
+
+    settings = WebhookSettings(prediction_log=tmp_path / "log.jsonl", out=tmp_path / "out")
+    service = RetrainService(settings, lambda feedback, out: {"outcome": "promoted"})
+    exported = {  # family names as PromQL reads them (a counter's series end in _total)
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in service.registry.collect()
+    }
+    service.close()
+    assert exported >= PIPELINE_SERVICE_METRICS
+    on_call = metrics_used(dashboards["on-call"])
+    assert on_call >= PIPELINE_SERVICE_METRICS
+    (last,) = [p for p in dashboards["on-call"]["panels"] if p["title"] == "Last pipeline run"]
+    assert last["targets"][0]["instant"] and last["fieldConfig"]["defaults"]["unit"] == (
+        "dateTimeFromNow"
+    )
 
 
 def test_recorded_series_on_dashboards_come_from_the_rules(dashboards) -> None:

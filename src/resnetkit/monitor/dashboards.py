@@ -7,7 +7,9 @@ variable (``label_values(resnetkit_requests_total, model)``):
 * ``executive`` — availability and error budget left over the SLO window, p95 latency,
   accuracy on feedback against the baseline, version adoption.
 * ``on-call`` — p95/p99 latency, error ratio and burn rates, saturation, rejections,
-  in-flight requests, rollouts (canary weight, checks, outcomes) and readiness.
+  in-flight requests, rollouts (canary weight, checks, outcomes), readiness, and the
+  retraining pipeline's runs (``resnetkit pipeline serve``'s own ``/metrics``, scraped as a
+  job of its own: :data:`PIPELINE_SERVICE_METRICS`).
 * ``debug`` — drift statistic and p-value per detector, batch sizes, queue wait against
   inference time, the predicted-class mix and prediction confidence.
 
@@ -36,6 +38,7 @@ from resnetkit.monitor.slo import (
 
 __all__ = [
     "DASHBOARD_NAMES",
+    "PIPELINE_SERVICE_METRICS",
     "SCHEMA_VERSION",
     "generate_dashboards",
     "metrics_used",
@@ -50,6 +53,17 @@ _DS = {"type": "prometheus", "uid": "${datasource}"}
 _M = 'model=~"$model"'
 _RATE = "[$__rate_interval]"
 _GRID_WIDTH = 24
+#: The series of ``resnetkit pipeline serve`` (resnetkit.pipeline.webhook) the panels read:
+#: not the model server's contract, one process per pipeline, no ``model`` label. The tests
+#: compare them with a live service's registry.
+PIPELINE_SERVICE_METRICS = frozenset(
+    {
+        "resnetkit_pipeline_runs_total",
+        "resnetkit_pipeline_last_run_timestamp_seconds",
+        "resnetkit_pipeline_running",
+        "resnetkit_pipeline_webhook_refusals_total",
+    }
+)
 
 Thresholds = Sequence[tuple[float | None, str]]
 
@@ -193,7 +207,16 @@ def _annotations() -> dict[str, Any]:
         "step": "1m",
         "titleFormat": "{{model}} rollout {{outcome}}",
     }
-    return {"list": [builtin, rollouts]}
+    pipeline_runs = {
+        "datasource": _DS,
+        "enable": True,
+        "expr": "sum by (outcome) (changes(resnetkit_pipeline_runs_total[2m])) > 0",
+        "iconColor": "purple",
+        "name": "Pipeline runs",
+        "step": "1m",
+        "titleFormat": "retraining pipeline run: {{outcome}}",
+    }
+    return {"list": [builtin, rollouts, pipeline_runs]}
 
 
 def _dashboard(
@@ -455,8 +478,64 @@ def _on_call_rollouts() -> list[dict[str, Any]]:
     ]
 
 
+def _on_call_pipeline() -> list[dict[str, Any]]:
+    """The retraining pipeline (``resnetkit pipeline serve``): its runs and its refusals."""
+    last = "topk(1, max by (outcome) (resnetkit_pipeline_last_run_timestamp_seconds)) * 1000"
+    last_run = _panel(
+        "Last pipeline run",
+        [(last, "{{outcome}}")],
+        kind="stat",
+        unit="dateTimeFromNow",
+        width=6,
+        description="The outcome of the retraining pipeline's last run and when it ended.",
+        options={
+            "textMode": "value_and_name",
+            "colorMode": "none",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        },
+    )
+    last_run["targets"][0]["instant"] = True  # the newest outcome now, not one per step
+    running = _state(
+        "Pipeline run in progress",
+        "max(resnetkit_pipeline_running)",
+        "pipeline",
+        "idle:text",
+        "running:blue",
+    )
+    running["gridPos"]["w"] = 18
+    running["gridPos"]["h"] = 4
+    bars = {"drawStyle": "bars", "fillOpacity": 80}
+    return [
+        last_run,
+        running,
+        _panel(
+            "Pipeline runs by outcome",
+            [(_any("outcome", "resnetkit_pipeline_runs_total"), "{{outcome}}")],
+            custom=bars,
+            description="Finished retraining runs in 5 minutes: promoted, blessed, "
+            "not_blessed, rolled_back, aborted, timeout, not_enough_data or failed.",
+        ),
+        _panel(
+            "Drift alerts that started no run",
+            [(_any("reason", "resnetkit_pipeline_webhook_refusals_total"), "{{reason}}")],
+            custom=bars,
+            description="Alertmanager notifications the pipeline's webhook refused, by reason: "
+            "repeats inside the cooldown (duplicate, cooldown), a run still going (busy), "
+            "other or resolved alerts, bad payloads or tokens.",
+        ),
+    ]
+
+
+def _any(labels: str, counter: str) -> str:
+    """Counts of a per-process counter in 5 minutes, only where there were some."""
+    return f"sum by ({labels}) (increase({counter}[5m])) > 0"
+
+
 def _on_call(slo: SLOConfig) -> dict[str, Any]:
-    panels = [*_on_call_traffic(slo), *_on_call_capacity(slo), *_on_call_rollouts()]
+    panels = [
+        *_on_call_traffic(slo), *_on_call_capacity(slo), *_on_call_rollouts(),
+        *_on_call_pipeline(),
+    ]  # fmt: skip
     about = "Is the service healthy now, and what changed?"
     return _dashboard("on-call", "On-call", about, "now-6h", panels)
 
