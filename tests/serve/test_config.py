@@ -112,3 +112,5 @@ def test_serving_an_onnx_file_never_loads_torch(onnx_file: Path, tmp_path: Path)
         maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
     assert answer.status_code == 200, answer.text
     assert "libtorch" not in maps, "the ONNX serving process mapped libtorch"
+    # Nor FastAPI's pydantic: 0.3 s of imports the serving path does not need (cold start).
+    assert "pydantic_core" not in maps, "the serving process imported pydantic"

@@ -1,4 +1,4 @@
-"""The ASGI application: resnetkit's routes over the model pool, FastAPI under uvicorn.
+"""The ASGI application: resnetkit's routes over the model pool, Starlette under uvicorn.
 
 Routes (the OpenAPI document at ``/openapi.json`` lists them all):
 
@@ -30,13 +30,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
-from starlette.routing import Match
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Match, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from resnetkit import __version__
 from resnetkit.errors import (
@@ -62,6 +61,7 @@ from resnetkit.serve.metrics import ServerMetrics
 from resnetkit.serve.openapi import IMAGE_BODY, TIMEOUT_NOTE, V2_BODY, document
 from resnetkit.serve.pool import ModelPool, ServedModel
 from resnetkit.serve.rollout_api import add_rollout_routes
+from resnetkit.serve.routes import Api, Query
 from resnetkit.serve.state import HttpSettings, ServerState
 
 __all__ = ["HttpSettings", "ServerState", "create_app"]  # the state is re-exported
@@ -71,8 +71,8 @@ log = logging.getLogger("resnetkit.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-def create_app(state: ServerState, *, body_timeout_s: float | None = None) -> FastAPI:
-    """The FastAPI application serving ``state``'s pool.
+def create_app(state: ServerState, *, body_timeout_s: float | None = None) -> Starlette:
+    """The application serving ``state``'s pool.
 
     Args:
         state: the server's state.
@@ -81,7 +81,7 @@ def create_app(state: ServerState, *, body_timeout_s: float | None = None) -> Fa
     """
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
         state.app_started_monotonic = time.monotonic()
         if state.grpc is not None:
             try:
@@ -108,35 +108,37 @@ def create_app(state: ServerState, *, body_timeout_s: float | None = None) -> Fa
             if state.decode_pool is not None:
                 state.decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
-        default_response_class=FiniteJSONResponse,  # NaN or infinity can never reach a 500
-        title="resnetkit",
-        version=__version__,
-        lifespan=lifespan,
-        description=(
-            "ResNet inference: image predictions, the KServe V2 protocol, metrics. "
-            f'{TIMEOUT_NOTE} Errors are {{"error": message}}.'
-        ),
+    api = Api()  # JSON answers are FiniteJSONResponse: NaN or infinity never reach a 500
+    _add_health_routes(api, state)
+    _add_v1_routes(api, state)
+    _add_v2_routes(api, state)
+    _add_admin_routes(api, state)
+    add_rollout_routes(api, state)
+    description = (
+        "ResNet inference: image predictions, the KServe V2 protocol, metrics. "
+        f'{TIMEOUT_NOTE} Errors are {{"error": message}}.'
     )
-    _add_error_handlers(app, state.metrics)
-    _add_health_routes(app, state)
-    _add_v1_routes(app, state)
-    _add_v2_routes(app, state)
-    _add_admin_routes(app, state)
-    add_rollout_routes(app, state)
-    _add_dashboard(app)
-    app.add_middleware(AccessLog, metrics=state.metrics, body_timeout_s=body_timeout_s)
-    app.openapi = lambda: document(app)  # type: ignore[method-assign]
-    return app
+    openapi: list[dict[str, Any]] = []  # built on first use: no cost to the cold start
 
+    async def openapi_json(_: Request) -> Response:
+        if not openapi:
+            openapi.append(document(api, title="resnetkit", version=__version__, text=description))
+        return FiniteJSONResponse(openapi[0])
 
-def _add_dashboard(app: FastAPI) -> None:
-    """The web dashboard: static files shipped in the package, no build step."""
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    @app.get("/", include_in_schema=False)
-    async def dashboard() -> FileResponse:
+    async def dashboard(_: Request) -> Response:
+        """The web dashboard: static files shipped in the package, no build step."""
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    routes = [
+        *api.routes(),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/", dashboard, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    _add_error_handlers(app, state.metrics)
+    app.add_middleware(AccessLog, metrics=state.metrics, body_timeout_s=body_timeout_s)
+    return app
 
 
 async def _load_initial(state: ServerState) -> None:
@@ -178,9 +180,9 @@ _REJECTIONS = (
 CLIENT_CLOSED_REQUEST = 499
 
 
-def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
-    @app.exception_handler(ResNetKitError)
-    async def _known(request: Request, exc: ResNetKitError) -> JSONResponse:
+def _add_error_handlers(app: Starlette, metrics: ServerMetrics) -> None:
+    async def _known(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ResNetKitError)
         model, version = (
             getattr(request.state, "model", None),
             getattr(request.state, "version", None),
@@ -193,14 +195,8 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
             log.warning("request failed: %s", exc)
         return response
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return error_response(InvalidInput(f"{where}: {first.get('msg', 'invalid request')}"))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             # Starlette's Allow names the methods of the first route of the path only; RFC
@@ -210,19 +206,22 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=headers
         )
 
-    @app.exception_handler(ClientDisconnect)
-    async def _gone(_: Request, _exc: ClientDisconnect) -> Response:
+    async def _gone(_: Request, _exc: Exception) -> Response:
         # The client hung up mid-upload: nobody reads this answer, and it is no server error.
         # 499 is nginx's "client closed request", so metrics and access log tell it apart.
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> Response:
         # Starlette re-raises it after this answer, and uvicorn logs the traceback once.
         return JSONResponse({"error": "internal error"}, status_code=500)
 
+    app.add_exception_handler(ResNetKitError, _known)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _gone)
+    app.add_exception_handler(Exception, _unexpected)
 
-def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+
+def _allowed_methods(app: Starlette, request: Request) -> list[str]:
     """Every method some route of ``request``'s path answers."""
     scope = {**request.scope, "method": "GET"}
     methods: set[str] = set()
@@ -234,7 +233,7 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(methods)
 
 
-def _add_health_routes(app: FastAPI, state: ServerState) -> None:
+def _add_health_routes(app: Api, state: ServerState) -> None:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """The process is alive and answering."""
@@ -266,7 +265,7 @@ def _model_states(state: ServerState) -> list[dict[str, Any]]:
 # -- /v1: images --------------------------------------------------------------------------
 
 
-def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
+def _add_v1_routes(app: Api, state: ServerState) -> None:
     k_query = Query(5, ge=1, le=state.http.max_top_k, description="how many classes to return")
 
     @app.post("/v1/models/{name}/predict", tags=["v1"], openapi_extra={"requestBody": IMAGE_BODY})
@@ -338,7 +337,7 @@ def _class_index(served: ServedModel, target: str) -> int:
     )
 
 
-def _add_v2_routes(app: FastAPI, state: ServerState) -> None:
+def _add_v2_routes(app: Api, state: ServerState) -> None:
     pool = state.pool
 
     @app.get("/v2", tags=["v2"])
@@ -407,7 +406,7 @@ def _ready_answer(pool: ModelPool, name: str, version: str | None) -> JSONRespon
 # -- management ---------------------------------------------------------------------------
 
 
-def _add_admin_routes(app: FastAPI, state: ServerState) -> None:
+def _add_admin_routes(app: Api, state: ServerState) -> None:
     admin = admin_only(lambda: state.auth)
 
     @app.get("/v1/admin/models", tags=["admin"], dependencies=admin)

@@ -22,9 +22,8 @@ import hmac
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
-from fastapi import Depends, Request
+from starlette.requests import Request
 
 from resnetkit.errors import ConfigError, PermissionDenied, Unauthenticated
 
@@ -141,10 +140,10 @@ def _digest(token: bytes) -> bytes:
 ADMIN_ACTOR = "admin-api"
 
 
-def admin_only(auth_of: Callable[[], AdminAuth]) -> list[Any]:
-    """The one FastAPI dependency of every management route (models, rollouts, faults): the
-    request must carry the admin token, checked before its body is read. Use as
-    ``@app.post(path, dependencies=admin_only(...))``.
+def admin_only(auth_of: Callable[[], AdminAuth]) -> list[Callable[[Request], None]]:
+    """The one guard of every management route (models, rollouts, faults): the request must
+    carry the admin token, checked before its body is read. Use as
+    ``@api.post(path, dependencies=admin_only(...))`` (:class:`resnetkit.serve.routes.Api`).
 
     Args:
         auth_of: returns the server's :class:`AdminAuth` (read per request, so a test or an
@@ -154,4 +153,4 @@ def admin_only(auth_of: Callable[[], AdminAuth]) -> list[Any]:
     def require_admin(request: Request) -> None:
         auth_of().check(request.headers.get("authorization"))
 
-    return [Depends(require_admin)]
+    return [require_admin]

@@ -36,8 +36,8 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from fastapi import Request
-from fastapi.responses import Response
+from starlette.requests import Request
+from starlette.responses import Response
 
 from resnetkit.errors import (
     DeadlineExceeded,

@@ -1,14 +1,14 @@
 """The OpenAPI document of the server: what every route takes and every status it answers.
 
-FastAPI writes the paths, parameters and success responses from the routes; :func:`document`
-completes them with what FastAPI cannot see, because the routes read their bodies themselves
-(bounded, see :mod:`resnetkit.serve.http`):
+The route table (:class:`resnetkit.serve.routes.Api`) writes the paths, parameters and success
+responses; :func:`document` completes them with what the table cannot see, because the routes
+read their bodies themselves (bounded, see :mod:`resnetkit.serve.http`):
 
 * request bodies: images (:data:`IMAGE_BODY`), V2 inference (:data:`V2_BODY`) and the JSON
   objects of the management, rollout and feedback routes (:data:`JSON_BODIES`);
 * every error status a route can answer, each with the ``{"error": string}`` body of
   :func:`resnetkit.serve.http.error_response`, chosen by what the route does
-  (:func:`_error_statuses`); FastAPI's own 422 is dropped, as validation errors answer 400;
+  (:func:`_error_statuses`); a bad query parameter answers 400;
 * content types that are not JSON: ``/metrics`` (Prometheus text or OpenMetrics), a Grad-CAM
   PNG, V2 binary tensors;
 * the bearer token of the management routes as a security scheme.
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
-
+from resnetkit.serve.routes import Api
 from resnetkit.serve.validation import IMAGE_TYPES, SIZE_POLICY
 
 __all__ = ["IMAGE_BODY", "JSON_BODIES", "TIMEOUT_NOTE", "V2_BODY", "document"]
@@ -206,7 +204,6 @@ def _complete(method: str, path: str, operation: dict[str, Any]) -> None:
     if body is not None:
         operation["requestBody"] = body
     responses: dict[str, Any] = operation.setdefault("responses", {})
-    responses.pop("422", None)  # FastAPI's validation error: ours answer 400 {"error"}
     for status in sorted(_error_statuses(method, path, operation)):
         content = {"application/json": {"schema": _ERROR_SCHEMA}}
         responses.setdefault(str(status), {"description": _REASONS[status], "content": content})
@@ -238,26 +235,24 @@ def _special_content(paths: dict[str, Any]) -> None:
         }
 
 
-def document(app: FastAPI) -> dict[str, Any]:
-    """The app's OpenAPI document, completed (built once, then cached on the app)."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=app.routes
-    )
-    for path, item in schema.get("paths", {}).items():
+def document(api: Api, *, title: str, version: str, text: str) -> dict[str, Any]:
+    """The OpenAPI document of ``api``'s routes, completed."""
+    schema: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "description": text},
+        "paths": api.openapi_paths(),
+    }
+    for path, item in schema["paths"].items():
         for method, operation in item.items():
             _complete(method, path, operation)
     _special_content(schema["paths"])
-    components = schema.setdefault("components", {})
-    components.setdefault("securitySchemes", {})["adminToken"] = {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "The admin token (--admin-token-file or RESNETKIT_ADMIN_TOKEN).",
+    schema["components"] = {
+        "securitySchemes": {
+            "adminToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The admin token (--admin-token-file or RESNETKIT_ADMIN_TOKEN).",
+            }
+        }
     }
-    for unused in ("HTTPValidationError", "ValidationError"):
-        components.get("schemas", {}).pop(unused, None)
-    if not components.get("schemas"):
-        components.pop("schemas", None)
-    app.openapi_schema = schema
     return schema

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import FastAPI, Request
+from starlette.requests import Request
 
 from resnetkit.errors import InvalidInput, ModelNotServed
 from resnetkit.serve.auth import ADMIN_ACTOR, admin_only
@@ -29,6 +29,7 @@ from resnetkit.serve.jsonsafe import FiniteJSONResponse
 from resnetkit.serve.rollout import RolloutConfig
 from resnetkit.serve.rollout_loop import RolloutLoop
 from resnetkit.serve.router import Fault, RolloutRouter
+from resnetkit.serve.routes import Api
 from resnetkit.serve.state import ServerState
 
 __all__ = ["add_rollout_routes"]
@@ -93,7 +94,7 @@ async def _log_label(state: ServerState, labels_log: FeedbackLog, rid: str, labe
     return await asyncio.to_thread(labels_log.append, rid, label, label_name, name, version)
 
 
-def add_rollout_routes(app: FastAPI, state: ServerState) -> None:
+def add_rollout_routes(app: Api, state: ServerState) -> None:
     """Register the rollout, feedback and fault routes."""
 
     def loop() -> RolloutLoop:
