@@ -178,15 +178,19 @@ def write_configs(args: argparse.Namespace, work: Path, hook_port: int) -> dict[
     return files
 
 
-def write_prometheus(work: Path, rules: Path, serve_url: str, am_url: str) -> Path:
+def write_prometheus(work: Path, rules: Path, serve_url: str, am_url: str, hook_port: int) -> Path:
+    """Prometheus scrapes the model server and the pipeline's webhook service (the on-call
+    dashboard's pipeline panels read the latter), and alerts to Alertmanager."""
     config = {
         "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
         "rule_files": [str(rules)],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am_url[7:]]}]}]},
         "scrape_configs": [
-            {"job_name": "resnetkit", "static_configs": [{"targets": [serve_url[7:]]}]}
+            {"job_name": "resnetkit", "static_configs": [{"targets": [serve_url[7:]]}]},
+            {"job_name": "resnetkit-pipeline",
+             "static_configs": [{"targets": [f"127.0.0.1:{hook_port}"]}]},
         ],
-    }
+    }  # fmt: skip
     path = work / "prometheus.yml"
     path.write_text(json.dumps(config))
     return path
@@ -348,6 +352,41 @@ def second_alert(am: str, hook: str, version: str) -> dict[str, Any]:
     return {"runs_started": runs_after - runs_before, "refused": refused_after - refused_before}
 
 
+def dashboard_check(prom: str, hook: str, run_: dict[str, Any] | None) -> dict[str, Any]:
+    """What the dashboards show of the run: the on-call dashboard's "Last pipeline run" and
+    "Pipeline runs by outcome" queries, asked of the real Prometheus, and the webhook's own
+    page at ``/``."""
+    from resnetkit.monitor.dashboards import generate_dashboards
+
+    panels = {p["title"]: p for p in generate_dashboards()["on-call"]["panels"]}
+    last_expr = panels["Last pipeline run"]["targets"][0]["expr"]
+    outcome = None if run_ is None else run_["outcome"]
+    shown: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 60  # a scrape or two after the run ended
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+            answer = httpx.get(f"{prom}/api/v1/query", params={"query": last_expr}, timeout=10)
+            shown = answer.json()["data"]["result"]
+            if shown and shown[0]["metric"].get("outcome") == outcome:
+                break
+        time.sleep(2)
+    totals = httpx.get(
+        f"{prom}/api/v1/query",
+        params={"query": "sum by (outcome) (resnetkit_pipeline_runs_total) > 0"},
+        timeout=10,
+    ).json()["data"]["result"]  # fmt: skip
+    page = httpx.get(f"{hook}/", timeout=10)
+    return {
+        "last_run_panel": [
+            {"outcome": r["metric"].get("outcome"), "ended_ms": float(r["value"][1])} for r in shown
+        ],
+        "last_run_panel_shows_the_outcome": bool(shown)
+        and shown[0]["metric"].get("outcome") == outcome,
+        "runs_by_outcome": {r["metric"]["outcome"]: float(r["value"][1]) for r in totals},
+        "runs_page_status": page.status_code,
+    }
+
+
 # -- the game day ------------------------------------------------------------------------
 
 
@@ -422,8 +461,8 @@ def game_day(args: argparse.Namespace, work: Path, stack: Stack) -> dict[str, An
         f"--storage.path={work / 'am-data'}", "--web.listen-address=127.0.0.1:{port}",
         "--cluster.listen-address=",
     ], "/-/ready")  # fmt: skip
-    prom = write_prometheus(work, files["rules"], serve, am)
-    stack.start("prometheus", [
+    prom = write_prometheus(work, files["rules"], serve, am, hook_port)
+    prom_url = stack.start("prometheus", [
         "prometheus", f"--config.file={prom}", f"--storage.tsdb.path={work / 'prom-data'}",
         "--web.listen-address=127.0.0.1:{port}",
     ], "/-/ready")  # fmt: skip
@@ -464,6 +503,7 @@ def game_day(args: argparse.Namespace, work: Path, stack: Stack) -> dict[str, An
     print(f"shifted traffic, after:    {shift_after['accuracy']:.2%}", flush=True)
     print(f"original test set, after:  {orig_after['accuracy']:.2%}", flush=True)
     promoted_version = str(rollout.get("canary_version"))
+    out["dashboard"] = dashboard_check(prom_url, hook, run_)
     out["second_alert_in_cooldown"] = second_alert(am, hook, promoted_version)
     out["random_candidate"] = random_candidate(production, work, files["pipeline"])
     out.update(
@@ -480,6 +520,7 @@ def game_day(args: argparse.Namespace, work: Path, stack: Stack) -> dict[str, An
         "shift_after>=90%": shift_after["accuracy"] >= GOALS["shift_after_min"],
         "orig_drop<=1pt": out["orig_drop_points"] <= GOALS["orig_drop_max_points"],
         "promoted": out["outcome"] == "promoted",
+        "dashboard_shows_the_run": out["dashboard"]["last_run_panel_shows_the_outcome"],
         "no_5xx": tally.server_errors == 0,
         "random_not_blessed": not out["random_candidate"]["blessed"],
         "second_alert_started_nothing": out["second_alert_in_cooldown"]["runs_started"] == 0,
