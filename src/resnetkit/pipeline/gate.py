@@ -275,7 +275,7 @@ def _classifier(model: LoadedModel, backend: Any, order: np.ndarray) -> Classify
     import torch
 
     def classify(images: np.ndarray) -> np.ndarray:
-        batch = model.normalized(torch.from_numpy(images)).numpy()
+        batch = model.normalized(torch.from_numpy(np.ascontiguousarray(images))).numpy()
         return np.asarray(order[backend.predict(batch).argmax(axis=1)])
 
     return classify
@@ -400,10 +400,10 @@ def _ood_checks(
         else:
             before = base["sets"][name][base["method"]]["auroc"]
             change = auroc - before
-            detail = (
-                f"AUROC {before:.4f} ({base['method']}) -> {auroc:.4f} ({cand['method']}); "
-                f"{cand['set_sizes'][name]} far-OOD vs {cand['in_distribution_images']} test images"
-            )
+            methods = {cand["method"], base["method"]}
+            how = cand["method"] if len(methods) == 1 else f"{base['method']} -> {cand['method']}"
+            size, inside = cand["set_sizes"][name], cand["in_distribution_images"]
+            detail = f"AUROC {before:.4f} -> {auroc:.4f} ({how}); {size} far-OOD, {inside} test"
             checks.append(
                 _check(f"ood_auroc_change/{name}", change, -drop, change >= -drop, detail)
             )
