@@ -176,7 +176,9 @@ def test_sigterm_while_the_database_hangs_stops_a_rollout_leader_in_bounded_time
             store, "fmnist", stable_version=1, canary_version=2, actor="game day",
             config={"interval_s": 0.5, "progress_deadline_s": 3600}, first_weight=5.0,
         )  # fmt: skip
-    env = {"RESNETKIT_REGISTRY_TIMEOUT_S": str(TIMEOUT_S)}
+    # Its own artifacts too: the module's server fixture exports RESNETKIT_ARTIFACTS.
+    env = {"RESNETKIT_REGISTRY_TIMEOUT_S": str(TIMEOUT_S),
+           "RESNETKIT_ARTIFACTS": str(tmp_path / "artifacts")}  # fmt: skip
     args = ["fmnist@prod", "--registry", url, "--rollout-poll-s", "0.2"]
     server = ServerProcess(args, tmp_path / "server.log", env)
     try:

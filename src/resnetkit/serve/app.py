@@ -89,7 +89,7 @@ def create_app(state: ServerState, *, body_timeout_s: float | None = None) -> St
             except ResNetKitError as exc:
                 _startup_failed(state, str(exc))
         loading = asyncio.create_task(_load_initial(state))
-        following = asyncio.create_task(state.router.run()) if state.router else None
+        following = asyncio.create_task(state.rollouts.run()) if state.rollouts else None
         try:
             yield
         finally:
@@ -100,8 +100,8 @@ def create_app(state: ServerState, *, body_timeout_s: float | None = None) -> St
                         await task
             if state.grpc is not None:
                 await state.grpc.stop()
-            if state.router is not None:
-                await asyncio.to_thread(state.router.close)
+            if state.rollouts is not None:
+                await asyncio.to_thread(state.rollouts.close)
             await state.pool.close()
             if state.predlog is not None:
                 state.predlog.close()

@@ -181,7 +181,8 @@ def build_state(config: ServeConfig, *, started_monotonic: float | None = None) 
     from resnetkit.serve.metrics import ServerMetrics
     from resnetkit.serve.pool import ModelPool, PoolSettings
     from resnetkit.serve.predlog import PredictionLog
-    from resnetkit.serve.rollout_loop import LifespanRouter, RolloutLoop
+    from resnetkit.serve.rollout_loop import RolloutLoop
+    from resnetkit.serve.router import RolloutRouter
     from resnetkit.serve.state import HttpSettings, ServerState
 
     if config.backend == "torch" and config.threads:
@@ -207,15 +208,15 @@ def build_state(config: ServeConfig, *, started_monotonic: float | None = None) 
             max_image_bytes=config.log_images_max_bytes,
         )
         metrics.watch_prediction_log(predlog.drop_counts)
-    router = LifespanRouter(pool, metrics)
-    router.loop = RolloutLoop(
+    router = RolloutRouter(pool, metrics)
+    rollouts = RolloutLoop(
         pool, metrics, router, registry=config.registry, poll_s=config.rollout_poll_s
     )
     state = ServerState(
         pool=pool,
         metrics=metrics,
         router=router,
-        rollouts=router.loop,
+        rollouts=rollouts,
         auth=AdminAuth.from_sources(token_file=config.admin_token_file),
         http=HttpSettings(
             max_body_bytes=config.max_body_bytes,

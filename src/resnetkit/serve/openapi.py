@@ -53,6 +53,19 @@ IMAGE_BODY: dict[str, Any] = {
     },
     "required": True,
 }
+# The protocol's request input: name, shape and datatype always; ``data`` unless the binary
+# extension carries the tensor (``parameters.binary_data_size``).
+_V2_INPUT: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string"},
+        "parameters": {"type": "object"},
+        "data": {},
+    },
+}
 V2_BODY: dict[str, Any] = {
     "description": (
         "A KServe V2 inference request: one input, FP32 [N, C, H, W] normalised or UINT8 "
@@ -65,7 +78,7 @@ V2_BODY: dict[str, Any] = {
                 "required": ["inputs"],
                 "properties": {
                     "id": {"type": "string"},
-                    "inputs": {"type": "array", "items": {"type": "object"}, "minItems": 1},
+                    "inputs": {"type": "array", "items": _V2_INPUT, "minItems": 1},
                     "outputs": {"type": "array", "items": {"type": "object"}},
                     "parameters": {"type": "object"},
                 },

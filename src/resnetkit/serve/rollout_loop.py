@@ -63,7 +63,7 @@ else:  # SQLAlchemy is loaded with the first registry model, not by serving a fi
 
     db = _LazyRollouts()
 
-__all__ = ["LifespanRouter", "RolloutLoop", "answer_share", "mirrored_share", "routing_plan"]
+__all__ = ["RolloutLoop", "answer_share", "mirrored_share", "routing_plan"]
 
 log = logging.getLogger("resnetkit.serve")
 
@@ -479,27 +479,6 @@ def answer_share(record: db.RolloutRecord, cfg: RolloutConfig) -> float:
 def mirrored_share(cfg: RolloutConfig) -> float:
     """The share of stable's requests (0 to 1) also run on the canary in the background."""
     return 1.0 if cfg.shadow else cfg.mirror_fraction
-
-
-class LifespanRouter(RolloutRouter):
-    """A router that also starts and stops its control loop (transitional).
-
-    ``serve/app.py``'s lifespan runs ``state.router.run()`` and closes ``state.router``;
-    once it runs and closes ``state.rollouts`` instead, :func:`~resnetkit.serve.config.
-    build_state` builds a plain :class:`RolloutRouter` and this class goes.
-    """
-
-    loop: RolloutLoop | None = None
-
-    async def run(self) -> None:
-        """Run the control loop until cancelled."""
-        if self.loop is not None:
-            await self.loop.run()
-
-    def close(self) -> None:
-        """Close the control loop (its leases and the registry)."""
-        if self.loop is not None:
-            self.loop.close()
 
 
 def _describe(check: Mapping[str, Any]) -> str:

@@ -13,7 +13,8 @@ from resnetkit.serve.auth import AdminAuth
 from resnetkit.serve.metrics import ServerMetrics
 from resnetkit.serve.pool import ModelPool
 from resnetkit.serve.predlog import PredictionLog
-from resnetkit.serve.rollout_loop import LifespanRouter, RolloutLoop
+from resnetkit.serve.rollout_loop import RolloutLoop
+from resnetkit.serve.router import RolloutRouter
 from resnetkit.serve.validation import MAX_PIXELS
 
 __all__ = ["HttpSettings", "ServerState"]
@@ -50,9 +51,7 @@ class ServerState:
     initial_refs: tuple[str, ...] = ()
     started_monotonic: float = dataclasses.field(default_factory=time.monotonic)
     failed: str | None = None
-    # Per request: routing, counts, feedback. A LifespanRouter (a RolloutRouter that also
-    # runs the loop) until app.py's lifespan runs ``rollouts`` itself.
-    router: LifespanRouter | None = None
+    router: RolloutRouter | None = None  # per request: routing, counts, feedback
     rollouts: RolloutLoop | None = None  # the control loop: registry, leases, decisions
     decode_pool: concurrent.futures.ThreadPoolExecutor | None = None
     background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
