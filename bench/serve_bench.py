@@ -983,6 +983,37 @@ def print_costs(
     }
 
 
+#: Issue #25's goal: the server's CPU per request at most this many times the floor's.
+FLOOR_GOAL = 1.25
+
+
+def print_floor(
+    work: Workload, summary: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The servers' CPU-seconds per request beside the in-process floor (``cpu_floor.py``:
+    decode + preprocess + one batch-1 forward pass, same model file and threads)."""
+    from cpu_floor import floor_cpu_s
+
+    files = {"onnx-int8": work.int8, "onnx-fp32": work.fp32}
+    print(f"\n### {work.key}: server CPU per request against the in-process floor "
+          f"({args.server_threads} threads; goal <= {FLOOR_GOAL}x)")  # fmt: skip
+    print("| server | server CPU-ms / request | floor CPU-ms / request | x floor | goal |")
+    print("|" + "---|" * 5)
+    out: dict[str, Any] = {}
+    for key, path in files.items():
+        lv = (summary.get(key) or {}).get("best")
+        if lv is None:
+            continue
+        server_s = lv["server_cpu_s"] / (lv["throughput"] * lv["wall_s"])
+        floor = floor_cpu_s(path, work.bodies[:16], work.content_type, args.server_threads)
+        ratio = server_s / floor["cpu_s_per_request"]
+        out[key] = {"server_cpu_s": server_s, "floor": floor, "x_floor": ratio}
+        print(f"| {LABELS[key]} | {1000 * server_s:.2f} | "
+              f"{1000 * floor['cpu_s_per_request']:.2f} | {ratio:.2f} | "
+              f"{_verdict(ratio <= FLOOR_GOAL)} |")  # fmt: skip
+    return out
+
+
 def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else "met" if ok else "MISSED"
 
@@ -1258,6 +1289,7 @@ def bench_model(
             results[key] = {"error": str(exc)}
     entry["summary"] = summarize(work, results)
     entry["cost"] = print_costs(work, entry["summary"], args)
+    entry["cpu_floor"] = print_floor(work, entry["summary"], args)
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:

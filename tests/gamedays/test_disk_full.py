@@ -97,7 +97,10 @@ def test_a_disk_that_fills_under_export_and_quantize_is_one_line_and_the_old_fil
         assert main([command[0], str(trained), "-o", str(out), *command[1:]]) == 1
         lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: "), lines
-        assert "no space left" in lines[0] and out.name in lines[0]
+        assert lines[0] == (
+            f"error: cannot write {out}: no space left on its disk (the previous file is "
+            "unchanged); free space and retry"
+        )
         assert out.read_bytes() == b"an older model"
         assert [p.name for p in disk.iterdir()] == ["model.onnx"]  # no temp, no staged file
 

@@ -10,9 +10,6 @@ edge model instead of ONNX (:mod:`resnetkit.export.edge`, ``docs/edge.md``).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,7 @@ from resnetkit.export import (
     export_onnx,
     load_model_ref,
 )
-from resnetkit.fileio import check_output_file
+from resnetkit.fileio import check_output_file, staged
 from resnetkit.onnxio import card_metadata
 
 #: What ``bench`` measures, by the loader's backend kind.
@@ -106,17 +103,6 @@ def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
         print(text)
 
 
-@contextlib.contextmanager
-def _staged(output: Path) -> Iterator[Path]:
-    """A hidden file beside ``output`` that becomes ``output`` only if the block succeeds."""
-    stage = output.with_name(f".{output.name}.{os.getpid()}.staged")
-    try:
-        yield stage
-        os.replace(stage, output)
-    finally:
-        stage.unlink(missing_ok=True)
-
-
 # -- export ---------------------------------------------------------------------------------
 
 
@@ -144,7 +130,7 @@ def run_export(args: argparse.Namespace) -> int:
     model = loaded.module()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     parity = None
-    with _staged(args.output) as stage:
+    with staged(args.output) as stage:
         with status(f"exporting {loaded.identity.label} to ONNX (opset {args.opset})"):
             export_onnx(
                 model, stage, input_size=loaded.input_size, opset=args.opset,
@@ -232,7 +218,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     calib = loaded.calibration_images(args.calib, seed=args.seed, data=args.data)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with (
-        _staged(args.output) as stage,
+        staged(args.output) as stage,
         status(f"calibrating on {len(calib)} images and measuring top-1 on {len(test)}"),
     ):
         report = quantize_with_budget(
