@@ -17,13 +17,13 @@ version's answers, errors, latency and confidence, and the top-1 agreement of mi
 
 Feedback (``POST /v1/feedback``) is one label per request: the same label again changes
 nothing, a different one replaces the first in the counts (the answer says which it replaced).
-What a request got is kept for the last :data:`FEEDBACK_MEMORY` request ids, in about 240
-bytes per id, the id included (slotted records, no per-request dicts: 12 MB when full).
+What a request got is kept for the last :data:`FEEDBACK_MEMORY` requests in arrays allocated
+when the router is made (:class:`resnetkit.serve.answers.AnswerMemory`, about 6 MB), so the
+server's memory does not grow as they fill.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import random
@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from resnetkit.errors import InvalidInput, NotFound
+from resnetkit.serve.answers import AnswerMemory
 from resnetkit.serve.metrics import ServerMetrics
 from resnetkit.serve.pool import ModelPool, ServedModel
 from resnetkit.serve.rollout import StepStats
@@ -87,48 +88,6 @@ class RoutingPlan:
         object.__setattr__(self, "key", (self.rollout_id, self.step))
 
 
-class _Answered:
-    """What a request got, kept for its feedback: the model, and version and top-1 per role
-    (``served`` without a rollout; ``stable`` and/or ``canary`` during one). Slotted, and
-    sharing its strings and its rollout key with the server, so that the 50,000 kept cost
-    little memory: no dict per request."""
-
-    __slots__ = (
-        "canary_top1", "canary_version", "counted", "label", "name", "rollout",
-        "served_top1", "served_version", "stable_top1", "stable_version",
-    )  # fmt: skip
-
-    def __init__(self, name: str, rollout: tuple[int, int] | None) -> None:
-        self.name = name
-        self.rollout = rollout  # (rollout id, step) when it was part of a rollout
-        self.label: int | None = None  # the true label given as feedback, once given
-        self.counted = False  # whether that label is in the rollout step's feedback counts
-        self.served_version: str | None = None
-        self.served_top1 = -1
-        self.stable_version: str | None = None
-        self.stable_top1 = -1
-        self.canary_version: str | None = None
-        self.canary_top1 = -1
-
-    def set(self, role: str, version: str, top1: int) -> None:
-        """The answer of the version in ``role``."""
-        if role == "stable":
-            self.stable_version, self.stable_top1 = version, top1
-        elif role == "canary":
-            self.canary_version, self.canary_top1 = version, top1
-        else:
-            self.served_version, self.served_top1 = version, top1
-
-    def answers(self) -> list[tuple[str, str, int]]:
-        """``(role, version, top-1)`` of every version that answered, served first."""
-        found = (
-            ("served", self.served_version, self.served_top1),
-            ("stable", self.stable_version, self.stable_top1),
-            ("canary", self.canary_version, self.canary_top1),
-        )
-        return [(role, v, top1) for role, v, top1 in found if v is not None]
-
-
 class RolloutRouter:
     """Routes requests during rollouts and counts what each version did; one per server."""
 
@@ -140,9 +99,8 @@ class RolloutRouter:
         self.feedback_memory = feedback_memory  # request ids kept for feedback
         self._plans: dict[str, RoutingPlan] = {}
         self._stats: dict[str, tuple[tuple[int, int], StepStats]] = {}
-        # Request id -> what it got; ids in the order they came, to forget the oldest.
-        self._answered: dict[str, _Answered] = {}
-        self._order: collections.deque[str] = collections.deque()
+        # Request id -> what it got, the oldest forgotten first: arrays allocated once.
+        self._answers = AnswerMemory(feedback_memory)
         self._rng = random.Random()
 
     # -- the control loop's interface -------------------------------------------------------
@@ -237,18 +195,9 @@ class RolloutRouter:
                 id a V2 client sent): feedback under any of them scores the same answer.
         """
         ids = [request_ids] if isinstance(request_ids, str) else request_ids
-        known = self._answered
-        answered = next((known[i] for i in ids if i in known), None)
-        if answered is None:
-            plan = self._plans.get(name)
-            answered = _Answered(name, None if plan is None else plan.key)
-        for request_id in ids:
-            if request_id not in known:
-                self._order.append(request_id)
-            known[request_id] = answered
-        while len(self._order) > self.feedback_memory:
-            del known[self._order.popleft()]
-        answered.set(role or "served", version, top1)
+        plan = self._plans.get(name)
+        rollout = None if plan is None else plan.key
+        self._answers.remember(ids, name, rollout, role or "served", version, top1)
 
     def answered_by(self, request_id: str) -> tuple[str, str]:
         """The model and the version whose answer the client of ``request_id`` saw.
@@ -256,11 +205,11 @@ class RolloutRouter:
         Raises:
             NotFound: an unknown (or forgotten) request id.
         """
-        answered = self._answered.get(request_id)
-        if answered is None:
+        record = self._answers.find(request_id)
+        if record is None:
             raise NotFound(f"request id {request_id[:64]!r} is unknown here")
-        answers = answered.answers()
-        return answered.name, answers[0][1] if answers else ""
+        answers = self._answers.answers(record)
+        return self._answers.name(record), answers[0][1] if answers else ""
 
     def feedback(self, request_id: str, label: str | int) -> dict[str, Any]:
         """Score the versions that answered ``request_id`` against the true ``label``.
@@ -273,44 +222,47 @@ class RolloutRouter:
             NotFound: an unknown request id (404).
             InvalidInput: an unknown label.
         """
-        answered = self._answered.get(request_id)
-        if answered is None:
+        record = self._answers.find(request_id)
+        if record is None:
             raise NotFound(
                 f"request id {request_id[:64]!r} is unknown here: it is older than the last "
                 f"{self.feedback_memory:,} requests, or another replica answered it"
             )
-        served = self.pool.get(answered.name)
+        memory = self._answers
+        served = self.pool.get(memory.name(record))
         index = _label_index(label, served.labels)
-        scores = {role: top1 == index for role, _, top1 in answered.answers()}
+        scores = {role: top1 == index for role, _, top1 in memory.answers(record)}
         answer: dict[str, Any] = {"request_id": request_id, "label": index, "correct": scores}
-        previous = answered.label
+        previous = memory.label(record)
         if previous == index:
             return {**answer, "repeated": True}
         if previous is not None:
-            self._count_feedback(answered, previous, -1)
+            self._count_feedback(record, previous, -1)
             answer["replaced"] = previous
-        answered.label = index
-        self._count_feedback(answered, index, 1)
+        memory.set_label(record, index)
+        self._count_feedback(record, index, 1)
         return answer
 
-    def _count_feedback(self, answered: _Answered, label: int, sign: int) -> None:
+    def _count_feedback(self, record: int, label: int, sign: int) -> None:
         """Add (``sign=1``) or take back (-1) one label of a request in every count: the
         metrics (a retraction is a counter of its own) and the rollout step it belongs to."""
-        current = self._step_stats(answered.name)
-        in_step = current is not None and answered.rollout == current[0].key
-        if sign < 0 and not answered.counted:
+        memory = self._answers
+        name = memory.name(record)
+        current = self._step_stats(name)
+        in_step = current is not None and memory.rollout(record) == current[0].key
+        if sign < 0 and not memory.counted(record):
             in_step = False  # its step is over: that window was judged with the old label
-        for role, version, top1 in answered.answers():
+        for role, version, top1 in memory.answers(record):
             correct = top1 == label
             if sign > 0:
-                self.metrics.observe_feedback(answered.name, version, correct)
+                self.metrics.observe_feedback(name, version, correct)
             else:
-                self.metrics.retract_feedback(answered.name, version, correct)
+                self.metrics.retract_feedback(name, version, correct)
             if in_step and current is not None and role in ("stable", "canary"):
                 stats = current[1].role(role)
                 stats.feedback_total += sign
                 stats.feedback_correct += sign * int(correct)
-        answered.counted = in_step and sign > 0
+        memory.set_counted(record, in_step and sign > 0)
 
 
 def _label_index(label: str | int, labels: list[str]) -> int:
