@@ -9,7 +9,6 @@ robust on both counts), and production's weights with no detector at all. A smal
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 from pathlib import Path
@@ -195,16 +194,6 @@ def test_a_configured_check_that_was_not_measured_fails_saying_so() -> None:
         assert not checks[name]["passed"] and "measured no robustness" in checks[name]["detail"]
 
 
-def _steps_measure_robustness() -> bool:
-    from resnetkit.pipeline import steps
-
-    return "robustness_evaluation" in inspect.getsource(steps.step_evaluate)
-
-
-@pytest.mark.skipif(
-    not _steps_measure_robustness(),
-    reason="pipeline/steps.py's evaluate step does not call robustness_evaluation yet",
-)
 def test_the_pipeline_does_not_bless_a_much_less_robust_candidate_and_says_why(
     models: dict[str, LoadedModel], tmp_path: Path
 ) -> None:

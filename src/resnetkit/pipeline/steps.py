@@ -217,7 +217,7 @@ def gate_sets(ctx: RunContext, candidate: LoadedModel) -> dict[str, ImageDataset
 def step_evaluate(ctx: RunContext) -> dict[str, Any]:
     """Candidate and baseline on the same frozen sets, as the server would run them."""
     from resnetkit.data import fingerprint
-    from resnetkit.pipeline.gate import predict, served_artifact_budget
+    from resnetkit.pipeline.gate import predict, robustness_evaluation, served_artifact_budget
 
     trained = ctx.state.outputs("train")
     artifact = ctx.config.gate.artifact
@@ -237,6 +237,10 @@ def step_evaluate(ctx: RunContext) -> dict[str, Any]:
             predict(model, dataset, artifact).save(ctx.out / path)
             files[set_name][role] = str(path)
         sets[set_name] = {"images": len(dataset), "fingerprint": fingerprint(dataset)}
+    robustness = robustness_evaluation(
+        candidate, baseline, frozen["test"], ctx.config.gate,
+        progress=lambda message: ctx.progress("evaluate", message),
+    )  # fmt: skip
     ctx.progress("evaluate", f"latency and size of the {artifact} artifact")
     return {
         "baseline": baseline_ref,
@@ -245,6 +249,7 @@ def step_evaluate(ctx: RunContext) -> dict[str, Any]:
         "sets": sets,
         "files": files,
         "budget": served_artifact_budget(candidate, artifact),
+        "robustness": robustness,
     }
 
 
@@ -260,7 +265,10 @@ def step_gate(ctx: RunContext) -> dict[str, Any]:
     for set_name, paths in evaluated["files"].items():
         base = Predictions.load(ctx.out / paths["baseline"]) if "baseline" in paths else None
         sets[set_name] = (Predictions.load(ctx.out / paths["candidate"]), base)
-    checks = gate_checks(sets, tuple(evaluated["classes"]), evaluated["budget"], ctx.config.gate)
+    checks = gate_checks(
+        sets, tuple(evaluated["classes"]), evaluated["budget"], ctx.config.gate,
+        robustness=evaluated.get("robustness"),
+    )  # fmt: skip
     blessed = all(c["passed"] for c in checks)
     write_json(ctx.out / "gate.json", {"blessed": blessed, "checks": checks})
     return {"blessed": blessed, "baseline": evaluated["baseline"], "checks": checks}
