@@ -67,8 +67,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--content-type", default="image/jpeg")
     args = p.parse_args(argv)
-    bodies = [path.read_bytes() for path in args.images]
-    floor = floor_cpu_s(args.onnx, bodies, args.content_type, args.threads)
+    from resnetkit.errors import ResNetKitError
+
+    try:
+        bodies = [path.read_bytes() for path in args.images]
+        floor = floor_cpu_s(args.onnx, bodies, args.content_type, args.threads)
+    except (OSError, ResNetKitError) as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(
         f"floor: {1000 * floor['cpu_s_per_request']:.2f} ms CPU, "
         f"{1000 * floor['wall_s_per_request']:.2f} ms wall per request ({args.threads} threads)"

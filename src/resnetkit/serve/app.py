@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -118,12 +119,13 @@ def create_app(state: ServerState, *, body_timeout_s: float | None = None) -> St
         "ResNet inference: image predictions, the KServe V2 protocol, metrics. "
         f'{TIMEOUT_NOTE} Errors are {{"error": message}}.'
     )
-    openapi: list[dict[str, Any]] = []  # built on first use: no cost to the cold start
+
+    @functools.cache  # built on first use: no cost to the cold start
+    def openapi() -> dict[str, Any]:
+        return document(api, title="resnetkit", version=__version__, text=description)
 
     async def openapi_json(_: Request) -> Response:
-        if not openapi:
-            openapi.append(document(api, title="resnetkit", version=__version__, text=description))
-        return FiniteJSONResponse(openapi[0])
+        return FiniteJSONResponse(openapi())
 
     async def dashboard(_: Request) -> Response:
         """The web dashboard: static files shipped in the package, no build step."""
