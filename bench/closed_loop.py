@@ -246,13 +246,17 @@ def accuracy(url: str, images: np.ndarray, labels: np.ndarray, tally: Tally) -> 
     return {"accuracy": float(correct.mean()), "n": len(images), "versions": versions}
 
 
+def labelled_mask(n: int, share: float, seed: int) -> np.ndarray:
+    """Which of the ``n`` traffic images the feedback client labels (on every pass)."""
+    return np.random.default_rng(seed).random(n) < share
+
+
 def live_traffic(
     url: str, images: np.ndarray, labels: np.ndarray, args: argparse.Namespace,
     tally: Tally, stop: threading.Event,
 ) -> None:  # fmt: skip
     """Shifted requests at ``--rate`` per second, ``--label-share`` of them labelled."""
-    rng = np.random.default_rng(args.seed)
-    labelled = rng.random(len(images)) < args.label_share
+    labelled = labelled_mask(len(images), args.label_share, args.seed)
     encoded = [png(image) for image in images]
     with httpx.Client(timeout=30) as client:
         i, next_at = 0, time.monotonic()
@@ -419,6 +423,16 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=5400.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    # The webhook counts distinct labelled images, and the traffic repeats one pool of
+    # images: a threshold above what the pool can label would wait until the timeout.
+    pool = TRAFFIC_SLICE.stop - TRAFFIC_SLICE.start
+    distinct = int(labelled_mask(pool, args.label_share, args.seed).sum())
+    if not 1 <= args.min_new_labels <= distinct:
+        raise SystemExit(
+            f"error: --min-new-labels {args.min_new_labels} must be between 1 and {distinct}, "
+            f"the distinct images --label-share {args.label_share:g} labels in the "
+            f"{pool:,}-image traffic pool"
+        )
     info = machine()
     print(describe(info), flush=True)
     for tool in ("prometheus", "prometheus-alertmanager"):
@@ -427,7 +441,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out.resolve()
     result: dict[str, Any] = {"machine": info, "shift": "invert: x -> 255 - x", "goals": GOALS,
-                              "settings": {k: str(v) for k, v in vars(args).items()}}  # fmt: skip
+                              "settings": {k: str(v) for k, v in vars(args).items()},
+                              "labelled_pool_images": distinct}  # fmt: skip
     stack = Stack(work)
     try:
         result.update(game_day(args, work, stack))
