@@ -105,12 +105,16 @@ class AdversarialConfig:
     ``eps`` and ``alpha`` are fractions of the pixel range [0, 1], before normalisation.
     ``fgsm-rs`` is Wong et al.'s fast FGSM (random start, one step of ``alpha``, default
     ``1.25 * eps``); ``pgd`` takes ``steps`` steps of ``alpha`` (default ``2.5 * eps / steps``).
+    ``clean_weight`` is the share of each batch left clean (Kurakin et al. 2017): the first
+    ``round(clean_weight * B)`` images are not attacked, so the batch's mean loss is
+    ``clean_weight * CE(clean) + (1 - clean_weight) * CE(adversarial)``; 0 attacks them all.
     """
 
     method: str = "none"  # none | fgsm-rs | pgd
     eps: float = 0.1
     steps: int = 7  # pgd only
     alpha: float | None = None
+    clean_weight: float = 0.0  # in [0, 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from resnetkit.config import AdversarialConfig, TrainConfig
+from resnetkit.data import AugmentSpec, augment_batch, compute_preprocessing, load_dataset
 from resnetkit.errors import ConfigError
 from resnetkit.export import load_model_ref
+from resnetkit.models import create_model
 from resnetkit.train import train
-from resnetkit.train.adversarial import PixelSpaceModel, attack, pgd
+from resnetkit.train.adversarial import PixelSpaceModel, adversarial_batch, attack, pgd
 from resnetkit.train.loop import Trainer
 
 from .conftest import tiny_config
@@ -57,13 +61,16 @@ class _CrashAtStep5(Trainer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["fgsm-rs", "pgd"])
+@pytest.mark.parametrize(
+    ("method", "clean_weight"), [("fgsm-rs", 0.0), ("pgd", 0.0), ("fgsm-rs", 0.5)]
+)
 def test_resume_with_adversarial_training_matches_uninterrupted_run(
-    tmp_path: Path, method: str
+    tmp_path: Path, method: str, clean_weight: float
 ) -> None:
     cfg = _adversarial(
-        tiny_config(epochs=1, checkpoint_every_steps=3), method=method, eps=0.1, steps=2
-    )
+        tiny_config(epochs=1, checkpoint_every_steps=3),
+        method=method, eps=0.1, steps=2, clean_weight=clean_weight,
+    )  # fmt: skip
     train(cfg, tmp_path / "uninterrupted")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "crashed", trainer=_CrashAtStep5)
@@ -82,6 +89,8 @@ def test_resume_with_adversarial_training_matches_uninterrupted_run(
         ({"method": "pgd", "eps": 1.5}, "adversarial.eps"),
         ({"method": "pgd", "steps": 0}, "adversarial.steps"),
         ({"method": "fgsm-rs", "alpha": -0.1}, "adversarial.alpha"),
+        ({"method": "fgsm-rs", "clean_weight": 1.0}, "adversarial.clean_weight"),
+        ({"method": "fgsm-rs", "clean_weight": -0.5}, "adversarial.clean_weight"),
     ],
 )
 def test_bad_adversarial_settings_fail_before_any_work(
@@ -90,6 +99,36 @@ def test_bad_adversarial_settings_fail_before_any_work(
     with pytest.raises(ConfigError, match=message):
         train(_adversarial(tiny_config(), **settings), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_clean_weight_leaves_its_share_clean_and_the_batch_loss_is_the_mixed_objective() -> None:
+    data = load_dataset("fashion-mnist", "train", limit=32)
+    spec = compute_preprocessing(data)
+    model = create_model("resnet8", in_chans=1, num_classes=10, width=0.25).eval()
+    gen = torch.Generator().manual_seed(0)
+    batch = augment_batch(data.images, data.labels, AugmentSpec(hflip=False), spec, gen)
+    cfg = AdversarialConfig("fgsm-rs", eps=0.1, clean_weight=0.25)
+    x = adversarial_batch(
+        model, batch, cfg, spec, torch.Generator().manual_seed(1), contextlib.nullcontext
+    )
+    assert torch.equal(x[:8], batch.images[:8])  # round(0.25 * 32) images stay clean
+    # The other 24 are exactly the attack of those 24 alone, from the same random start.
+    rest = dataclasses.replace(
+        batch, images=batch.images[8:], targets=batch.targets[8:],
+        partner_targets=batch.partner_targets[8:],
+    )  # fmt: skip
+    all_attacked = dataclasses.replace(cfg, clean_weight=0.0)
+    expected = adversarial_batch(
+        model, rest, all_attacked, spec, torch.Generator().manual_seed(1), contextlib.nullcontext
+    )
+    assert torch.equal(x[8:], expected)
+    assert float((x[8:] - batch.images[8:]).abs().amax(dim=(1, 2, 3)).min()) > 0
+    with torch.no_grad():
+        logits = model(x)
+        mixed = batch.cross_entropy(logits)
+        clean = F.cross_entropy(logits[:8], batch.targets[:8])
+        adv = F.cross_entropy(logits[8:], batch.targets[8:])
+    torch.testing.assert_close(mixed, 0.25 * clean + 0.75 * adv)
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +194,11 @@ def test_adversarial_section_is_read_from_toml_and_written_back(tmp_path: Path) 
     from resnetkit.config import from_dict, load_toml, save_toml, to_dict
 
     path = tmp_path / "config.toml"
-    path.write_text('epochs = 1\n\n[adversarial]\nmethod = "pgd"\neps = 0.05\nsteps = 3\n')
+    path.write_text(
+        'epochs = 1\n\n[adversarial]\nmethod = "pgd"\neps = 0.05\nsteps = 3\nclean_weight = 0.5\n'
+    )
     cfg = from_dict(TrainConfig, load_toml(path))
-    assert cfg.adversarial == AdversarialConfig(method="pgd", eps=0.05, steps=3)
+    assert cfg.adversarial == AdversarialConfig(method="pgd", eps=0.05, steps=3, clean_weight=0.5)
     save_toml(tmp_path / "again.toml", to_dict(cfg))
     assert from_dict(TrainConfig, load_toml(tmp_path / "again.toml")) == cfg
     with pytest.raises(ConfigError, match=r"adversarial\.epsilon"):

@@ -39,6 +39,7 @@ __all__ = [
     "attack_accuracy",
     "check_adversarial",
     "check_eps",
+    "clean_count",
     "fgsm",
     "pgd",
 ]
@@ -187,6 +188,16 @@ def check_adversarial(cfg: AdversarialConfig) -> None:
         raise ConfigError(f"adversarial.alpha must be in (0, 1] when set, got {cfg.alpha:g}")
     if cfg.steps < 1:
         raise ConfigError(f"adversarial.steps must be >= 1, got {cfg.steps}")
+    if not 0.0 <= cfg.clean_weight < 1.0:
+        raise ConfigError(
+            f"adversarial.clean_weight is the share of each batch left clean, in [0, 1); "
+            f"got {cfg.clean_weight:g}"
+        )
+
+
+def clean_count(batch_size: int, clean_weight: float) -> int:
+    """How many images of a batch of ``batch_size`` stay clean: ``round(clean_weight * B)``."""
+    return min(round(clean_weight * batch_size), batch_size)
 
 
 def adversarial_batch(
@@ -202,8 +213,33 @@ def adversarial_batch(
     The batch is mapped back to pixels, attacked against its (possibly mixed) targets with
     the run's mixed precision, and normalised. The random start is drawn from the run's
     ``generator``, which checkpoints save, so a resumed run attacks exactly as an
-    uninterrupted one.
+    uninterrupted one. The first :func:`clean_count` images (``cfg.clean_weight`` of the
+    batch, which the loader has shuffled) are returned unchanged and not attacked: the
+    batch's mean loss is then the mixed objective of Goodfellow et al. and Kurakin et al.
     """
+    keep = clean_count(len(batch.images), cfg.clean_weight)
+    if keep == 0:
+        return _attacked(model, batch, cfg, spec, generator, autocast)
+    if keep == len(batch.images):
+        return batch.images
+    rest = dataclasses.replace(
+        batch,
+        images=batch.images[keep:],
+        targets=batch.targets[keep:],
+        partner_targets=batch.partner_targets[keep:],
+    )
+    adv = _attacked(model, rest, cfg, spec, generator, autocast)
+    return torch.cat([batch.images[:keep], adv])
+
+
+def _attacked(
+    model: nn.Module,
+    batch: AugmentedBatch,
+    cfg: AdversarialConfig,
+    spec: PreprocessingSpec,
+    generator: torch.Generator,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+) -> torch.Tensor:
     x = batch.images
     spec = dataclasses.replace(spec, size=(x.shape[-2], x.shape[-1]))  # crops may be smaller
     mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
