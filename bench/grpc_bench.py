@@ -3,8 +3,10 @@
 The same server process answers both (``--grpc-port``), so the comparison is the protocol
 alone: 8 raw 224x224 UINT8 images per request (the server preprocesses them), sent by the
 standard clients, ``tritonclient.grpc`` and ``tritonclient.http`` (binary tensor extension),
-from ``--concurrency`` threads for ``--seconds`` each. Prints the machine first, then
-throughput and latency per protocol and their ratio.
+from ``--concurrency`` threads for ``--seconds`` each, in ``--rounds`` blocks that alternate
+which protocol goes first (so a drifting machine favours neither). Prints the machine first,
+then throughput, latency, and the CPU milliseconds per request of the server process and of
+the clients (this process) per protocol, and the throughput ratio.
 
     .venv/bin/python bench/grpc_bench.py --out runs/grpc-bench
 """
@@ -38,8 +40,11 @@ def _images() -> np.ndarray:
     return np.stack([photos[i % len(photos)] for i in range(BATCH)])  # (8, 224, 224, 3) uint8
 
 
-def _load(send: Callable[[], None], threads: int, seconds: float) -> dict[str, Any]:
-    """Run ``send`` in ``threads`` loops for ``seconds``; throughput and latency percentiles."""
+def _load(
+    send: Callable[[], None], threads: int, seconds: float, server_pid: int
+) -> dict[str, Any]:
+    """Run ``send`` in ``threads`` loops for ``seconds``: throughput, latency percentiles, and
+    the CPU seconds per request of the server and of this (client) process."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -58,19 +63,48 @@ def _load(send: Callable[[], None], threads: int, seconds: float) -> dict[str, A
                 latencies.append(time.perf_counter() - start)
 
     workers = [threading.Thread(target=loop) for _ in range(threads)]
+    server_cpu, client_cpu = sb.tree_cpu_s(server_pid), time.process_time()
     began = time.perf_counter()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - began
+    server_cpu = sb.tree_cpu_s(server_pid) - server_cpu
+    client_cpu = time.process_time() - client_cpu
     ordered = sorted(latencies)
+    done = max(1, len(latencies))
     return {
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "latencies_s": ordered,
+        "server_cpu_ms_per_request": 1000 * server_cpu / done,
+        "client_cpu_ms_per_request": 1000 * client_cpu / done,
         "requests_per_s": len(latencies) / elapsed,
         "images_per_s": len(latencies) * BATCH / elapsed,
         "p50_ms": 1000 * statistics.median(ordered) if ordered else None,
         "p95_ms": 1000 * ordered[int(0.95 * (len(ordered) - 1))] if ordered else None,
         "errors": errors[0],
+    }
+
+
+def _combine(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Blocks of one protocol as one measurement: totals, and the worst block's p95."""
+    requests = sum(b["requests"] for b in blocks)
+    latencies = sorted(x for b in blocks for x in b.pop("latencies_s"))
+    seconds = sum(b["seconds"] for b in blocks)
+    per_request = {
+        key: sum(b[key] * b["requests"] for b in blocks) / max(1, requests)
+        for key in ("server_cpu_ms_per_request", "client_cpu_ms_per_request")
+    }
+    return {
+        "requests": requests,
+        "requests_per_s": requests / seconds,
+        "images_per_s": requests * BATCH / seconds,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
+        "p95_ms": 1000 * latencies[int(0.95 * (len(latencies) - 1))] if latencies else None,
+        "errors": sum(b["errors"] for b in blocks),
+        **per_request,
     }
 
 
@@ -83,6 +117,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="per protocol and concurrency")
     p.add_argument("--concurrency", default="1,4", help="client threads, comma-separated")
     p.add_argument("--threads", type=int, default=2, help="the server's inference threads")
+    p.add_argument("--rounds", type=int, default=4, help="alternating blocks per cell")
     args = p.parse_args()
     info = machine()
     print(describe(info), flush=True)
@@ -118,20 +153,32 @@ def main() -> None:
             h.infer(name, [x], outputs=[out])
 
         via_grpc(), via_rest()  # warm both paths
-        print(f"\n{BATCH} x 224x224 UINT8 per request, {args.seconds:g} s per cell, "
-              f"server --threads {args.threads}, clients on the same cores")  # fmt: skip
+        print(f"\n{BATCH} x 224x224 UINT8 per request, {args.seconds:g} s per protocol and "
+              f"client count in {args.rounds} alternating blocks, server --threads "
+              f"{args.threads}, clients on the same cores")  # fmt: skip
         print(
-            "| clients | REST binary req/s | gRPC req/s | gRPC / REST | REST p95 ms | gRPC p95 ms |"
+            "| clients | REST binary req/s | gRPC req/s | gRPC / REST | REST p95 ms | gRPC p95 ms "
+            "| server CPU ms/req REST, gRPC | client CPU ms/req REST, gRPC |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for c in (int(x) for x in args.concurrency.split(",")):
-            rest = _load(via_rest, c, args.seconds)
-            grpc_ = _load(via_grpc, c, args.seconds)
+            blocks: dict[str, list[dict[str, Any]]] = {"rest": [], "grpc": []}
+            for r in range(args.rounds):  # REST first, then gRPC first, ...: drift cancels
+                order = ("rest", "grpc") if r % 2 == 0 else ("grpc", "rest")
+                for key in order:
+                    send = via_rest if key == "rest" else via_grpc
+                    blocks[key].append(_load(send, c, args.seconds / args.rounds, server.pid))
+            rest, grpc_ = _combine(blocks["rest"]), _combine(blocks["grpc"])
             ratio = grpc_["requests_per_s"] / rest["requests_per_s"]
-            report["runs"].append({"clients": c, "rest": rest, "grpc": grpc_, "ratio": ratio})
+            report["runs"].append({"clients": c, "rest": rest, "grpc": grpc_, "ratio": ratio,
+                                   "blocks": blocks})  # fmt: skip
             print(
                 f"| {c} | {rest['requests_per_s']:.2f} | {grpc_['requests_per_s']:.2f} | "
-                f"{ratio:.2f}x | {rest['p95_ms']:.0f} ms | {grpc_['p95_ms']:.0f} ms |",
+                f"{ratio:.2f}x | {rest['p95_ms']:.0f} ms | {grpc_['p95_ms']:.0f} ms | "
+                f"{rest['server_cpu_ms_per_request']:.1f}, "
+                f"{grpc_['server_cpu_ms_per_request']:.1f} | "
+                f"{rest['client_cpu_ms_per_request']:.1f}, "
+                f"{grpc_['client_cpu_ms_per_request']:.1f} |",
                 flush=True,
             )
     (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))

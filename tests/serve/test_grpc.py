@@ -34,9 +34,9 @@ from resnetkit.serve.grpc_v2 import (
     grpc_code_for,
     messages,
     to_grpc_response,
-    to_rest_request,
+    to_infer_document,
 )
-from resnetkit.serve.protocol_v2 import OutputTensor, parse_infer_request
+from resnetkit.serve.protocol_v2 import OutputTensor, parse_infer_document
 from tests.export.rundir import trained_run_dir
 from tests.serve.server import ServerProcess, free_port, png, serving
 
@@ -74,8 +74,7 @@ def test_our_messages_are_wire_compatible_with_tritonclient() -> None:
         outputs=[tgrpc.InferRequestedOutput("logits", class_count=2)._get_tensor()],
     )
     ours = messages().ModelInferRequest.FromString(theirs.SerializeToString())
-    body, header_length = to_rest_request(ours)
-    parsed = parse_infer_request(body, header_length, max_elements=1000)
+    parsed = parse_infer_document(*to_infer_document(ours), max_elements=1000)
     assert parsed.id == "req-1" and parsed.outputs[0].classification == 2
     assert (parsed.inputs[0].data == pixels).all()
 
@@ -89,8 +88,8 @@ def test_typed_contents_are_read_like_raw_contents() -> None:
     raw = m.ModelInferRequest(model_name="m")
     raw.inputs.add(name="input", datatype="FP32", shape=[1, 4])
     raw.raw_input_contents.append(np.array(values, dtype="<f4").tobytes())
-    a = parse_infer_request(*to_rest_request(typed), max_elements=100)
-    b = parse_infer_request(*to_rest_request(raw), max_elements=100)
+    a = parse_infer_document(*to_infer_document(typed), max_elements=100)
+    b = parse_infer_document(*to_infer_document(raw), max_elements=100)
     assert (a.inputs[0].data == b.inputs[0].data).all()
 
 
@@ -108,7 +107,7 @@ def test_bad_messages_are_invalid_input(build: Any, message: str) -> None:
     request.inputs.add(name="input", datatype=datatype, shape=[1, 2])
     build(request)
     with pytest.raises(InvalidInput, match=message):
-        parse_infer_request(*to_rest_request(request), max_elements=100)
+        parse_infer_document(*to_infer_document(request), max_elements=100)
 
 
 def test_responses_carry_raw_outputs_tritonclient_reads() -> None:

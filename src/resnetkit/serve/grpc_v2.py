@@ -5,9 +5,11 @@ loop and sharing everything with REST: the model pool, each version's batcher an
 slot, the rollout router, metrics and the prediction log. This module only decodes and
 encodes:
 
-* a ``ModelInferRequest`` is rewritten into the REST binary-extension form (a JSON header, then
-  each input's raw bytes) and parsed by :func:`resnetkit.serve.protocol_v2.parse_infer_request`,
-  so both protocols accept and refuse exactly the same tensors with the same messages;
+* a ``ModelInferRequest`` becomes what the REST binary-extension form holds (the inference
+  document, each input's ``binary_data_size`` in its parameters, and the raw bytes, uncopied)
+  and is checked by :func:`resnetkit.serve.protocol_v2.parse_infer_document`, the same checks
+  REST's JSON goes through, so both protocols accept and refuse exactly the same tensors with
+  the same messages;
 * the decoded batch goes through :func:`resnetkit.serve.inference.infer_tensor`, the one
   protocol-free request path;
 * outputs go back as ``raw_output_contents`` (Triton's habit; every V2 client reads them),
@@ -31,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import logging
 import time
 import uuid
@@ -64,7 +65,7 @@ __all__ = [
     "grpc_code_for",
     "messages",
     "to_grpc_response",
-    "to_rest_request",
+    "to_infer_document",
 ]
 
 log = logging.getLogger("resnetkit.serve")
@@ -185,14 +186,16 @@ def _contents_bytes(tensor: Any, where: str) -> bytes:
         return np.asarray(wide, dtype=np.dtype(kind).newbyteorder("<")).tobytes()
 
 
-def to_rest_request(request: Any) -> tuple[bytes, int]:
-    """A ``ModelInferRequest`` in the REST binary-extension form: the body and its header length.
+def to_infer_document(request: Any) -> tuple[dict[str, Any], memoryview | None]:
+    """A ``ModelInferRequest`` as the V2 inference document and its binary data: what the REST
+    binary-extension form holds (a JSON header naming each input's ``binary_data_size``, then
+    the bytes), without writing the JSON or copying a single raw input.
 
     Raises:
         InvalidInput: raw and typed contents mixed, or a raw entry count that does not
             match the inputs.
     """
-    raw = list(request.raw_input_contents)
+    raw = request.raw_input_contents
     if raw and any(t.HasField("contents") for t in request.inputs):
         raise InvalidInput(
             "raw_input_contents is set, so no input may also carry contents; send each tensor once"
@@ -223,8 +226,8 @@ def to_rest_request(request: Any) -> tuple[bytes, int]:
         doc["outputs"] = [
             {"name": o.name, "parameters": _parameters(o.parameters)} for o in request.outputs
         ]
-    header = json.dumps(doc, separators=(",", ":")).encode()
-    return header + b"".join(chunks), len(header)
+    binary = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return doc, memoryview(binary) if chunks else None
 
 
 # --- Encoding ------------------------------------------------------------------------------
@@ -237,22 +240,14 @@ def to_grpc_response(
     outputs: list[v2.OutputTensor],
     parameters: Mapping[str, v2.ParamValue] | None = None,
 ) -> Any:
-    """A ``ModelInferResponse`` with every output as ``raw_output_contents`` and the
-    response's ``parameters`` (bool, int or string values)."""
-    body, headers = v2.encode_infer_response(
-        model_name, model_version, request_id, outputs, binary=True
-    )
-    header_length = int(headers.get(v2.HEADER_LENGTH, len(body)))
-    doc = json.loads(body[:header_length])
+    """A ``ModelInferResponse`` with every output as ``raw_output_contents`` (the binary
+    extension's layout) and the response's ``parameters`` (bool, int or string values)."""
     response = messages().ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request_id
     )
-    offset = header_length
-    for entry in doc["outputs"]:
-        size = int(entry["parameters"]["binary_data_size"])
-        response.outputs.add(name=entry["name"], datatype=entry["datatype"], shape=entry["shape"])
-        response.raw_output_contents.append(body[offset : offset + size])
-        offset += size
+    for out in outputs:
+        response.outputs.add(name=out.name, datatype=out.datatype, shape=out.data.shape)
+        response.raw_output_contents.append(v2.tensor_bytes(out.data, out.datatype))
     for key, value in (parameters or {}).items():
         _set_parameter(response.parameters[key], value)
     return response
@@ -311,9 +306,8 @@ class _Service:
         start = time.perf_counter()
         state, name = self.state, request.model_name
         served = state.pool.get(name, request.model_version or None)
-        body, header_length = to_rest_request(request)
         parsed, x = await asyncio.get_running_loop().run_in_executor(
-            state.decoder(), decode_v2, state, served, body, header_length
+            state.decoder(), decode_v2, state, served, to_infer_document(request)
         )
         request_id = uuid.uuid4().hex
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}

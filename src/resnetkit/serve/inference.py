@@ -376,23 +376,32 @@ def _log(
 
 
 def decode_v2(
-    state: ServerState, served: ServedModel, body: bytes, header_length: int | None
+    state: ServerState,
+    served: ServedModel,
+    body: bytes | tuple[dict[str, Any], memoryview | None],
+    header_length: int | None = None,
 ) -> tuple[v2.InferRequest, np.ndarray]:
-    """A KServe V2 request in the REST wire form (JSON, or a JSON header and binary data) to
-    the parsed request and the model's batch, under this server's limits (every protocol's
-    requests pass here: gRPC rewrites its messages into this form).
+    """A KServe V2 request to the parsed request and the model's batch, under this server's
+    limits. Every protocol's requests pass here: REST's as the body (JSON, or a JSON header of
+    ``header_length`` bytes and binary data), gRPC's as the document its fields make and its
+    raw contents.
 
     Raises:
         InvalidInput: anything wrong with the request; PayloadTooLarge: over a size limit.
     """
     assert served.batcher is not None
     max_batch = served.batcher.capacity
-    parsed = v2.parse_infer_request(
-        body,
-        header_length,
-        max_elements=max_batch * int(np.prod(served.loaded.input_size)),
-        max_pixels=state.http.max_pixels,
-    )
+    max_elements = max_batch * int(np.prod(served.loaded.input_size))
+    max_pixels = state.http.max_pixels
+    if isinstance(body, tuple):
+        doc, binary = body
+        parsed = v2.parse_infer_document(
+            doc, binary, max_elements=max_elements, max_pixels=max_pixels
+        )
+    else:
+        parsed = v2.parse_infer_request(
+            body, header_length, max_elements=max_elements, max_pixels=max_pixels
+        )
     v2.check_outputs(parsed, served.outputs)
     return parsed, v2.prepare_model_input(parsed, served.loaded.spec, max_batch_size=max_batch)
 

@@ -54,11 +54,13 @@ __all__ = [
     "datatype_of",
     "encode_infer_response",
     "parse_header_length",
+    "parse_infer_document",
     "parse_infer_request",
     "pixel_batch",
     "prepare_model_input",
     "resolve_outputs",
     "server_metadata",
+    "tensor_bytes",
 ]
 
 ParamValue = str | int | float | bool
@@ -216,10 +218,30 @@ def parse_infer_request(
         InvalidInput: anything wrong with the request, naming the field.
         PayloadTooLarge: an input over the size policy.
     """
-    if max_elements < 1:
-        raise ConfigError(f"max_elements must be at least 1, got {max_elements}")
     header, binary = _split_body(body, header_length)
     doc = _load_json(header, header_length is not None)
+    return parse_infer_document(doc, binary, max_elements=max_elements, max_pixels=max_pixels)
+
+
+def parse_infer_document(
+    doc: Any,
+    binary: memoryview | None,
+    *,
+    max_elements: int,
+    max_pixels: int = MAX_PIXELS,
+) -> InferRequest:
+    """Check an inference request already split into its JSON document and its binary data.
+
+    What :func:`parse_infer_request` does after reading the JSON, for a protocol whose
+    messages are not JSON (gRPC builds ``doc`` from its fields, and ``binary`` is its raw
+    contents, uncopied). The checks and their messages are the same.
+
+    Raises:
+        InvalidInput: anything wrong with the request, naming the field.
+        PayloadTooLarge: an input over the size policy.
+    """
+    if max_elements < 1:
+        raise ConfigError(f"max_elements must be at least 1, got {max_elements}")
     if not isinstance(doc, dict):
         raise InvalidInput(f"the inference request must be a JSON object, got {_kind(doc)}")
     request_id = doc.get("id")
@@ -794,7 +816,7 @@ def encode_infer_response(
             "shape": list(out.data.shape),
         }
         if out.name in binary_names:
-            raw = _to_binary(out.data, out.datatype)
+            raw = tensor_bytes(out.data, out.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -808,7 +830,9 @@ def encode_infer_response(
     return b"".join([header, *chunks]), headers
 
 
-def _to_binary(data: np.ndarray, datatype: str) -> bytes:
+def tensor_bytes(data: np.ndarray, datatype: str) -> bytes:
+    """A tensor's bytes in the binary extension's layout (little-endian; each BYTES element
+    behind its 4-byte length), which gRPC's ``raw_output_contents`` share."""
     if datatype != "BYTES":
         return np.ascontiguousarray(data, dtype=_DTYPES[datatype]).tobytes()
     parts = []
