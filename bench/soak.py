@@ -245,6 +245,8 @@ class Load:
     sent: list[float] = dataclasses.field(default_factory=list)
     latency_s: list[float] = dataclasses.field(default_factory=list)
     status: list[int] = dataclasses.field(default_factory=list)
+    # Requests with no answer (status 599), by the client's error and when they were sent.
+    unanswered: list[tuple[float, str]] = dataclasses.field(default_factory=list)
 
     def window_p95_ms(self, start: float, end: float) -> float | None:
         chosen = [lat for t, lat in zip(self.sent, self.latency_s, strict=True) if start <= t < end]
@@ -258,8 +260,9 @@ async def _one(client: httpx.AsyncClient, body: bytes, load: Load) -> None:
             f"/v1/models/{MODEL}/predict", content=body, headers={"content-type": "image/png"}
         )
         status = answer.status_code
-    except httpx.HTTPError:
+    except httpx.HTTPError as exc:
         status = 599  # no answer at all: counted with the 5xx
+        load.unanswered.append((sent, f"{type(exc).__name__}: {exc}"))
     load.sent.append(sent)
     load.latency_s.append(time.monotonic() - sent)
     load.status.append(status)
@@ -336,6 +339,17 @@ def warm(row: dict[str, Any], args: Any) -> bool:
     return bool(row["t_s"] >= args.warmup_s and (row["sent"] or 0) >= args.warmup_requests)
 
 
+def stall_reports(server_log: Path) -> list[str]:
+    """The watchdog's lines in the server's log, each with the stack that follows it."""
+    blocks: list[str] = []
+    for line in server_log.read_text(errors="replace").splitlines():
+        if "event loop" in line:
+            blocks.append(line)
+        elif blocks and line.startswith(("  ", "The loop", "Busy threads")):
+            blocks[-1] += "\n" + line
+    return blocks
+
+
 def goals(samples: list[dict[str, Any]], load: Load, t0: float, args: Any) -> dict[str, Any]:
     warmed_s = next((r["t_s"] for r in samples if warm(r, args)), math.inf)
     after = [s for s in samples if s["t_s"] >= warmed_s]
@@ -346,6 +360,9 @@ def goals(samples: list[dict[str, Any]], load: Load, t0: float, args: Any) -> di
         "five_xx_ok": five_xx == 0,
         "requests": len(load.status),
         "statuses": {str(k): load.status.count(k) for k in sorted(set(load.status))},
+        "unanswered": [
+            {"sent_s": round(sent - t0, 2), "error": error} for sent, error in load.unanswered
+        ],
     }
     if not after or after[-1]["t_s"] - after[0]["t_s"] < 120:
         # Not two minutes after the warm-up: RSS, fds and p95 are not measured.
@@ -528,6 +545,8 @@ def main() -> None:
         "rollout_reason": final.get("reason"),
         "duration_s": args.duration_s, "warmup_s": args.warmup_s, "samples": samples,
     }  # fmt: skip
+    # The server's watchdog logs every stall of its event loop with where the loop was.
+    result["event_loop_stalls"] = stall_reports(args.out / "server.log")
     (args.out / "soak.json").write_text(json.dumps(result, indent=2))
     plot(samples, args.out / "soak.png", result["warmup_ended_s"])
     if args.tracemalloc and (args.out / "snapshot1.tracemalloc").exists():

@@ -30,6 +30,7 @@ __all__ = [
     "FEEDBACK_OUTCOMES",
     "LATENCY_BUCKETS_S",
     "LOG_DROP_REASONS",
+    "LOOP_LAG_BUCKETS_S",
     "METRICS",
     "METRICS_BY_NAME",
     "MODEL_ERROR_REASONS",
@@ -46,6 +47,7 @@ PREFIX = "resnetkit_"
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+LOOP_LAG_BUCKETS_S: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0)
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONFIDENCE_BUCKETS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
@@ -110,6 +112,11 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("model_ready", "gauge", _MV, "1 when the version serves requests, else 0."),
     _m("model_load_seconds", "gauge", _MV, "Seconds it took to load and warm the version."),
     _m("cold_start_seconds", "gauge", (), "Seconds from process start to the first ready model."),
+    _m("event_loop_lag_seconds", "histogram", (),
+       "How late the server's event loop ran a 100 ms heartbeat (every request waits that long).",
+       LOOP_LAG_BUCKETS_S),
+    _m("event_loop_stalls_total", "counter", (),
+       "Times the event loop ran nothing for over a second; each is logged with where it was."),
     # Quality
     _m("predictions_total", "counter", (*_MV, "label"), "Top-1 predictions, by label."),
     _m("prediction_confidence", "histogram", _MV, "Top-1 probability of each prediction.",

@@ -647,6 +647,24 @@ def _debug(slo: SLOConfig) -> dict[str, Any]:
             ],
             unit="s",
         ),
+        _panel(
+            "Event loop lag and stalls",
+            [
+                (
+                    "histogram_quantile(0.99, sum by (instance, le) "
+                    "(rate(resnetkit_event_loop_lag_seconds_bucket[$__rate_interval])))",
+                    "{{instance}} p99 lag",
+                ),
+                (
+                    "sum by (instance) (increase(resnetkit_event_loop_stalls_total[5m]))",
+                    "{{instance}} stalls (5 min)",
+                ),
+            ],
+            unit="s",
+            description="How late the server's event loop runs (every request waits as long). "
+            "A stall (over a second) is logged with the code the loop was in, or that the "
+            "process was not scheduled.",
+        ),
     ]
     about = "Drift, batching, timing and predictions, for a diagnosis."
     return _dashboard("debug", "Debug", about, "now-3h", panels)

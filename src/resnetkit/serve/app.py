@@ -14,7 +14,9 @@ Routes (the OpenAPI document at ``/openapi.json`` lists them all):
   /v1/admin/models``, ``DELETE /v1/admin/models/{name}[/versions/{v}]``.
 
 Decoding and preprocessing run in a thread pool (Pillow releases the GIL), forward passes on
-the pool's inference thread through each model's batcher; the event loop only moves bytes.
+the pool's inference thread through each model's batcher; the event loop only moves bytes,
+and a watchdog (:mod:`resnetkit.serve.watchdog`) measures how late it runs and logs where it
+was when it stalls.
 
 The OpenAPI document is the contract (``openapi.py``): every status a route can answer is
 declared with the ``{"error": string}`` body, and a wrong method answers 405 with ``Allow``.
@@ -64,6 +66,7 @@ from resnetkit.serve.pool import ModelPool, ServedModel
 from resnetkit.serve.rollout_api import add_rollout_routes
 from resnetkit.serve.routes import Api, Query
 from resnetkit.serve.state import HttpSettings, ServerState
+from resnetkit.serve.watchdog import LoopWatchdog
 
 __all__ = ["HttpSettings", "ServerState", "create_app"]  # the state is re-exported
 
@@ -91,10 +94,12 @@ def create_app(state: ServerState, *, body_timeout_s: float | None = None) -> St
                 _startup_failed(state, str(exc))
         loading = asyncio.create_task(_load_initial(state))
         following = asyncio.create_task(state.rollouts.run()) if state.rollouts else None
+        watchdog = LoopWatchdog(state.metrics.observe_loop_lag, state.metrics.count_loop_stall)
+        watching = asyncio.create_task(watchdog.run())
         try:
             yield
         finally:
-            for task in (loading, following, *state.background):
+            for task in (loading, following, watching, *state.background):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):

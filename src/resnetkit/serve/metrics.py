@@ -137,6 +137,8 @@ class ServerMetrics:
         self._ready = c["resnetkit_model_ready"]
         self._load_s = c["resnetkit_model_load_seconds"]
         self._cold_start_s = c["resnetkit_cold_start_seconds"]
+        self._loop_lag_s = c["resnetkit_event_loop_lag_seconds"]
+        self._loop_stalls = c["resnetkit_event_loop_stalls_total"]
         # Quality
         self._predictions = c["resnetkit_predictions_total"]
         self._confidence = c["resnetkit_prediction_confidence"]
@@ -260,6 +262,14 @@ class ServerMetrics:
         for metric, labels in self._per_version:
             for values in _label_sets(metric, labels, wanted):
                 metric.remove(*values)
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        """How late the event loop ran its heartbeat (:mod:`resnetkit.serve.watchdog`)."""
+        self._loop_lag_s.observe(seconds)
+
+    def count_loop_stall(self) -> None:
+        """One stall of the event loop (called from the watchdog's thread)."""
+        self._loop_stalls.inc()
 
     def set_cold_start(self, seconds: float) -> None:
         """Set the seconds from process start until the first model was ready."""
