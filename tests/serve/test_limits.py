@@ -9,13 +9,15 @@ import signal
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from resnetkit.serve.grpc_v2 import SERVICE, messages
 from tests.export.rundir import trained_run_dir
-from tests.serve.server import serving
+from tests.serve.server import free_port, serving
 
 pytestmark = pytest.mark.slow
 TOKEN = "limits-token"
@@ -44,10 +46,36 @@ async def _flood(url: str, body: bytes, count: int) -> list[httpx.Response]:
         )
 
 
+async def _flood_grpc(address: str, count: int) -> list[tuple[grpc.StatusCode, str | None]]:
+    """``count`` concurrent ModelInfer calls of 8 images: each call's code and retry hint."""
+    m = messages()
+    request = m.ModelInferRequest(model_name="run-resnet8")
+    request.inputs.add(name="input", datatype="UINT8", shape=[8, 28, 28, 1])
+    request.raw_input_contents.append(bytes(8 * 28 * 28))
+
+    async def one(channel: grpc.aio.Channel) -> tuple[grpc.StatusCode, str | None]:
+        call = channel.unary_unary(
+            f"/{SERVICE}/ModelInfer",
+            request_serializer=lambda r: r.SerializeToString(),
+            response_deserializer=m.ModelInferResponse.FromString,
+        )(request, timeout=60)
+        try:
+            await call
+        except grpc.aio.AioRpcError as exc:
+            trailers = dict(exc.trailing_metadata() or ())
+            return exc.code(), trailers.get("retry-after")
+        return grpc.StatusCode.OK, None
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        return list(await asyncio.gather(*(one(channel) for _ in range(count))))
+
+
 def test_a_full_queue_answers_503_with_retry_after_and_never_a_500(
     run_dir: Path, tmp_path: Path
 ) -> None:
-    args = [str(run_dir), "--queue-size", "8", "--max-batch-size", "8", "--max-delay-ms", "20"]
+    grpc_port = free_port()
+    args = [str(run_dir), "--queue-size", "8", "--max-batch-size", "8", "--max-delay-ms", "20",
+            "--grpc-port", str(grpc_port)]  # fmt: skip
     with serving(args, tmp_path / "server.log") as server:
         url = f"{server.url}/v2/models/run-resnet8/infer"
         answers = asyncio.run(_flood(url, _v2_body(8), 60))
@@ -56,6 +84,11 @@ def test_a_full_queue_answers_503_with_retry_after_and_never_a_500(
         full = [a for a in answers if a.status_code == 503]
         assert full and all(int(a.headers["retry-after"]) >= 1 for a in full)
         assert codes.count(200) >= 1
+        # gRPC shares the queue and refuses the same way: RESOURCE_EXHAUSTED with the hint.
+        calls = asyncio.run(_flood_grpc(f"127.0.0.1:{grpc_port}", 60))
+        grpc_codes = {code for code, _ in calls}
+        assert grpc_codes == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, calls
+        assert all(int(hint or 0) >= 1 for code, hint in calls if code != grpc.StatusCode.OK)
         text = httpx.get(f"{server.url}/metrics").text
         assert 'resnetkit_rejected_total{model="run-resnet8"' in text
         assert httpx.get(f"{server.url}/healthz").status_code == 200

@@ -53,6 +53,7 @@ from resnetkit.serve.inference import (
     decode_v2,
     infer_tensor,
     ood_parameters,
+    route_request,
     v2_metadata,
 )
 from resnetkit.serve.state import ServerState
@@ -304,25 +305,23 @@ class _Service:
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         start = time.perf_counter()
-        state, name = self.state, request.model_name
-        served = state.pool.get(name, request.model_version or None)
-        parsed, x = await asyncio.get_running_loop().run_in_executor(
-            state.decoder(), decode_v2, state, served, to_infer_document(request)
-        )
-        request_id = uuid.uuid4().hex
+        state, name, version = self.state, request.model_name, request.model_version or None
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        route, outputs = await infer_tensor(
-            state,
-            name,
-            request.model_version or None,
-            x,
-            request_id=request_id,
-            headers=metadata,
-            start=start,
-            deadline_s=context.time_remaining(),
-            client_id=request.id or None,
-            pixels=v2.pixel_batch(parsed),
-        )
+        # As REST: route first, so the version that will answer decodes the tensors, and hold
+        # one place on its batcher before decoding (a full queue refuses before any work).
+        route = route_request(state, name, metadata, version)
+        served = route.primary
+        assert served.batcher is not None
+        with served.batcher.reserve(1) as reservation:
+            parsed, x = await asyncio.get_running_loop().run_in_executor(
+                state.decoder(), decode_v2, state, served, to_infer_document(request)
+            )
+            request_id = uuid.uuid4().hex
+            route, outputs = await infer_tensor(
+                state, name, version, x, request_id=request_id, headers=metadata, start=start,
+                deadline_s=context.time_remaining(), client_id=request.id or None, route=route,
+                reservation=reservation, pixels=v2.pixel_batch(parsed),
+            )  # fmt: skip
         answered = route.primary
         tensors, _ = v2.resolve_outputs(parsed, outputs, labels=answered.labels)
         context.set_trailing_metadata((("x-model-version", answered.version),))

@@ -68,6 +68,7 @@ __all__ = [
     "infer",
     "infer_tensor",
     "predict_image",
+    "route_request",
     "sample_ids",
     "v2_metadata",
 ]
@@ -142,7 +143,7 @@ def ood_answer(served: ServedModel, outputs: Outputs, row: int = 0) -> dict[str,
     return {"score": score, "flagged": score > 1.0, "method": served.ood.method}
 
 
-def _route(
+def route_request(
     state: ServerState, name: str | None, headers: Mapping[str, str], version: str | None = None
 ) -> Route:
     """The version that answers a request for ``name`` (the one served model for None);
@@ -277,7 +278,7 @@ async def _answer(
     except NotReady:
         if route.role is None:
             raise
-        route = _route(state, route.primary.name, headers)
+        route = route_request(state, route.primary.name, headers)
     except ResNetKitError as exc:
         if route.role != "canary" or status_for(exc) < 500:
             raise
@@ -454,7 +455,7 @@ async def infer_tensor(
         OODRejected: a flagged sample under ``--ood-action reject`` (after recording).
     """
     if route is None:
-        route = _route(state, name, headers, version)
+        route = route_request(state, name, headers, version)
     budget_s = _budget_s(state, start, deadline_s)
     route, outputs = await _answer(
         state, route, x, start=start, budget_s=budget_s, headers=headers, reservation=reservation
@@ -483,7 +484,7 @@ async def predict_image(
 ) -> FiniteJSONResponse:
     """``/v1`` prediction: one uploaded image, its top-``k`` classes."""
     start = time.perf_counter()
-    route = _route(state, name, request.headers)
+    route = route_request(state, name, request.headers)
     _tag(request, route.primary)
     assert route.primary.batcher is not None
     # Refused before reading and decoding when busy; once let in, its place is held.
@@ -635,7 +636,7 @@ def ood_parameters(outputs: Outputs) -> dict[str, Any]:
 async def infer(request: Request, state: ServerState, name: str, version: str | None) -> Response:
     """KServe V2 inference over REST: decode, :func:`infer_tensor`, encode."""
     start = time.perf_counter()
-    route = _route(state, name, request.headers, version)
+    route = route_request(state, name, request.headers, version)
     served = route.primary
     _tag(request, served)
     header_length = v2.parse_header_length(request.headers.get(v2.HEADER_LENGTH))
