@@ -27,6 +27,12 @@ clients' connections and are reported beside them), p95 of the last minute withi
 the p95 of the first minute after the warm-up, zero 5xx. Writes ``soak.json`` and
 ``soak.png`` (RSS and its parts, fds and p95 over time).
 
+When latency jumps, three records say whose fault it was: each window's ``client_late_ms``
+(how late this client sent against its schedule: a stalled client, then a burst of the
+requests it owed), the server's event-loop stall reports from its log (the watchdog of
+``resnetkit.serve.watchdog``: the code the loop was in, or that it was not scheduled), and
+for each request left without an answer the client's error and when it was sent.
+
 To find what grows: ``--tracemalloc`` runs the server under :mod:`tracemalloc` (slower; only
 to diagnose), snapshots it at the end of the warm-up and at the end, and writes the
 allocation sites that grew most to ``tracemalloc.txt``. At the end the server is always
@@ -247,13 +253,23 @@ class Load:
     status: list[int] = dataclasses.field(default_factory=list)
     # Requests with no answer (status 599), by the client's error and when they were sent.
     unanswered: list[tuple[float, str]] = dataclasses.field(default_factory=list)
+    # How late this client sent each request against its schedule: a stall of the client
+    # (not of the server) shows here, followed by a burst of the requests it owed.
+    late_s: list[float] = dataclasses.field(default_factory=list)
+
+    def window_max_late_ms(self, start: float, end: float) -> float | None:
+        """The most late this client sent a request due in ``[start, end)``."""
+        chosen = [late for t, late in zip(self.sent, self.late_s, strict=True) if start <= t < end]
+        return max(chosen) * 1000 if chosen else None
 
     def window_p95_ms(self, start: float, end: float) -> float | None:
         chosen = [lat for t, lat in zip(self.sent, self.latency_s, strict=True) if start <= t < end]
         return float(np.percentile(chosen, 95) * 1000) if chosen else None
 
 
-async def _one(client: httpx.AsyncClient, body: bytes, load: Load) -> None:
+async def _one(
+    client: httpx.AsyncClient, body: bytes, load: Load, due: float | None = None
+) -> None:
     sent = time.monotonic()
     try:
         answer = await client.post(
@@ -264,6 +280,7 @@ async def _one(client: httpx.AsyncClient, body: bytes, load: Load) -> None:
         status = 599  # no answer at all: counted with the 5xx
         load.unanswered.append((sent, f"{type(exc).__name__}: {exc}"))
     load.sent.append(sent)
+    load.late_s.append(0.0 if due is None else max(0.0, sent - due))
     load.latency_s.append(time.monotonic() - sent)
     load.status.append(status)
 
@@ -324,7 +341,7 @@ async def open_loop(
             if due > now:
                 await asyncio.sleep(due - now)
             if len(tasks) < MAX_OUTSTANDING:
-                task = asyncio.create_task(_one(client, bodies[i % len(bodies)], load))
+                task = asyncio.create_task(_one(client, bodies[i % len(bodies)], load, due))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             i += 1
@@ -429,8 +446,11 @@ def plot(samples: list[dict[str, Any]], path: Path, warmup_s: float | None) -> N
     axes[0].set_ylabel("memory (MB)")
     axes[1].plot(t, [s["fds"] for s in samples])
     axes[1].set_ylabel("open fds")
-    axes[2].plot(t, [s["p95_ms"] if s["p95_ms"] is not None else np.nan for s in samples])
-    axes[2].set_ylabel("p95 (ms)")
+    for key, label in (("p95_ms", "p95 latency"), ("client_late_ms", "client, most late")):
+        axes[2].plot(t, [np.nan if s.get(key) is None else s[key] for s in samples], label=label)
+    axes[2].set_ylabel("ms")
+    axes[2].set_yscale("symlog", linthresh=10)
+    axes[2].legend(loc="upper right", fontsize="small")
     for ax in axes:
         if warmup_s is not None:
             ax.axvline(warmup_s, color="grey", linestyle=":", label="end of warm-up")
@@ -509,6 +529,9 @@ def main() -> None:
                 "fds": fds, "sockets": sockets,
                 "p95_ms": None if load is None else load.window_p95_ms(now - args.sample_s, now),
                 "sent": None if load is None else len(load.status),
+                "client_late_ms": (
+                    None if load is None else load.window_max_late_ms(now - args.sample_s, now)
+                ),
             }  # fmt: skip
             print(json.dumps({k: round(v, 1) if isinstance(v, float) else v
                               for k, v in row.items()}), flush=True)  # fmt: skip
