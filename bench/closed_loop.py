@@ -28,6 +28,14 @@ inside the cooldown starts no run. Results go to ``OUT/closed_loop.json``.
 
     .venv/bin/python bench/closed_loop.py --out runs/closed-loop             # trains production
     .venv/bin/python bench/closed_loop.py --out runs/cl --production runs/fm-fast --epochs 3
+
+``--offline`` runs only the retraining, without servers: the labelled images the webhook
+would export (labels simulated as the feedback client sends them), mixed as the pipeline
+mixes them, trained with the recipe and scored as served on the two evaluation sets
+(``OUT/offline.json``); the study of docs/closed-loop.md used it to size ``--min-new-labels``:
+
+    .venv/bin/python bench/closed_loop.py --offline --out runs/cl-2500 --production runs/fm-fast \
+        --label-share 0.5 --min-new-labels 2500
 """
 
 from __future__ import annotations
@@ -394,6 +402,87 @@ def dashboard_check(prom: str, hook: str, run_: dict[str, Any] | None) -> dict[s
 # -- the game day ------------------------------------------------------------------------
 
 
+# -- the retraining alone, offline ----------------------------------------------------------
+
+
+def simulated_feedback(
+    n_images: int, args: argparse.Namespace, holdout: float = 0.2
+) -> tuple[np.ndarray, np.ndarray]:
+    """The traffic images the webhook's export holds when the run starts, as indices into
+    the traffic pool: requests in order, each ``labelled_mask`` image labelled on every pass,
+    until ``--min-new-labels`` distinct images are labelled; an image kept once (its newest
+    request), the newest ``holdout`` share held out (as ``export_feedback``).
+
+    Returns:
+        (train, holdout) indices, oldest first.
+    """
+    labelled = labelled_mask(n_images, args.label_share, args.seed)
+    newest: dict[int, int] = {}  # image -> its newest labelled request
+    request = 0
+    while len(newest) < args.min_new_labels:
+        if labelled[request % n_images]:
+            newest[request % n_images] = request
+        request += 1
+    order = np.array(sorted(newest, key=lambda k: newest[k]))
+    n_holdout = min(len(order) - 1, max(1, round(len(order) * holdout)))
+    return order[: len(order) - n_holdout], order[len(order) - n_holdout :]
+
+
+def offline(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The game day's retraining without the servers: base Fashion-MNIST plus the shifted
+    images the feedback client would have labelled, mixed as the pipeline mixes them, trained
+    with the recipe, scored as served (ONNX) on the two evaluation sets."""
+    import dataclasses
+
+    import tomllib
+    import torch
+
+    from resnetkit.config import TrainConfig, from_dict
+    from resnetkit.data import ImageDataset, load_dataset
+    from resnetkit.export import load_model_ref
+    from resnetkit.pipeline.datasets import write_mixed_idx
+    from resnetkit.pipeline.gate import predict
+    from resnetkit.train import train
+
+    cfg = from_dict(TrainConfig, tomllib.loads(args.recipe.read_text(encoding="utf-8")))
+    base = load_dataset("fashion-mnist", "train", limit=cfg.data.limit)  # as the pipeline's
+    test = load_dataset("fashion-mnist", "test")
+
+    def subset(images: torch.Tensor, labels: torch.Tensor, name: str) -> ImageDataset:
+        return ImageDataset(
+            images=images.contiguous(), labels=labels.contiguous(), classes=test.classes,
+            name=name, split="test", source="offline",
+        )  # fmt: skip
+
+    pool, pool_labels = test.images[TRAFFIC_SLICE], test.labels[TRAFFIC_SLICE]
+    train_idx, holdout_idx = simulated_feedback(len(pool), args)
+    index = torch.from_numpy(train_idx)
+    feedback = subset(255 - pool[index], pool_labels[index], "feedback-train")
+    mix = write_mixed_idx(work / "mixed", base, test, feedback, args.feedback_fraction)
+    cfg = dataclasses.replace(
+        cfg, epochs=args.epochs or cfg.epochs,
+        data=dataclasses.replace(cfg.data, data_dir=str(work / "mixed"), limit=None),
+    )  # fmt: skip
+    print(f"feedback: {len(train_idx)} train, {len(holdout_idx)} held out; mix {mix}", flush=True)
+    started = time.perf_counter()
+    train(cfg, work / "retrained")
+    train_s = time.perf_counter() - started
+    sets = {
+        "shifted": subset(255 - test.images[EVAL_SLICE], test.labels[EVAL_SLICE], "shifted"),
+        "original": subset(test.images[EVAL_SLICE], test.labels[EVAL_SLICE], "original"),
+    }
+    out: dict[str, Any] = {"feedback": {"train": len(train_idx), "holdout": len(holdout_idx)},
+                           "mix": mix, "epochs": cfg.epochs, "train_s": train_s}  # fmt: skip
+    models = {"retrained": work / "retrained"}
+    if args.production is not None:
+        models["production"] = args.production
+    for role, path in models.items():
+        model = load_model_ref(str(path))
+        out[role] = {name: predict(model, data, "onnx").accuracy for name, data in sets.items()}
+        print(f"{role}: " + ", ".join(f"{k} {v:.2%}" for k, v in out[role].items()), flush=True)
+    return out
+
+
 def production_run(args: argparse.Namespace, work: Path) -> Path:
     if args.production is not None:
         return Path(args.production)
@@ -425,6 +514,11 @@ def main() -> None:
     parser.add_argument("--canary-interval-s", type=float, default=15.0)
     parser.add_argument("--timeout-s", type=float, default=5400.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--offline", action="store_true",
+        help="only the retraining, without servers: labels simulated as the bench sends them, "
+        "scored as served on the two evaluation sets (OUT/offline.json)",
+    )  # fmt: skip
     args = parser.parse_args()
     # The webhook counts distinct labelled images, and the traffic repeats one pool of
     # images: a threshold above what the pool can label would wait until the timeout.
@@ -436,8 +530,16 @@ def main() -> None:
             f"the distinct images --label-share {args.label_share:g} labels in the "
             f"{pool:,}-image traffic pool"
         )
+    if args.offline and (args.out / "retrained").exists():
+        raise SystemExit(f"error: {args.out} already holds a retraining; give a new --out")
     info = machine()
     print(describe(info), flush=True)
+    if args.offline:
+        args.out.mkdir(parents=True, exist_ok=True)
+        done = {"machine": info, "settings": {k: str(v) for k, v in vars(args).items()},
+                **offline(args, args.out.resolve())}  # fmt: skip
+        (args.out / "offline.json").write_text(json.dumps(done, indent=2, default=str) + "\n")
+        return
     for tool in ("prometheus", "prometheus-alertmanager"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} missing: apt-get install {tool}")
