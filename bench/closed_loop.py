@@ -356,10 +356,10 @@ def second_alert(am: str, hook: str, version: str) -> dict[str, Any]:
     alert = {"labels": {"alertname": "ResNetKitDriftDetected", "model": NAME,
                         "version": version, "severity": "ticket"},
              "annotations": {"summary": "game day: a second drift alert"}}  # fmt: skip
-    # Sent again every 5 s until the webhook has seen it, as Prometheus re-sends a firing
-    # alert: Alertmanager 0.25 can drop an alert that lands in a group it is deleting (the
-    # first drift alert's, resolved a moment before), and a check that never reached the
-    # webhook would pass without proving anything.
+    # Sent again every 5 s until the webhook has refused it, as Prometheus re-sends a firing
+    # alert: once, a single post reached no webhook within the minute (Alertmanager 0.25; the
+    # first drift alert's group had resolved seconds before; cause not established), and a
+    # check that never reached the webhook passes without proving anything.
     deadline, posts = time.monotonic() + 60, 0
     while time.monotonic() < deadline and counts()[1] <= refused_before:
         httpx.post(f"{am}/api/v2/alerts", json=[alert], timeout=10).raise_for_status()
