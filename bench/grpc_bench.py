@@ -6,7 +6,8 @@ standard clients, ``tritonclient.grpc`` and ``tritonclient.http`` (binary tensor
 from ``--concurrency`` threads for ``--seconds`` each, in ``--rounds`` blocks that alternate
 which protocol goes first (so a drifting machine favours neither). Prints the machine first,
 then throughput, latency, and the CPU milliseconds per request of the server process and of
-the clients (this process) per protocol, and the throughput ratio.
+the clients (this process) per protocol, and the throughput ratio with a 95% interval of the
+mean of the rounds' ratios (each round: one block of each protocol, side by side in time).
 
     .venv/bin/python bench/grpc_bench.py --out runs/grpc-bench
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import threading
@@ -88,6 +90,26 @@ def _load(
     }
 
 
+def _round_ratios(blocks: dict[str, list[dict[str, Any]]]) -> list[float]:
+    """gRPC's throughput over REST's in each round (two blocks side by side in time)."""
+    return [
+        (g["requests"] / g["seconds"]) / (r["requests"] / r["seconds"])
+        for r, g in zip(blocks["rest"], blocks["grpc"], strict=True)
+        if r["requests"]
+    ]
+
+
+def _interval(ratios: list[float]) -> tuple[float, float]:
+    """A 95% interval of the mean round ratio (Student's t; the rounds are the samples)."""
+    if len(ratios) < 2:
+        return (math.nan, math.nan)
+    from scipy import stats
+
+    mean, sem = statistics.fmean(ratios), statistics.stdev(ratios) / math.sqrt(len(ratios))
+    half = float(stats.t.ppf(0.975, len(ratios) - 1)) * sem
+    return mean - half, mean + half
+
+
 def _combine(blocks: list[dict[str, Any]]) -> dict[str, Any]:
     """Blocks of one protocol as one measurement: totals, and the worst block's p95."""
     requests = sum(b["requests"] for b in blocks)
@@ -157,7 +179,8 @@ def main() -> None:
               f"client count in {args.rounds} alternating blocks, server --threads "
               f"{args.threads}, clients on the same cores")  # fmt: skip
         print(
-            "| clients | REST binary req/s | gRPC req/s | gRPC / REST | REST p95 ms | gRPC p95 ms "
+            "| clients | REST binary req/s | gRPC req/s | gRPC / REST (95% CI) | REST p95 ms "
+            "| gRPC p95 ms "
             "| server CPU ms/req REST, gRPC | client CPU ms/req REST, gRPC |"
         )
         print("|---|---|---|---|---|---|---|---|")
@@ -168,13 +191,17 @@ def main() -> None:
                 for key in order:
                     send = via_rest if key == "rest" else via_grpc
                     blocks[key].append(_load(send, c, args.seconds / args.rounds, server.pid))
+            rounds = _round_ratios(blocks)
             rest, grpc_ = _combine(blocks["rest"]), _combine(blocks["grpc"])
             ratio = grpc_["requests_per_s"] / rest["requests_per_s"]
+            low, high = _interval(rounds)
             report["runs"].append({"clients": c, "rest": rest, "grpc": grpc_, "ratio": ratio,
+                                   "round_ratios": rounds, "ratio_ci95": [low, high],
                                    "blocks": blocks})  # fmt: skip
             print(
                 f"| {c} | {rest['requests_per_s']:.2f} | {grpc_['requests_per_s']:.2f} | "
-                f"{ratio:.2f}x | {rest['p95_ms']:.0f} ms | {grpc_['p95_ms']:.0f} ms | "
+                f"{ratio:.2f}x ({low:.2f}-{high:.2f}) | {rest['p95_ms']:.0f} ms | "
+                f"{grpc_['p95_ms']:.0f} ms | "
                 f"{rest['server_cpu_ms_per_request']:.1f}, "
                 f"{grpc_['server_cpu_ms_per_request']:.1f} | "
                 f"{rest['client_cpu_ms_per_request']:.1f}, "
