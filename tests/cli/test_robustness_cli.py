@@ -48,6 +48,10 @@ def test_report_with_baseline_has_mce_attacks_and_plots(
     fgsm, pgd = report["attacks"]["accuracy"]["fgsm"], report["attacks"]["accuracy"]["pgd"]
     assert report["clean_accuracy"] >= fgsm[0] >= pgd[0]
     assert fgsm[0] >= fgsm[1] and pgd[0] >= pgd[1]
+    worst = report["attacks"]["accuracy"]["worst_case"]
+    assert worst == sorted(worst, reverse=True)  # a budget adversary: never better with more eps
+    assert all(w <= min(f, p) for w, f, p in zip(worst, fgsm, pgd, strict=True))
+    assert "worst case within eps" in printed
     assert (out / "corruptions.png").stat().st_size > 0
     assert (out / "attacks.png").stat().st_size > 0
 

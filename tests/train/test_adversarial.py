@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from resnetkit.config import AdversarialConfig, TrainConfig
@@ -17,7 +20,13 @@ from resnetkit.errors import ConfigError
 from resnetkit.export import load_model_ref
 from resnetkit.models import create_model
 from resnetkit.train import train
-from resnetkit.train.adversarial import PixelSpaceModel, adversarial_batch, attack, pgd
+from resnetkit.train.adversarial import (
+    PixelSpaceModel,
+    adversarial_batch,
+    attack,
+    pgd,
+    worst_case_accuracy,
+)
 from resnetkit.train.loop import Trainer
 
 from .conftest import tiny_config
@@ -203,3 +212,35 @@ def test_adversarial_section_is_read_from_toml_and_written_back(tmp_path: Path) 
     assert from_dict(TrainConfig, load_toml(tmp_path / "again.toml")) == cfg
     with pytest.raises(ConfigError, match=r"adversarial\.epsilon"):
         from_dict(TrainConfig, {"adversarial": {"epsilon": 0.1}})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 40).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.booleans(), min_size=n, max_size=n),
+            st.dictionaries(
+                st.tuples(st.sampled_from(["fgsm", "pgd"]), st.sampled_from([0.05, 0.1, 0.2])),
+                st.lists(st.booleans(), min_size=n, max_size=n),
+                max_size=6,
+            ),
+        )
+    )
+)
+def test_worst_case_accuracy_is_the_per_image_worst_within_each_budget(case: tuple) -> None:
+    clean_rows, attack_rows = case
+    clean = torch.tensor(clean_rows)
+    correct = {key: torch.tensor(rows) for key, rows in attack_rows.items()}
+    budgets = [0.05, 0.1, 0.2, 0.3]
+    worst = worst_case_accuracy(clean, correct, budgets)
+    for budget, value in zip(budgets, worst, strict=True):
+        survivors = [
+            i for i in range(len(clean_rows))
+            if clean_rows[i] and all(rows[i] for (_, e), rows in attack_rows.items() if e <= budget)
+        ]  # fmt: skip
+        assert value == pytest.approx(len(survivors) / len(clean_rows))
+        assert value <= float(clean.float().mean()) + 1e-9
+        for (_, e), right in correct.items():
+            if e <= budget:
+                assert value <= float(right.float().mean()) + 1e-9
+    assert all(b <= a for a, b in itertools.pairwise(worst))  # never increases

@@ -37,11 +37,14 @@ __all__ = [
     "adversarial_batch",
     "attack",
     "attack_accuracy",
+    "attack_correct",
     "check_adversarial",
     "check_eps",
+    "clean_correct",
     "clean_count",
     "fgsm",
     "pgd",
+    "worst_case_accuracy",
 ]
 
 #: Attack names the report and the trainer accept.
@@ -263,6 +266,59 @@ def _attacked(
     return normalize(adv, spec)
 
 
+def attack_correct(
+    model: PixelModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    method: str,
+    eps: float,
+    *,
+    steps: int = 20,
+    seed: int = 0,
+    batch_size: int = 250,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Whether ``model`` still classifies each image (``uint8`` ``(N, C, H, W)``) right under
+    attack: a ``bool`` tensor ``(N,)`` on the CPU.
+
+    The random starts are drawn from one generator seeded with ``seed``, on ``device``.
+    ``on_batch`` gets the number of images of each finished batch (a progress bar).
+    """
+    check_eps(eps)
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    correct = []
+    for start in range(0, len(images), batch_size):
+        pixels = images[start : start + batch_size].to(device).float() / 255.0
+        target = labels[start : start + batch_size].to(device)
+        adv = attack(method, model, pixels, target, eps, steps=steps, generator=generator)
+        with torch.no_grad():
+            correct.append((model(adv).argmax(dim=1) == target).cpu())
+        if on_batch is not None:
+            on_batch(len(target))
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+
+
+def clean_correct(
+    model: PixelModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 250,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Whether ``model`` classifies each clean image right: ``bool`` ``(N,)`` on the CPU."""
+    device = torch.device(device)
+    correct = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            pixels = images[start : start + batch_size].to(device).float() / 255.0
+            target = labels[start : start + batch_size].to(device)
+            correct.append((model(pixels).argmax(dim=1) == target).cpu())
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+
+
 def attack_accuracy(
     model: PixelModel,
     images: torch.Tensor,
@@ -276,21 +332,37 @@ def attack_accuracy(
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
 ) -> float:
-    """Top-1 accuracy of ``model`` on ``images`` (``uint8`` ``(N, C, H, W)``) under attack.
+    """Top-1 accuracy under attack: the share of :func:`attack_correct` (same arguments)."""
+    correct = attack_correct(
+        model, images, labels, method, eps, steps=steps, seed=seed, batch_size=batch_size,
+        device=device, on_batch=on_batch,
+    )  # fmt: skip
+    return float(correct.float().mean()) if len(correct) else 0.0
 
-    The random starts are drawn from one generator seeded with ``seed``, on ``device``.
-    ``on_batch`` gets the number of images of each finished batch (a progress bar).
+
+def worst_case_accuracy(
+    clean: torch.Tensor, correct: dict[tuple[str, float], torch.Tensor], eps: list[float]
+) -> list[float]:
+    """Accuracy within each L-infinity budget against every attack that was run.
+
+    An image counts at budget ``e`` only if it was classified right clean and under every
+    attack of ``correct`` (keyed ``(method, eps)``) whose eps is at most ``e``: each of those
+    perturbations lies inside the ``e``-ball, so an adversary with budget ``e`` could have
+    used whichever fooled the model (the per-image worst case of an attack ensemble, as
+    AutoAttack reports robust accuracy). It never increases with ``e`` and is at most every
+    single attack's accuracy. A single attack at a fixed step need not be monotone in eps:
+    FGSM's one full step can overshoot the loss's ascent at a larger eps.
+
+    Args:
+        clean: ``(N,)`` bool, right on the clean images.
+        correct: ``(N,)`` bool per ``(method, eps)``.
+        eps: the budgets to report, in the order wanted.
     """
-    check_eps(eps)
-    device = torch.device(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    hits = 0
-    for start in range(0, len(images), batch_size):
-        pixels = images[start : start + batch_size].to(device).float() / 255.0
-        target = labels[start : start + batch_size].to(device)
-        adv = attack(method, model, pixels, target, eps, steps=steps, generator=generator)
-        with torch.no_grad():
-            hits += int((model(adv).argmax(dim=1) == target).sum())
-        if on_batch is not None:
-            on_batch(len(target))
-    return hits / max(len(images), 1)
+    out = []
+    for budget in eps:
+        alive = clean.clone()
+        for (_, e), right in correct.items():
+            if e <= budget:
+                alive &= right
+        out.append(float(alive.float().mean()) if len(alive) else 0.0)
+    return out
