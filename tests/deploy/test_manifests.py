@@ -260,12 +260,12 @@ def test_the_service_exposes_the_containers_named_ports(rendered: dict) -> None:
 
 
 def test_termination_grace_covers_the_pre_stop_sleep_and_the_servers_drain(rendered: dict) -> None:
-    import uvicorn
-
     from resnetkit.serve.config import ServeConfig
+    from resnetkit.serve.process import DRAIN_IDLE_S
 
-    drain_s = ServeConfig(refs=("m.onnx",)).drain_timeout_s  # the default the CLI runs with
-    keep_alive_s = uvicorn.Config(app=None).timeout_keep_alive
+    config = ServeConfig(refs=("m.onnx",))  # the defaults the CLI runs with
+    drain_s = config.drain_timeout_s
+    keep_alive_s = min(config.keep_alive_s, DRAIN_IDLE_S)  # what SIGTERM waits for idle clients
     servers = [
         (name, spec, c)
         for name, obj in all_objects(rendered)

@@ -6,6 +6,7 @@ The model has random weights (what it answers does not matter here, only that it
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ import pytest
 
 from resnetkit.contract import PreprocessingSpec
 from resnetkit.models import create_model, save_model
-from tests.serve.server import ServerProcess, png, serving
+from tests.serve.server import ServerProcess, png, serving, threaded
 
 pytestmark = pytest.mark.slow
 
@@ -128,6 +129,24 @@ def test_sigterm_under_keep_alive_load_answers_every_request_sent(
     assert set(outcomes) == {"200", "refused"}, (outcomes, log)
     assert outcomes["refused"] == CLIENTS
     assert status == 0 and "Traceback" not in log, log
+
+
+def test_an_idle_connection_outlives_a_client_pools_idle_timeout(run_dir: Path) -> None:
+    # httpx retires an idle pooled connection after 5 s; had the server closed it at the same
+    # moment (uvicorn's default), a request sent then is lost to a reset: the keep-alive race
+    # behind the soak's one unanswered request. The server must keep it longer.
+    idle_s = httpx.Limits().keepalive_expiry + 1.0
+    with threaded([str(run_dir)]) as (url, _state):
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() and connection.sock is not None
+        sock = connection.sock
+        time.sleep(idle_s)
+        connection.request("GET", "/healthz")  # on the same socket: raises if it was closed
+        answer = connection.getresponse()
+        assert answer.status == 200 and connection.sock is sock
+        connection.close()
 
 
 def test_sighup_reopens_the_prediction_log_and_images_are_files_beside_it(

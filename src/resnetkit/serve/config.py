@@ -46,6 +46,7 @@ log = logging.getLogger("resnetkit.serve")
 BACKENDS = ("auto", "onnx", "torch")
 OOD_ACTIONS = ("flag", "reject")
 DRAIN_TIMEOUT_S = 30  # how long SIGTERM waits for requests in flight (after keep-alive)
+KEEP_ALIVE_S = 75.0  # nginx's default; above the 60 s idle timeout of proxies' upstream pools
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -79,7 +80,11 @@ class ServeConfig:
         header_timeout_s: a connection whose request headers are not complete this long
             after its first byte (or after it opened) is closed (slowloris).
         body_timeout_s: a request body still arriving this long after its headers is a 408.
-        keep_alive_s: an idle keep-alive connection is closed after this long.
+        keep_alive_s: an idle keep-alive connection is closed after this long. Longer than
+            the idle timeouts of common clients' and proxies' connection pools (httpx 5 s,
+            aiohttp 15 s, nginx and cloud load balancers 60 s), so the client side retires
+            an idle connection first: a request sent on a connection the server is closing
+            at that instant is lost to a reset (the keep-alive race).
         max_connections: open connections beyond this many are answered 503 at once.
     """
 
@@ -110,7 +115,7 @@ class ServeConfig:
     warmup_batches: int = 3
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
-    keep_alive_s: float = 5.0
+    keep_alive_s: float = KEEP_ALIVE_S
     max_connections: int = 1000
 
     def __post_init__(self) -> None:

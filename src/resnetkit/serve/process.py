@@ -11,8 +11,10 @@ gets a read error for a request it had already sent. Here, on SIGTERM:
 1. the listening socket closes (new connections are refused: nothing was sent on them);
 2. every response from then on carries ``Connection: close`` (:class:`CloseWhenDraining`), so
    each client learns, in the answer to the request it sent, not to send another one on it;
-3. the server waits until the open connections have closed, at most the keep-alive timeout
-   (after which uvicorn closes an idle connection in normal service too);
+3. the server waits until the open connections have closed, at most :data:`DRAIN_IDLE_S`
+   (or the keep-alive timeout if shorter, after which uvicorn closes an idle connection in
+   normal service too): a client that sends again in that time learns ``Connection: close``
+   from its answer, and one that stays idle is closed after it;
 4. uvicorn's shutdown then finishes what is in flight and runs the lifespan shutdown.
 """
 
@@ -27,9 +29,17 @@ import uvicorn
 
 from resnetkit.errors import ConfigError
 
-__all__ = ["CloseWhenDraining", "DrainingServer", "bind_listener", "header_timeout_protocol"]
+__all__ = [
+    "DRAIN_IDLE_S",
+    "CloseWhenDraining",
+    "DrainingServer",
+    "bind_listener",
+    "header_timeout_protocol",
+]
 
 _POLL_S = 0.05
+#: The most SIGTERM waits for open (idle keep-alive) connections to close before stopping.
+DRAIN_IDLE_S = 10.0
 _CLOSE_HEADER = (b"connection", b"close")
 
 
@@ -107,7 +117,7 @@ class DrainingServer(uvicorn.Server):
         for server in self.servers:
             server.close()  # uvicorn's shutdown closes them again: a no-op
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.timeout_keep_alive
+        deadline = loop.time() + min(self.config.timeout_keep_alive, DRAIN_IDLE_S)
         while self.server_state.connections and loop.time() < deadline and not self.force_exit:
             await asyncio.sleep(_POLL_S)
         await super().shutdown(sockets)
