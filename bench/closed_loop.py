@@ -405,9 +405,6 @@ def dashboard_check(prom: str, hook: str, run_: dict[str, Any] | None) -> dict[s
     }
 
 
-# -- the game day ------------------------------------------------------------------------
-
-
 # -- the retraining alone, offline ----------------------------------------------------------
 
 
@@ -489,6 +486,9 @@ def offline(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
+# -- the game day ------------------------------------------------------------------------
+
+
 def production_run(args: argparse.Namespace, work: Path) -> Path:
     if args.production is not None:
         return Path(args.production)
@@ -528,6 +528,8 @@ def main() -> None:
     args = parser.parse_args()
     # The webhook counts distinct labelled images, and the traffic repeats one pool of
     # images: a threshold above what the pool can label would wait until the timeout.
+    if not 0 < args.label_share <= 1:
+        raise SystemExit(f"error: --label-share must be in (0, 1], got {args.label_share:g}")
     pool = TRAFFIC_SLICE.stop - TRAFFIC_SLICE.start
     distinct = int(labelled_mask(pool, args.label_share, args.seed).sum())
     if not 1 <= args.min_new_labels <= distinct:

@@ -141,6 +141,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="the server's inference threads")
     p.add_argument("--rounds", type=int, default=4, help="alternating blocks per cell")
     args = p.parse_args()
+    try:
+        levels = [int(x) for x in args.concurrency.split(",")]
+    except ValueError:
+        p.error(f"--concurrency takes client counts like 1,4,8, got {args.concurrency!r}")
+    if min(levels) < 1 or args.rounds < 1 or args.seconds <= 0:
+        p.error("--concurrency counts and --rounds must be at least 1, --seconds above 0")
     info = machine()
     print(describe(info), flush=True)
     dirs = args.out / "work"
@@ -184,7 +190,7 @@ def main() -> None:
             "| server CPU ms/req REST, gRPC | client CPU ms/req REST, gRPC |"
         )
         print("|---|---|---|---|---|---|---|---|")
-        for c in (int(x) for x in args.concurrency.split(",")):
+        for c in levels:
             blocks: dict[str, list[dict[str, Any]]] = {"rest": [], "grpc": []}
             for r in range(args.rounds):  # REST first, then gRPC first, ...: drift cancels
                 order = ("rest", "grpc") if r % 2 == 0 else ("grpc", "rest")

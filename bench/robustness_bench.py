@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, machine
 
 from resnetkit.config import AdversarialConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from resnetkit.errors import ConfigError
 from resnetkit.evaluate import resolve_device
 from resnetkit.export import load_model_ref
 from resnetkit.train import train
@@ -115,8 +116,8 @@ def compare_attacks(run: Path, images: int, seed: int, device: torch.device) -> 
     model = PixelSpaceModel(loaded.module(device), loaded.spec).eval()
     test = loaded.dataset("test", limit=images)
     x, y = test.images, test.labels
-    with torch.no_grad():
-        clean = float((model(x.to(device).float() / 255).argmax(1).cpu() == y).float().mean())
+    right = clean_correct(model, x, y, device=device)
+    clean = float(right.float().mean())
     rows: dict[str, list[float]] = {}
     correct: dict[tuple[str, float], torch.Tensor] = {}
     for method in ("fgsm", "pgd"):
@@ -126,7 +127,6 @@ def compare_attacks(run: Path, images: int, seed: int, device: torch.device) -> 
         rows[f"torchattacks {method}"] = [
             _torchattacks_accuracy(model, x, y, method, e, seed, device) for e in EPS
         ]
-    right = clean_correct(model, x, y, device=device)
     rows["ours worst case"] = worst_case_accuracy(right, correct, list(EPS))
     return {"clean": clean, "eps": list(EPS), "accuracy": rows, "images": len(y)}
 
@@ -175,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ood-images", type=int, default=2000, help="images per far-OOD set")
     p.add_argument("--ood-only", action="store_true", help="only the OOD goals")
     args = p.parse_args(argv)
+    adv = AdversarialConfig(args.adv_method, eps=args.adv_eps, clean_weight=args.adv_clean_weight)
+    try:  # before any training or attack: a bad setting is one line, not a traceback
+        check_adversarial(adv)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
     info = machine()
     print(describe(info))
     device = resolve_device(args.device)
@@ -200,11 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     report["attacks"] = compare_attacks(run, args.images, args.seed, device)
     missed = print_attacks(report["attacks"])
     if args.training:
-        adv = AdversarialConfig(
-            args.adv_method, eps=args.adv_eps, clean_weight=args.adv_clean_weight
-        )
         adv_cfg = dataclasses.replace(cfg, adversarial=adv)
-        check_adversarial(adv)
         if plain_s is None:
             run, plain_s = trained(cfg, args.out / "plain")
         adv_name = f"{adv.method} eps {adv.eps:g} clean {adv.clean_weight:g}"
@@ -386,9 +387,7 @@ def compare_attacks_pgd01(
     loaded = load_model_ref(str(run))
     model = PixelSpaceModel(loaded.module(device), loaded.spec).eval()
     test = loaded.dataset("test", limit=images)
-    with torch.no_grad():
-        pixels = test.images.to(device).float() / 255
-        clean = float((model(pixels).argmax(1).cpu() == test.labels).float().mean())
+    clean = float(clean_correct(model, test.images, test.labels, device=device).float().mean())
     pgd = attack_accuracy(model, test.images, test.labels, "pgd", 0.1, seed=seed, device=device)
     return {"clean": clean, "pgd": pgd}
 

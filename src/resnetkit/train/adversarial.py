@@ -266,6 +266,29 @@ def _attacked(
     return normalize(adv, spec)
 
 
+def _correct(
+    model: PixelModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch_size: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Whether ``model`` classifies each image right after ``perturb(pixels, labels)``, batch
+    by batch: ``bool`` ``(N,)`` on the CPU."""
+    correct = []
+    for start in range(0, len(images), batch_size):
+        pixels = images[start : start + batch_size].to(device).float() / 255.0
+        target = labels[start : start + batch_size].to(device)
+        seen = perturb(pixels, target)
+        with torch.no_grad():
+            correct.append((model(seen).argmax(dim=1) == target).cpu())
+        if on_batch is not None:
+            on_batch(len(target))
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+
+
 def attack_correct(
     model: PixelModel,
     images: torch.Tensor,
@@ -288,16 +311,11 @@ def attack_correct(
     check_eps(eps)
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    correct = []
-    for start in range(0, len(images), batch_size):
-        pixels = images[start : start + batch_size].to(device).float() / 255.0
-        target = labels[start : start + batch_size].to(device)
-        adv = attack(method, model, pixels, target, eps, steps=steps, generator=generator)
-        with torch.no_grad():
-            correct.append((model(adv).argmax(dim=1) == target).cpu())
-        if on_batch is not None:
-            on_batch(len(target))
-    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+
+    def attacked(pixels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return attack(method, model, pixels, target, eps, steps=steps, generator=generator)
+
+    return _correct(model, images, labels, attacked, batch_size, device, on_batch)
 
 
 def clean_correct(
@@ -309,14 +327,9 @@ def clean_correct(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Whether ``model`` classifies each clean image right: ``bool`` ``(N,)`` on the CPU."""
-    device = torch.device(device)
-    correct = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            pixels = images[start : start + batch_size].to(device).float() / 255.0
-            target = labels[start : start + batch_size].to(device)
-            correct.append((model(pixels).argmax(dim=1) == target).cpu())
-    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+    return _correct(
+        model, images, labels, lambda pixels, _: pixels, batch_size, torch.device(device)
+    )
 
 
 def attack_accuracy(
