@@ -67,7 +67,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--content-type", default="image/jpeg")
     args = p.parse_args(argv)
+    from machine import describe, machine
+
     from resnetkit.errors import ResNetKitError
+
+    print(describe(machine("as the ONNX file stores it (ONNX Runtime)")), flush=True)
 
     try:
         bodies = [path.read_bytes() for path in args.images]

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine import describe, machine
 from safetensors.numpy import load_file
 
 from resnetkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
@@ -318,6 +319,7 @@ def _reference_probabilities(run_dir: Path) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    print(describe(machine("float32 embeddings")), flush=True)
     torch.manual_seed(args.seed)
     run_dir = args.run or train_small_model(args.out, args.epochs, args.train_limit)
     model, card = load_model(run_dir)

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from machine import describe, machine
 from onnx import TensorProto, helper
 
 from resnetkit.compress import fold_batchnorm, quantize_onnx
@@ -172,8 +173,8 @@ def main() -> None:
     batch_sizes = (1, 32) if args.quick else tuple(int(b) for b in args.batch_sizes.split(","))
     min_time, warmup = (0.0, 1) if args.quick else (args.min_time, 3)
     torch.set_num_threads(args.threads)
-    print(f"threads {args.threads}, load average {os.getloadavg()}, torch {torch.__version__}, "
-          f"onnxruntime {ort.__version__}, onnx {onnx.__version__}")  # fmt: skip
+    print(describe(machine("float32 and int8 (each row says which)")), flush=True)
+    print(f"threads {args.threads}, onnx {onnx.__version__}")
     peaks = {**peak_fp32_gflops(), **peak_int8_gops(args.threads)}
     print("measured peaks (G(FL)OP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
     report: dict[str, Any] = {"peaks": peaks, "models": {}}

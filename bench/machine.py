@@ -21,6 +21,9 @@ ISA_FLAGS = {
     "amx_int8": "AMX-INT8",
 }
 PACKAGES = ("torch", "onnxruntime", "numpy", "resnetkit")
+#: Environment variables that make PyTorch and oneDNN use fewer instruction sets than the CPU
+#: has: how an AVX2-only machine is emulated on a newer one.
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -37,8 +40,13 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, usable cores, the instruction sets that matter, package versions."""
+def machine(precision: str | None = None) -> dict[str, Any]:
+    """CPU model, usable cores, the instruction sets that matter, package versions.
+
+    Args:
+        precision: what the bench computes in (e.g. ``"bfloat16 (precision=auto)"``), printed
+            beside the instruction sets, since the two together decide the speed.
+    """
     model, flags = _cpuinfo()
     versions = {}
     for name in PACKAGES:
@@ -53,6 +61,8 @@ def machine() -> dict[str, Any]:
         else os.cpu_count(),
         "isa": [label for flag, label in ISA_FLAGS.items() if flag in flags],
         "python": platform.python_version(),
+        "isa_limits": {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)},
+        "precision": precision,
         "packages": versions,
         "load_average": os.getloadavg(),
     }
@@ -64,7 +74,11 @@ def describe(info: dict[str, Any] | None = None) -> str:
     isa = ", ".join(info["isa"]) or "no AVX2"
     versions = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
     load = ", ".join(f"{x:.2f}" for x in info["load_average"])
+    limits = info.get("isa_limits") or {}
+    if limits:
+        isa += "; limited to " + ", ".join(f"{k}={v}" for k, v in limits.items())
+    precision = f"; precision {info['precision']}" if info.get("precision") else ""
     return (
-        f"machine: {info['cpu']}, {info['cores']} cores ({isa}); Python {info['python']}, "
-        f"{versions}; load average {load}"
+        f"machine: {info['cpu']}, {info['cores']} cores ({isa}){precision}; "
+        f"Python {info['python']}, {versions}; load average {load}"
     )

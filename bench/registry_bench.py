@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine import describe, machine
 from rich.console import Console
 from rich.table import Table
 from safetensors.torch import save_file
@@ -94,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    print(describe(machine()), flush=True)
     state, origin = resnet50_state()
     with tempfile.TemporaryDirectory(prefix="resnetkit-bench-") as tmp:
         root = Path(tmp)

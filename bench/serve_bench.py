@@ -1296,8 +1296,10 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     """What the numbers were measured on."""
     import onnxruntime
     import torch
+    from machine import machine
 
     return {
+        "machine": machine("float32 and int8 ONNX (each table says which)"),
         "cpus": args.cpus,
         "machine_cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
@@ -1312,6 +1314,9 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, report: dict[str, Any]) -> None:
     """Build the models, benchmark every server on each, then the agreement and overload."""
+    from machine import describe
+
+    print(describe(report["environment"]["machine"]), flush=True)
     dirs = args.out / "work"
     (dirs / "logs").mkdir(parents=True, exist_ok=True)
     print(

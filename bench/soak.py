@@ -67,7 +67,7 @@ import numpy as np
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from machine import machine  # noqa: E402  (bench/ is not a package)
+from machine import describe, machine  # noqa: E402  (bench/ is not a package)
 
 from resnetkit.serve.router import FEEDBACK_MEMORY  # noqa: E402
 
@@ -503,7 +503,7 @@ def main() -> None:
     env = dict(item.split("=", 1) for item in args.server_env)
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
-    print(json.dumps(info), flush=True)
+    print(describe(info), flush=True)
     runs = train_versions(args.out)
     url = register(args.out, runs)
     bodies = images()

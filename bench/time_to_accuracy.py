@@ -3,9 +3,15 @@
 For each seed, runs ``resnetkit train --config RECIPE`` (wall time from start to the test
 accuracy, data loading and evaluation included) and, with ``--baseline``, the plain script
 the training issue measured: ResNet-20 (or ``--baseline-arch``), the whole dataset as uint8
-tensors, crop + flip on whole batches, bf16 autocast + channels_last, batch 256, SGD
+tensors, crop + flip on whole batches, the recipe's precision (bf16 autocast where the CPU
+has native bf16, float32 elsewhere) + channels_last, batch 256, SGD
 Nesterov, warmup then linear decay, label smoothing 0.1, no EMA, no flip at test time, for
-``--baseline-epochs`` (default: the recipe's). Prints both as mean ± std, with the ratio.
+``--baseline-epochs`` (default: the recipe's). Prints the machine first (CPU, cores,
+instruction sets, the precision used, versions), then both as mean ± std, with the ratio.
+
+An AVX2-only machine without native bf16 is emulated on a newer CPU with
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` in the environment: ``precision = "auto"``
+then trains in float32, as it would there, and the machine line says so.
 
     .venv/bin/python bench/time_to_accuracy.py configs/fashion_mnist_fast.toml --baseline
     .venv/bin/python bench/time_to_accuracy.py configs/mnist.toml --seeds 0 --baseline
@@ -24,14 +30,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import describe, machine
 
 from resnetkit.config import TrainConfig, from_dict, load_toml
 from resnetkit.data import load_dataset
+from resnetkit.evaluate import precision_name, resolve_device, resolve_precision
 from resnetkit.models import create_model
 
 
-def run_recipe(recipe: Path, seed: int, workdir: Path) -> tuple[float, float]:
-    """``resnetkit train`` in a subprocess; returns (test accuracy, wall seconds)."""
+def run_recipe(recipe: Path, seed: int, workdir: Path) -> tuple[float, float, float]:
+    """``resnetkit train`` in a subprocess; returns (test accuracy, wall s, training s).
+
+    Wall time runs from the command's start to its exit: imports, data loading, training,
+    the test evaluation and the run directory's files. Training seconds are the loop's own
+    clock (``summary.json``); the rest is the fixed cost of a run.
+    """
     out = workdir / f"seed{seed}"
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "resnetkit.cli.main", "train", "--config", str(recipe)]
@@ -39,10 +52,12 @@ def run_recipe(recipe: Path, seed: int, workdir: Path) -> tuple[float, float]:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     summary = json.loads((out / "summary.json").read_text())
-    return summary["test_accuracy"], wall
+    return summary["test_accuracy"], wall, summary["train_seconds"]
 
 
-def plain_script(cfg: TrainConfig, seed: int, arch: str, epochs: int) -> tuple[float, float]:
+def plain_script(
+    cfg: TrainConfig, seed: int, arch: str, epochs: int, amp: torch.dtype | None
+) -> tuple[float, float]:
     """The baseline: everything written out by hand, as a single-file script would."""
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -78,7 +93,7 @@ def plain_script(cfg: TrainConfig, seed: int, arch: str, epochs: int) -> tuple[f
             if flip_ok:
                 x = torch.where((torch.rand(len(x)) < 0.5)[:, None, None, None], x.flip(3), x)
             x = ((x.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
                 out = model(x)
             loss = F.cross_entropy(out.float(), y, label_smoothing=o.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -107,27 +122,40 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also run the plain script")
     parser.add_argument("--baseline-arch", default="resnet20", help="the plain script's model")
     parser.add_argument("--baseline-epochs", type=int, help="default: the recipe's epochs")
+    parser.add_argument("--out", type=Path, help="keep the run directories here")
     args = parser.parse_args()
     cfg = from_dict(TrainConfig, load_toml(args.recipe))
+    device = resolve_device(cfg.device)
+    amp = resolve_precision(cfg.precision, device)
+    print(describe(machine(f"{precision_name(amp)} (precision={cfg.precision!r} on {device})")),
+          flush=True)  # fmt: skip
     base_epochs = args.baseline_epochs or cfg.epochs
-    ours, base = [], []
+    ours: list[tuple[float, float, float]] = []
+    base: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.out or Path(tmp)
         for seed in args.seeds:
-            ours.append(run_recipe(args.recipe, seed, Path(tmp)))
+            ours.append(run_recipe(args.recipe, seed, workdir))
+            acc, wall, trained = ours[-1]
+            print(f"seed {seed}: {100 * acc:.2f}% in {wall:.1f} s ({trained:.1f} s training)",
+                  flush=True)  # fmt: skip
             if args.baseline:
-                base.append(plain_script(cfg, seed, args.baseline_arch, base_epochs))
+                base.append(plain_script(cfg, seed, args.baseline_arch, base_epochs, amp))
     print(f"\n{args.recipe} ({cfg.model.arch}, {cfg.epochs} epochs), seeds {args.seeds}")
-    print(f"{'':<26}{'test accuracy %':>20}{'wall s':>20}")
-    plain = f"plain {args.baseline_arch}, {base_epochs} ep"
-    rows = [(f"resnetkit ({cfg.model.arch})", ours)] + ([(plain, base)] if base else [])
-    for name, runs in rows:
-        accs, walls = [a for a, _ in runs], [w for _, w in runs]
-        print(f"{name:<26}{_fmt(accs, 100):>20}{_fmt(walls, 1, 1):>20}")
-        for seed, (acc, wall) in zip(args.seeds, runs, strict=True):
-            print(f"{f'  seed {seed}':<26}{100 * acc:>20.2f}{wall:>20.1f}")
+    print(f"{'':<26}{'test accuracy %':>20}{'wall s':>20}{'training s':>16}")
+    accs, walls = [a for a, _, _ in ours], [w for _, w, _ in ours]
+    trained = [t for _, _, t in ours]
+    name = f"resnetkit ({cfg.model.arch})"
+    print(f"{name:<26}{_fmt(accs, 100):>20}{_fmt(walls, 1, 1):>20}{_fmt(trained, 1, 1):>16}")
+    for seed, (acc, wall, t) in zip(args.seeds, ours, strict=True):
+        print(f"{f'  seed {seed}':<26}{100 * acc:>20.2f}{wall:>20.1f}{t:>16.1f}")
+    print(f"{'  worst / slowest':<26}{100 * min(accs):>20.2f}{max(walls):>20.1f}")
     if base:
-        ratio = statistics.mean(w for _, w in base) / statistics.mean(w for _, w in ours)
-        gain = 100 * (statistics.mean(a for a, _ in ours) - statistics.mean(a for a, _ in base))
+        plain = f"plain {args.baseline_arch}, {base_epochs} ep"
+        print(f"{plain:<26}{_fmt([a for a, _ in base], 100):>20}"
+              f"{_fmt([w for _, w in base], 1, 1):>20}")  # fmt: skip
+        ratio = statistics.mean(w for _, w in base) / statistics.mean(walls)
+        gain = 100 * (statistics.mean(accs) - statistics.mean(a for a, _ in base))
         print(f"{'ours vs plain':<26}{f'{gain:+.2f} points':>20}{f'{ratio:.2f}x speed':>20}")
 
 

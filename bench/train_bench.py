@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import describe, machine
 
 from resnetkit.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from resnetkit.data import load_dataset
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     args = parser.parse_args()
+    print(describe(machine(args.precision)), flush=True)
 
     n = args.steps * args.batch_size
     train = load_dataset("fashion-mnist", "train", limit=n)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from typing import Any
 
 import torch
@@ -27,10 +28,34 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 log = logging.getLogger(__name__)
 
+#: ``ONEDNN_MAX_CPU_ISA`` values that still allow native bf16 (oneDNN's names; ``ALL`` and
+#: ``DEFAULT`` mean no limit). Any other value (``AVX2``, ``AVX512_CORE_VNNI``, ...) caps oneDNN
+#: below AVX512-BF16, where bf16 is emulated and far slower than float32.
+BF16_ONEDNN_ISAS = frozenset(
+    {
+        "ALL",
+        "DEFAULT",
+        "AVX512_CORE_BF16",
+        "AVX512_CORE_FP16",
+        "AVX512_CORE_AMX",
+        "AVX512_CORE_AMX_FP16",
+        "AVX10_1_512",
+        "AVX10_1_512_AMX",
+        "AVX10_1_512_AMX_FP16",
+        "AVX10_2_512",
+        "AVX10_2_512_AMX_2",
+    }
+)
+
 
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
+    """Whether oneDNN runs bf16 natively here (AVX512-BF16 or AMX, not capped by the
+    ``ONEDNN_MAX_CPU_ISA`` environment variable, which is how an AVX2-only machine is
+    emulated on a newer one)."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if limit and limit not in BF16_ONEDNN_ISAS:
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN, or a renamed private op

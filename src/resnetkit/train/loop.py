@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from resnetkit.config import TrainConfig, from_dict, to_dict
 from resnetkit.contract import git_commit, write_summary
@@ -74,7 +75,24 @@ from resnetkit.train.setup import (
     set_train_mode,
 )
 
-__all__ = ["TrainResult", "Trainer", "check_config", "train"]
+__all__ = [
+    "PHASES",
+    "PHASE_AUGMENT",
+    "PHASE_BACKWARD",
+    "PHASE_FORWARD",
+    "PHASE_OPTIMIZER",
+    "TrainResult",
+    "Trainer",
+    "check_config",
+    "train",
+]
+
+#: The parts of one training step, as torch.profiler record_function labels.
+PHASE_AUGMENT = "resnetkit.augment"  # crop, flip, normalise (and the attack, if adversarial)
+PHASE_FORWARD = "resnetkit.forward"  # the model and the loss
+PHASE_BACKWARD = "resnetkit.backward"
+PHASE_OPTIMIZER = "resnetkit.optimizer"  # clipping, the step, the schedule, EMA
+PHASES = (PHASE_AUGMENT, PHASE_FORWARD, PHASE_BACKWARD, PHASE_OPTIMIZER)
 
 
 @dataclass(frozen=True)
@@ -236,42 +254,48 @@ class Trainer:
     def _train_step(
         self, images: torch.Tensor, labels: torch.Tensor, flips: torch.Tensor | None
     ) -> tuple[float, int, dict[str, float]]:
-        batch = augment_batch(
-            images, labels, self.augment, self.data.spec, self.generator, flips=flips
-        )
-        x = batch.images
-        if self.cfg.adversarial.method != "none":
-            # Attack the unwrapped model: DDP must see exactly one backward per step.
-            x = adversarial_batch(
-                self.model,
-                batch,
-                self.cfg.adversarial,
-                self.data.spec,
-                self.generator,
-                self.autocast,
+        # The phase labels cost a microsecond each and name the parts of a step in a
+        # torch.profiler trace (bench/epoch_profile.py reads them).
+        with record_function(PHASE_AUGMENT):
+            batch = augment_batch(
+                images, labels, self.augment, self.data.spec, self.generator, flips=flips
             )
-        if self.cfg.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self.autocast():
-            logits = self.ddp_model(x)  # (B, num_classes)
-        loss, terms = self.compute_loss(logits.float(), batch, x)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.optim.clip_grad_norm
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip or math.inf)
-        loss_value = loss.item()
-        # fp16 overflow is expected and handled by the scaler (it skips the step).
-        if not math.isfinite(loss_value) or (
-            not self.scaler.is_enabled() and not torch.isfinite(grad_norm)
-        ):
-            self._diverged(f"loss={loss_value}, gradient norm={float(grad_norm)}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.after_step()
-        if self.ema is not None:
-            self.ema.update(self.model)
+            x = batch.images
+            if self.cfg.adversarial.method != "none":
+                # Attack the unwrapped model: DDP must see exactly one backward per step.
+                x = adversarial_batch(
+                    self.model,
+                    batch,
+                    self.cfg.adversarial,
+                    self.data.spec,
+                    self.generator,
+                    self.autocast,
+                )
+            if self.cfg.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+        with record_function(PHASE_FORWARD):
+            with self.autocast():
+                logits = self.ddp_model(x)  # (B, num_classes)
+            loss, terms = self.compute_loss(logits.float(), batch, x)
+        with record_function(PHASE_BACKWARD):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+        with record_function(PHASE_OPTIMIZER):
+            self.scaler.unscale_(self.optimizer)
+            clip = self.cfg.optim.clip_grad_norm
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip or math.inf)
+            loss_value = loss.item()
+            # fp16 overflow is expected and handled by the scaler (it skips the step).
+            if not math.isfinite(loss_value) or (
+                not self.scaler.is_enabled() and not torch.isfinite(grad_norm)
+            ):
+                self._diverged(f"loss={loss_value}, gradient norm={float(grad_norm)}")
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.after_step()
+            if self.ema is not None:
+                self.ema.update(self.model)
         correct = int((logits.argmax(dim=1) == batch.targets).sum())
         return loss_value, correct, {k: float(v) for k, v in terms.items()}
 

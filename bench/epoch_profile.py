@@ -1,0 +1,187 @@
+"""Where a recipe's time goes: one training step split into its phases, per epoch kind.
+
+Builds the recipe's real ``Trainer`` on the first ``--steps`` batches of its data, warms it
+up, then profiles ``--steps`` steps of each kind of epoch the recipe has (the small-crop
+epochs of progressive resizing, the full-size ones) with ``torch.profiler``. Prints, for each:
+milliseconds per step in augmentation, forward (model and loss), backward and the optimiser
+(the loop's ``record_function`` labels), the operators that dominate, and the epoch's time
+projected onto the whole training split. Then times the end of a run on the full test split
+(the test evaluation with the recipe's test-time views, and the drift reference), and adds
+everything up into a projected wall time beside the 10-minute budget.
+
+The machine line comes first, precision included. Compare machine kinds on one CPU with
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` (an AVX2-only machine without native
+bf16: ``precision = "auto"`` trains in float32 there).
+
+    .venv/bin/python bench/epoch_profile.py configs/fashion_mnist.toml
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \\
+        .venv/bin/python bench/epoch_profile.py configs/fashion_mnist.toml --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from machine import describe, machine
+from torch.profiler import ProfilerActivity, profile
+
+from resnetkit.config import TrainConfig, from_dict, load_toml
+from resnetkit.data import load_dataset
+from resnetkit.errors import ResNetKitError
+from resnetkit.evaluate import evaluate_model, precision_name
+from resnetkit.train.loop import PHASES, Trainer, drift_reference
+
+#: Operators grouped the way they are read: where the convolutions go, and the rest.
+OPERATOR_GROUPS = {
+    "aten::convolution_backward": "conv backward",
+    "aten::mkldnn_convolution": "conv forward",
+    "aten::_convolution": "conv forward",
+    "aten::native_batch_norm": "batch norm",
+    "aten::native_batch_norm_backward": "batch norm",
+    "aten::max_pool2d_with_indices": "max-pool",
+    "aten::max_pool2d_with_indices_backward": "max-pool",
+}
+
+
+def epoch_kinds(cfg: TrainConfig) -> list[tuple[str, int, int]]:
+    """(name, a representative epoch index, how many epochs) for each kind of epoch."""
+    small = cfg.augment.small_crop_epochs if cfg.augment.small_crop else 0
+    small = min(small, cfg.epochs)
+    kinds = []
+    if small:
+        kinds.append((f"{cfg.augment.small_crop}x{cfg.augment.small_crop} crops", 0, small))
+    if cfg.epochs > small:
+        kinds.append(("full size", cfg.epochs - 1, cfg.epochs - small))
+    return kinds
+
+
+def profile_steps(trainer: Trainer, epoch: int, steps: int) -> dict[str, Any]:
+    """Milliseconds per step in each phase and operator group, over ``steps`` steps."""
+    trainer.epoch, trainer.step = epoch, 0
+    trainer._train_epoch()  # warm-up: oneDNN picks and caches its kernels for these shapes
+    trainer.epoch, trainer.step = epoch, 0
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        trainer._train_epoch()
+        wall = time.perf_counter() - start
+    phases: dict[str, float] = defaultdict(float)
+    groups: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        if event.key in PHASES:
+            phases[event.key.removeprefix("resnetkit.")] += event.cpu_time_total / 1000
+        group = OPERATOR_GROUPS.get(event.key)
+        if group:
+            groups[group] += event.self_cpu_time_total / 1000
+    per_step = {k: v / steps for k, v in phases.items()}
+    per_step["other (batch fetch, bookkeeping)"] = max(
+        0.0, 1000 * wall / steps - sum(per_step.values())
+    )
+    return {
+        "ms_per_step": 1000 * wall / steps,
+        "phases_ms": per_step,
+        "operators_ms": {k: v / steps for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+    }
+
+
+def end_of_run(trainer: Trainer, cfg: TrainConfig) -> dict[str, float]:
+    """Seconds for the test evaluation (with the recipe's views) and the drift reference."""
+    model = trainer.model
+    test = load_dataset(cfg.data.name, "test", data_dir=cfg.data.data_dir)
+    start = time.perf_counter()
+    evaluate_model(
+        model,
+        test,
+        trainer.data.spec,
+        tta_flip=cfg.tta_flip,
+        tta_shift=cfg.tta_shift,
+        precision=cfg.precision,
+        progress=False,
+    )
+    evaluation = time.perf_counter() - start
+    start = time.perf_counter()
+    drift_reference(model, trainer.data)
+    return {"test evaluation": evaluation, "drift reference": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("--steps", type=int, default=30, help="steps profiled per epoch kind")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--budget-s", type=float, default=600.0,
+                        help="the recipe's wall-time goal (Fashion-MNIST 600, quickstart 180, "
+                        "MNIST 300)")  # fmt: skip
+    args = parser.parse_args()
+    if args.steps < 2:
+        sys.exit("error: --steps must be at least 2")
+    if args.budget_s <= 0:
+        sys.exit("error: --budget-s must be positive")
+    try:
+        cfg = from_dict(TrainConfig, load_toml(args.recipe))
+    except (OSError, ResNetKitError) as exc:
+        sys.exit(f"error: {exc}")
+    with tempfile.TemporaryDirectory() as tmp:
+        # The first --steps batches only: a profile, not a run (no validation split).
+        limited = dataclasses.replace(
+            cfg,
+            progress=False,
+            data=dataclasses.replace(cfg.data, limit=args.steps * cfg.batch_size, val_fraction=0.0),
+        )
+        trainer = Trainer(limited, Path(tmp) / "run")
+        info = machine(f"{precision_name(trainer.amp_dtype)} (precision={cfg.precision!r})")
+        print(describe(info), flush=True)
+        train_size = len(load_dataset(cfg.data.name, "train", data_dir=cfg.data.data_dir))
+        full_steps = int(train_size * (1 - cfg.data.val_fraction)) // cfg.batch_size
+        report: dict[str, Any] = {"machine": info, "recipe": str(args.recipe), "epochs": {}}
+        projected = 0.0
+        for name, epoch, count in epoch_kinds(cfg):
+            result = profile_steps(trainer, epoch, args.steps)
+            result["epochs"] = count
+            result["projected_epoch_s"] = result["ms_per_step"] * full_steps / 1000
+            projected += count * result["projected_epoch_s"]
+            report["epochs"][name] = result
+        report["end_of_run_s"] = end_of_run(trainer, cfg)
+    projected += sum(report["end_of_run_s"].values())
+    report["projected_wall_s"] = projected
+    print_report(report, cfg, full_steps, args.budget_s)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def print_report(
+    report: dict[str, Any], cfg: TrainConfig, full_steps: int, budget_s: float
+) -> None:
+    """The phase table of each epoch kind, the end of a run, the projected total."""
+    threads = torch.get_num_threads()
+    print(f"\n{report['recipe']}: {cfg.model.arch}, batch {cfg.batch_size}, {threads} threads, "
+          f"{full_steps} steps per epoch")  # fmt: skip
+    for name, result in report["epochs"].items():
+        total = result["ms_per_step"]
+        print(f"\n{name}: {total:.1f} ms per step, {result['projected_epoch_s']:.1f} s per epoch "
+              f"x {result['epochs']} epochs")  # fmt: skip
+        print(f"  {'phase':<36}{'ms/step':>10}{'share':>8}")
+        for phase, ms in result["phases_ms"].items():
+            print(f"  {phase:<36}{ms:>10.1f}{ms / total:>8.0%}")
+        print(f"  {'operators (self time, in the phases)':<36}")
+        for group, ms in result["operators_ms"].items():
+            print(f"    {group:<34}{ms:>10.1f}{ms / total:>8.0%}")
+    print("\nend of a run:")
+    for part, seconds in report["end_of_run_s"].items():
+        print(f"  {part:<36}{seconds:>9.1f} s")
+    wall = report["projected_wall_s"]
+    verdict = "within" if wall <= budget_s else f"{wall - budget_s:.0f} s over"
+    print(f"\nprojected training + end of run: {wall:.0f} s ({verdict} the {budget_s:.0f} s "
+          f"budget; imports and data loading come on top, about 5-10 s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
