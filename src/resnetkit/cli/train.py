@@ -128,7 +128,10 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         sections[None]["progress"] = False
     model = base.model
     if args.model or args.model_arg:
-        kwargs = {**model.kwargs, **_parse_model_args(args.model_arg)}
+        # The recipe's model arguments belong to the recipe's model: another --model starts
+        # from its own defaults (a resnet8 has no whitening stem to keep).
+        own = model.kwargs if args.model in (None, model.arch) else {}
+        kwargs = {**own, **_parse_model_args(args.model_arg)}
         model = dataclasses.replace(model, arch=args.model or model.arch, kwargs=kwargs)
     updates: dict[str, Any] = {"model": model, **sections.pop(None)}
     for section, values in sections.items():
@@ -141,7 +144,11 @@ def _given_paths(args: argparse.Namespace) -> dict[str, str | None]:
     """Dotted config path → the flag that sets it (None: the --config recipe sets it)."""
     given: dict[str, str | None] = {}
     if args.config:
-        given.update(dict.fromkeys(flatten_settings(load_toml(args.config))))
+        recipe = load_toml(args.config)
+        other_model = args.model not in (None, recipe.get("model", {}).get("arch"))
+        for path in flatten_settings(recipe):
+            if not (other_model and path.startswith("model.kwargs.")):
+                given[path] = None
     for flag, (section, name) in _OVERRIDES.items():
         if getattr(args, flag, None) is not None:
             given[f"{section}.{name}" if section else name] = f"--{flag.replace('_', '-')}"
