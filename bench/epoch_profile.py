@@ -37,8 +37,10 @@ from torch.profiler import ProfilerActivity, profile
 from resnetkit.config import TrainConfig, from_dict, load_toml
 from resnetkit.data import load_dataset
 from resnetkit.errors import ResNetKitError
-from resnetkit.evaluate import evaluate_model, precision_name
+from resnetkit.evaluate import autocast, evaluate_model, precision_name
+from resnetkit.models import profile as model_profile
 from resnetkit.train.loop import PHASES, Trainer, drift_reference
+from resnetkit.train.setup import small_crop_epochs
 
 #: Operators grouped the way they are read: where the convolutions go, and the rest.
 OPERATOR_GROUPS = {
@@ -52,16 +54,30 @@ OPERATOR_GROUPS = {
 }
 
 
-def epoch_kinds(cfg: TrainConfig) -> list[tuple[str, int, int]]:
-    """(name, a representative epoch index, how many epochs) for each kind of epoch."""
-    small = cfg.augment.small_crop_epochs if cfg.augment.small_crop else 0
-    small = min(small, cfg.epochs)
+def epoch_kinds(cfg: TrainConfig, full: int) -> list[tuple[str, int, int, int]]:
+    """(name, a representative epoch index, how many epochs, image side) for each kind of
+    epoch; ``full`` is the images' side."""
+    small = small_crop_epochs(cfg)
     kinds = []
-    if small:
-        kinds.append((f"{cfg.augment.small_crop}x{cfg.augment.small_crop} crops", 0, small))
+    if small and cfg.augment.small_crop:
+        side = cfg.augment.small_crop
+        kinds.append((f"{side}x{side} crops", 0, small, side))
     if cfg.epochs > small:
-        kinds.append(("full size", cfg.epochs - 1, cfg.epochs - small))
+        kinds.append(("full size", cfg.epochs - 1, cfg.epochs - small, full))
     return kinds
+
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype | None, repeats: int = 3) -> float:
+    """Best GFLOP/s of a 2048^3 matmul at the run's precision: what the CPU can do at best."""
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
+    best = float("inf")
+    with torch.inference_mode(), autocast(device, dtype):
+        torch.mm(a, b)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
 
 
 def profile_steps(trainer: Trainer, epoch: int, steps: int) -> dict[str, Any]:
@@ -143,13 +159,19 @@ def main() -> None:
         full_steps = int(train_size * (1 - cfg.data.val_fraction)) // cfg.batch_size
         report: dict[str, Any] = {"machine": info, "recipe": str(args.recipe), "epochs": {}}
         projected = 0.0
-        for name, epoch, count in epoch_kinds(cfg):
+        channels, full_side = trainer.data.spec.input_size[0], trainer.data.spec.input_size[-1]
+        for name, epoch, count, side in epoch_kinds(cfg, full_side):
             result = profile_steps(trainer, epoch, args.steps)
             result["epochs"] = count
+            # A training step costs about 3x the forward pass (forward, input and weight grads).
+            macs = model_profile(trainer.model, (channels, side, side)).macs
+            flops = 2 * 3 * macs * cfg.batch_size
+            result["achieved_gflops"] = flops / (result["ms_per_step"] / 1000) / 1e9
             result["projected_epoch_s"] = result["ms_per_step"] * full_steps / 1000
             projected += count * result["projected_epoch_s"]
             report["epochs"][name] = result
         report["end_of_run_s"] = end_of_run(trainer, cfg)
+        report["matmul_peak_gflops"] = matmul_peak_gflops(trainer.device, trainer.amp_dtype)
     projected += sum(report["end_of_run_s"].values())
     report["projected_wall_s"] = projected
     print_report(report, cfg, full_steps, args.budget_s)
@@ -167,14 +189,17 @@ def print_report(
     for name, result in report["epochs"].items():
         total = result["ms_per_step"]
         print(f"\n{name}: {total:.1f} ms per step, {result['projected_epoch_s']:.1f} s per epoch "
-              f"x {result['epochs']} epochs")  # fmt: skip
+              f"x {result['epochs']} epochs; {result['achieved_gflops']:.0f} GFLOP/s "
+              f"({result['achieved_gflops'] / report['matmul_peak_gflops']:.0%} of the "
+              f"matmul peak)")  # fmt: skip
         print(f"  {'phase':<36}{'ms/step':>10}{'share':>8}")
         for phase, ms in result["phases_ms"].items():
             print(f"  {phase:<36}{ms:>10.1f}{ms / total:>8.0%}")
         print(f"  {'operators (self time, in the phases)':<36}")
         for group, ms in result["operators_ms"].items():
             print(f"    {group:<34}{ms:>10.1f}{ms / total:>8.0%}")
-    print("\nend of a run:")
+    print(f"\nmatmul peak at this precision (2048^3): {report['matmul_peak_gflops']:.0f} GFLOP/s")
+    print("end of a run:")
     for part, seconds in report["end_of_run_s"].items():
         print(f"  {part:<36}{seconds:>9.1f} s")
     wall = report["projected_wall_s"]

@@ -74,4 +74,5 @@ def test_the_epoch_profile_prints_the_machine_then_each_phase(tmp_path: Path) ->
         assert phases["forward"] > 0 and phases["backward"] > 0
         # The phases and the rest add up to the measured step.
         assert sum(phases.values()) == pytest.approx(result["ms_per_step"], rel=1e-6)
+        assert 0 < result["achieved_gflops"] < 10 * report["matmul_peak_gflops"]
     assert report["end_of_run_s"]["test evaluation"] > 0

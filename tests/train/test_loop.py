@@ -243,6 +243,16 @@ def test_small_crops_train_the_first_epochs_and_full_size_the_rest(tmp_path: Pat
     assert trainer.sizes == {(0, 20), (1, 20), (2, 28)}
 
 
+def test_the_last_epoch_is_full_size_whatever_the_small_crop_epochs(tmp_path: Path) -> None:
+    # A recipe with 3 small-crop epochs run with --epochs 2: the model still ends at the size
+    # it is tested at.
+    cfg = tiny_config(epochs=2)
+    augment = dataclasses.replace(cfg.augment, small_crop=20, small_crop_epochs=3)
+    trainer = _InputSizes(dataclasses.replace(cfg, augment=augment), tmp_path / "run")
+    trainer.fit()
+    assert trainer.sizes == {(0, 20), (1, 28)}
+
+
 def test_ema_weights_are_the_ones_saved(tmp_path: Path) -> None:
     train(tiny_config(epochs=1, ema_decay=0.5), tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
