@@ -34,6 +34,7 @@ from machine import describe, machine
 
 from resnetkit.config import TrainConfig, from_dict, load_toml
 from resnetkit.data import load_dataset
+from resnetkit.errors import ResNetKitError
 from resnetkit.evaluate import precision_name, resolve_device, resolve_precision
 from resnetkit.models import create_model
 
@@ -49,7 +50,9 @@ def run_recipe(recipe: Path, seed: int, workdir: Path) -> tuple[float, float, fl
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "resnetkit.cli.main", "train", "--config", str(recipe)]
     cmd += ["--seed", str(seed), "--out", str(out), "--no-progress"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
+    if done.returncode != 0:  # resnetkit train has printed its one-line error above
+        raise SystemExit(f"error: resnetkit train failed for seed {seed} (exit {done.returncode})")
     wall = time.perf_counter() - start
     summary = json.loads((out / "summary.json").read_text())
     return summary["test_accuracy"], wall, summary["train_seconds"]
@@ -124,9 +127,12 @@ def main() -> None:
     parser.add_argument("--baseline-epochs", type=int, help="default: the recipe's epochs")
     parser.add_argument("--out", type=Path, help="keep the run directories here")
     args = parser.parse_args()
-    cfg = from_dict(TrainConfig, load_toml(args.recipe))
-    device = resolve_device(cfg.device)
-    amp = resolve_precision(cfg.precision, device)
+    try:
+        cfg = from_dict(TrainConfig, load_toml(args.recipe))
+        device = resolve_device(cfg.device)
+        amp = resolve_precision(cfg.precision, device)
+    except ResNetKitError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(describe(machine(f"{precision_name(amp)} (precision={cfg.precision!r} on {device})")),
           flush=True)  # fmt: skip
     base_epochs = args.baseline_epochs or cfg.epochs

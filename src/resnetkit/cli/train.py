@@ -128,9 +128,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         sections[None]["progress"] = False
     model = base.model
     if args.model or args.model_arg:
-        # The recipe's model arguments belong to the recipe's model: another --model starts
-        # from its own defaults (a resnet8 has no whitening stem to keep).
-        own = model.kwargs if args.model in (None, model.arch) else {}
+        own = model.kwargs if _keeps_recipe_model_args(args, model.arch) else {}
         kwargs = {**own, **_parse_model_args(args.model_arg)}
         model = dataclasses.replace(model, arch=args.model or model.arch, kwargs=kwargs)
     updates: dict[str, Any] = {"model": model, **sections.pop(None)}
@@ -140,14 +138,20 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(base, **updates)
 
 
+def _keeps_recipe_model_args(args: argparse.Namespace, recipe_arch: str | None) -> bool:
+    """The recipe's model arguments belong to the recipe's model: another ``--model`` starts
+    from its own defaults (a resnet8 has no whitening stem to keep)."""
+    return args.model in (None, recipe_arch)
+
+
 def _given_paths(args: argparse.Namespace) -> dict[str, str | None]:
     """Dotted config path → the flag that sets it (None: the --config recipe sets it)."""
     given: dict[str, str | None] = {}
     if args.config:
         recipe = load_toml(args.config)
-        other_model = args.model not in (None, recipe.get("model", {}).get("arch"))
+        keep = _keeps_recipe_model_args(args, recipe.get("model", {}).get("arch"))
         for path in flatten_settings(recipe):
-            if not (other_model and path.startswith("model.kwargs.")):
+            if keep or not path.startswith("model.kwargs."):
                 given[path] = None
     for flag, (section, name) in _OVERRIDES.items():
         if getattr(args, flag, None) is not None:
