@@ -141,10 +141,20 @@ def main() -> None:
         sys.exit("error: --steps must be at least 2")
     if args.budget_s <= 0:
         sys.exit("error: --budget-s must be positive")
-    try:
+    if args.json is not None and not args.json.parent.is_dir():
+        sys.exit(f"error: --json: folder {args.json.parent} does not exist")
+    try:  # a missing recipe or dataset, a bad setting: one line, not a traceback
         cfg = from_dict(TrainConfig, load_toml(args.recipe))
+        report, full_steps = profile_recipe(cfg, args)
     except (OSError, ResNetKitError) as exc:
         sys.exit(f"error: {exc}")
+    print_report(report, cfg, full_steps, args.budget_s)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def profile_recipe(cfg: TrainConfig, args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """The report of :func:`main`, and the recipe's steps per full epoch."""
     with tempfile.TemporaryDirectory() as tmp:
         # The first --steps batches only: a profile, not a run (no validation split).
         limited = dataclasses.replace(
@@ -174,9 +184,7 @@ def main() -> None:
         report["matmul_peak_gflops"] = matmul_peak_gflops(trainer.device, trainer.amp_dtype)
     projected += sum(report["end_of_run_s"].values())
     report["projected_wall_s"] = projected
-    print_report(report, cfg, full_steps, args.budget_s)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    return report, full_steps
 
 
 def print_report(
