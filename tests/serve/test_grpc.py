@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
@@ -33,6 +34,7 @@ from resnetkit.serve.grpc_v2 import (
     SERVICE,
     grpc_code_for,
     messages,
+    read_model_infer,
     to_grpc_response,
     to_infer_document,
 )
@@ -108,6 +110,54 @@ def test_bad_messages_are_invalid_input(build: Any, message: str) -> None:
     build(request)
     with pytest.raises(InvalidInput, match=message):
         parse_infer_document(*to_infer_document(request), max_elements=100)
+
+
+def _joined(call: Any) -> Any:
+    """The message read_model_infer split, with its raw contents put back."""
+    whole = messages().ModelInferRequest()
+    whole.CopyFrom(call.message)
+    whole.raw_input_contents.extend(bytes(view) for view in call.raw)
+    return whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(request=st.deferred(lambda: _infer_requests()), raw_first=st.booleans())
+def test_raw_contents_are_split_off_without_changing_the_message(
+    request: Any, raw_first: bool
+) -> None:
+    m = messages()
+    only_raw = m.ModelInferRequest(raw_input_contents=request.raw_input_contents)
+    rest = m.ModelInferRequest()
+    rest.CopyFrom(request)
+    del rest.raw_input_contents[:]
+    # Fields may come in any order on the wire; a parser must take them as protobuf does.
+    parts = [only_raw.SerializeToString(), rest.SerializeToString()]
+    data = b"".join(parts if raw_first else parts[::-1])
+    call = read_model_infer(data)
+    assert not call.message.raw_input_contents
+    assert [bytes(v) for v in call.raw] == list(request.raw_input_contents)
+    assert _joined(call) == m.ModelInferRequest.FromString(data) == request
+    assert _document_or_error(call.message, call.raw) == _document_or_error(request, None)
+
+
+def _document_or_error(request: Any, raw: Any) -> Any:
+    try:
+        doc, binary = to_infer_document(request, raw)
+    except InvalidInput as exc:
+        return str(exc)
+    return doc, None if binary is None else bytes(binary)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=64) | st.builds(bytes.__add__, st.just(b":\x05"), st.binary()))
+def test_malformed_bytes_are_read_as_protobuf_reads_them(data: bytes) -> None:
+    try:
+        expected = messages().ModelInferRequest.FromString(data)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            read_model_infer(data)
+        return
+    assert _joined(read_model_infer(data)) == expected
 
 
 def test_responses_carry_raw_outputs_tritonclient_reads() -> None:

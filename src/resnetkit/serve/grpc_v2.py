@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -63,8 +63,10 @@ __all__ = [
     "SERVICE",
     "GrpcServer",
     "Messages",
+    "ModelInferCall",
     "grpc_code_for",
     "messages",
+    "read_model_infer",
     "to_grpc_response",
     "to_infer_document",
 ]
@@ -187,16 +189,105 @@ def _contents_bytes(tensor: Any, where: str) -> bytes:
         return np.asarray(wide, dtype=np.dtype(kind).newbyteorder("<")).tobytes()
 
 
-def to_infer_document(request: Any) -> tuple[dict[str, Any], memoryview | None]:
+_RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number (repeated bytes)
+
+
+class ModelInferCall(NamedTuple):
+    """A received ``ModelInferRequest``: the message without its ``raw_input_contents``, and
+    those as views into the received bytes (in order)."""
+
+    message: Any
+    raw: list[memoryview]
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]  # IndexError past the end: a truncated message
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def _split_raw_contents(data: bytes) -> tuple[bytes, list[memoryview]]:
+    """The message's bytes without field 7, and each field-7 entry as a view of ``data``.
+
+    Only the top level is walked (a handful of fields), so the raw tensors, nearly all of the
+    message, are neither parsed nor copied: upb's parse copies every bytes field into its arena
+    and reading ``raw_input_contents[i]`` copies it again, two fresh megabyte-sized buffers per
+    request whose page faults cost more than the rest of the protocol.
+
+    Raises:
+        ValueError, IndexError: not a well-formed message (the caller parses it the standard
+            way, which gives protobuf's own error).
+    """
+    view, end = memoryview(data), len(data)
+    kept: list[memoryview] = []
+    raw: list[memoryview] = []
+    pos = run = 0  # run: where the current stretch of kept fields began
+    while pos < end:
+        field_start = pos
+        tag, pos = _varint(data, pos)
+        wire = tag & 7
+        if wire == 2:  # length-delimited
+            length, pos = _varint(data, pos)
+            if pos + length > end:
+                raise ValueError("field runs past the end")
+            if tag >> 3 == _RAW_INPUT_CONTENTS:
+                kept.append(view[run:field_start])
+                raw.append(view[pos : pos + length])
+                run = pos + length
+            pos += length
+        elif wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}")
+    if pos != end:
+        raise ValueError("field runs past the end")
+    if not raw:
+        return data, raw
+    kept.append(view[run:end])
+    return b"".join(kept), raw
+
+
+def read_model_infer(data: bytes) -> ModelInferCall:
+    """Parse a serialized ``ModelInferRequest`` (the gRPC request deserializer), leaving the
+    raw input tensors where they arrived.
+
+    Raises:
+        google.protobuf.message.DecodeError: not a ``ModelInferRequest``.
+    """
+    cls = messages().ModelInferRequest
+    try:
+        rest, raw = _split_raw_contents(data)
+    except (ValueError, IndexError):
+        message = cls.FromString(data)  # protobuf's verdict and message on malformed bytes
+        return ModelInferCall(message, [memoryview(b) for b in message.raw_input_contents])
+    return ModelInferCall(cls.FromString(rest), raw)
+
+
+def to_infer_document(
+    request: Any, raw: list[memoryview] | None = None
+) -> tuple[dict[str, Any], memoryview | None]:
     """A ``ModelInferRequest`` as the V2 inference document and its binary data: what the REST
     binary-extension form holds (a JSON header naming each input's ``binary_data_size``, then
     the bytes), without writing the JSON or copying a single raw input.
+
+    ``raw``: the raw input contents when they were split off the message
+    (:func:`read_model_infer`); by default the message's own.
 
     Raises:
         InvalidInput: raw and typed contents mixed, or a raw entry count that does not
             match the inputs.
     """
-    raw = request.raw_input_contents
+    if raw is None:
+        raw = list(request.raw_input_contents)
     if raw and any(t.HasField("contents") for t in request.inputs):
         raise InvalidInput(
             "raw_input_contents is set, so no input may also carry contents; send each tensor once"
@@ -303,8 +394,9 @@ class _Service:
             outputs=[tensor(**t) for t in doc["outputs"]],
         )
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(self, call: ModelInferCall, context: Any) -> Any:
         start = time.perf_counter()
+        request = call.message
         state, name, version = self.state, request.model_name, request.model_version or None
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         # As REST: route first, so the version that will answer decodes the tensors, and hold
@@ -314,7 +406,7 @@ class _Service:
         assert served.batcher is not None
         with served.batcher.reserve(1) as reservation:
             parsed, x = await asyncio.get_running_loop().run_in_executor(
-                state.decoder(), decode_v2, state, served, to_infer_document(request)
+                state.decoder(), decode_v2, state, served, to_infer_document(request, call.raw)
             )
             request_id = uuid.uuid4().hex
             route, outputs = await infer_tensor(
@@ -342,7 +434,7 @@ def _unary(
         started = time.perf_counter()
         status, model, version = 200, "-", "-"
         if method == "ModelInfer":
-            model = request.model_name or "-"
+            model = request.message.model_name or "-"
         try:
             with state.metrics.track_inflight():
                 response = await call(request, context)
@@ -381,10 +473,11 @@ def _handler(state: ServerState) -> grpc.GenericRpcHandler:
         "ModelMetadata": (m.ModelMetadataRequest, service.ModelMetadata),
         "ModelInfer": (m.ModelInferRequest, service.ModelInfer),
     }
+    readers: dict[str, Callable[[bytes], Any]] = {"ModelInfer": read_model_infer}
     handlers = {
         method: grpc.unary_unary_rpc_method_handler(
             _unary(state, method, call),
-            request_deserializer=cls.FromString,
+            request_deserializer=readers.get(method, cls.FromString),
             response_serializer=lambda msg: msg.SerializeToString(),
         )
         for method, (cls, call) in kinds.items()
