@@ -9,6 +9,11 @@ then throughput, latency, and the CPU milliseconds per request of the server pro
 the clients (this process) per protocol, and the throughput ratio with a 95% interval of the
 mean of the rounds' ratios (each round: one block of each protocol, side by side in time).
 
+Two models (``--models``), each int8 with seeded random weights: resnet18 at 224x224, where
+the forward pass is about 90 ms of CPU per request and hides the protocols, and the CIFAR
+resnet8 at 32x32 (the server resizes the 224x224 images), where inference is about 1 ms and
+what is left is the protocol: parsing, copying and encoding the 1.2 MB request and its answer.
+
     .venv/bin/python bench/grpc_bench.py --out runs/grpc-bench
 """
 
@@ -33,8 +38,8 @@ sys.path.insert(0, str(BENCH_DIR))
 import serve_bench as sb  # noqa: E402  (a sibling script, not a package)
 from machine import describe, machine  # noqa: E402
 
-MODEL = "resnet18-int8"
 BATCH = 8
+MODELS = {"resnet18": (224, 1000), "resnet8": (32, 10)}  # input side, classes
 
 
 def _images() -> np.ndarray:
@@ -130,6 +135,41 @@ def _combine(blocks: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _senders(g: Any, h: Any, tgrpc: Any, thttp: Any, name: str, images: np.ndarray) -> dict:
+    """One request of each protocol, as the standard clients send it."""
+
+    def via_grpc() -> None:
+        x = tgrpc.InferInput("input", list(images.shape), "UINT8")
+        x.set_data_from_numpy(images)
+        g.infer(name, [x], outputs=[tgrpc.InferRequestedOutput("probabilities")])
+
+    def via_rest() -> None:
+        x = thttp.InferInput("input", list(images.shape), "UINT8")
+        x.set_data_from_numpy(images, binary_data=True)
+        out = thttp.InferRequestedOutput("probabilities", binary_data=True)
+        h.infer(name, [x], outputs=[out])
+
+    return {"rest": via_rest, "grpc": via_grpc}
+
+
+def _compare(
+    senders: dict[str, Callable[[], None]], clients: int, args: argparse.Namespace, pid: int
+) -> dict[str, Any]:
+    """Alternating blocks of both protocols at ``clients`` threads: REST first, then gRPC
+    first, ... so that a drifting machine favours neither."""
+    blocks: dict[str, list[dict[str, Any]]] = {"rest": [], "grpc": []}
+    for r in range(args.rounds):
+        for key in ("rest", "grpc") if r % 2 == 0 else ("grpc", "rest"):
+            blocks[key].append(_load(senders[key], clients, args.seconds / args.rounds, pid))
+    rounds = _round_ratios(blocks)
+    rest, grpc_ = _combine(blocks["rest"]), _combine(blocks["grpc"])
+    return {
+        "clients": clients, "rest": rest, "grpc": grpc_,
+        "ratio": grpc_["requests_per_s"] / rest["requests_per_s"],
+        "round_ratios": rounds, "ratio_ci95": list(_interval(rounds)), "blocks": blocks,
+    }  # fmt: skip
+
+
 def main() -> None:
     import tritonclient.grpc as tgrpc
     import tritonclient.http as thttp
@@ -140,6 +180,7 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,4", help="client threads, comma-separated")
     p.add_argument("--threads", type=int, default=2, help="the server's inference threads")
     p.add_argument("--rounds", type=int, default=4, help="alternating blocks per cell")
+    p.add_argument("--models", default="resnet18,resnet8", help=f"of {', '.join(MODELS)}")
     args = p.parse_args()
     try:
         levels = [int(x) for x in args.concurrency.split(",")]
@@ -147,73 +188,64 @@ def main() -> None:
         p.error(f"--concurrency takes client counts like 1,4,8, got {args.concurrency!r}")
     if min(levels) < 1 or args.rounds < 1 or args.seconds <= 0:
         p.error("--concurrency counts and --rounds must be at least 1, --seconds above 0")
+    try:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        sizes = [MODELS[m] for m in models]
+    except KeyError as e:
+        p.error(f"--models takes {', '.join(MODELS)}, got {e.args[0]!r}")
     info = machine()
     print(describe(info), flush=True)
     dirs = args.out / "work"
     (dirs / "logs").mkdir(parents=True, exist_ok=True)
-    work = sb.build_resnet18(dirs, seed=0, calib_images=8)
-    http_port, grpc_port = sb.free_port(), sb.free_port()
-    cmd = [
-        *(sys.executable, "-m", "resnetkit.cli.main", "serve", str(work.int8)),
-        *("--port", str(http_port), "--grpc-port", str(grpc_port), "--threads", str(args.threads)),
-    ]
-    server = sb.ManagedServer(
-        "onnx-int8", cmd, {**sb.os.environ, "RESNETKIT_CACHE": str(dirs / "cache")},
-        f"http://127.0.0.1:{http_port}/readyz", f"http://127.0.0.1:{http_port}/v1/predict",
-        dirs / "logs" / "server.log",
-    )  # fmt: skip
     images = _images()
-    name = work.int8.stem
-    report: dict[str, Any] = {"machine": info, "batch": BATCH, "model": str(work.int8), "runs": []}
-    with sb.serving(server, work):
-        g = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-        h = thttp.InferenceServerClient(f"127.0.0.1:{http_port}", concurrency=8)
-
-        def via_grpc() -> None:
-            x = tgrpc.InferInput("input", list(images.shape), "UINT8")
-            x.set_data_from_numpy(images)
-            g.infer(name, [x], outputs=[tgrpc.InferRequestedOutput("probabilities")])
-
-        def via_rest() -> None:
-            x = thttp.InferInput("input", list(images.shape), "UINT8")
-            x.set_data_from_numpy(images, binary_data=True)
-            out = thttp.InferRequestedOutput("probabilities", binary_data=True)
-            h.infer(name, [x], outputs=[out])
-
-        via_grpc(), via_rest()  # warm both paths
-        print(f"\n{BATCH} x 224x224 UINT8 per request, {args.seconds:g} s per protocol and "
-              f"client count in {args.rounds} alternating blocks, server --threads "
-              f"{args.threads}, clients on the same cores")  # fmt: skip
-        print(
-            "| clients | REST binary req/s | gRPC req/s | gRPC / REST (95% CI) | REST p95 ms "
-            "| gRPC p95 ms "
-            "| server CPU ms/req REST, gRPC | client CPU ms/req REST, gRPC |"
-        )
-        print("|---|---|---|---|---|---|---|---|")
-        for c in levels:
-            blocks: dict[str, list[dict[str, Any]]] = {"rest": [], "grpc": []}
-            for r in range(args.rounds):  # REST first, then gRPC first, ...: drift cancels
-                order = ("rest", "grpc") if r % 2 == 0 else ("grpc", "rest")
-                for key in order:
-                    send = via_rest if key == "rest" else via_grpc
-                    blocks[key].append(_load(send, c, args.seconds / args.rounds, server.pid))
-            rounds = _round_ratios(blocks)
-            rest, grpc_ = _combine(blocks["rest"]), _combine(blocks["grpc"])
-            ratio = grpc_["requests_per_s"] / rest["requests_per_s"]
-            low, high = _interval(rounds)
-            report["runs"].append({"clients": c, "rest": rest, "grpc": grpc_, "ratio": ratio,
-                                   "round_ratios": rounds, "ratio_ci95": [low, high],
-                                   "blocks": blocks})  # fmt: skip
+    report: dict[str, Any] = {"machine": info, "batch": BATCH, "runs": []}
+    for arch, (size, classes) in zip(models, sizes, strict=True):
+        _, _, int8 = sb.build_random(dirs, arch, size, classes, seed=0, calib_images=8)
+        http_port, grpc_port = sb.free_port(), sb.free_port()
+        cmd = [
+            *(sys.executable, "-m", "resnetkit.cli.main", "serve", str(int8)),
+            *("--port", str(http_port), "--grpc-port", str(grpc_port)),
+            *("--threads", str(args.threads)),
+        ]
+        server = sb.ManagedServer(
+            f"onnx-int8-{arch}", cmd, {**sb.os.environ, "RESNETKIT_CACHE": str(dirs / "cache")},
+            f"http://127.0.0.1:{http_port}/readyz", f"http://127.0.0.1:{http_port}/v1/predict",
+            dirs / "logs" / f"server-{arch}.log",
+        )  # fmt: skip
+        probe = sb.encode(images[:1], "PNG")[0]
+        try:
+            server.start(probe, "image/png")
+            g = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            h = thttp.InferenceServerClient(f"127.0.0.1:{http_port}", concurrency=8)
+            senders = _senders(g, h, tgrpc, thttp, int8.stem, images)
+            for send in senders.values():
+                send()  # warm both paths
+            print(f"\n{arch} int8 ({size}x{size} input): {BATCH} x 224x224 UINT8 per request, "
+                  f"{args.seconds:g} s per protocol and client count in {args.rounds} "
+                  f"alternating blocks, server --threads {args.threads}, clients on the same "
+                  "cores")  # fmt: skip
             print(
-                f"| {c} | {rest['requests_per_s']:.2f} | {grpc_['requests_per_s']:.2f} | "
-                f"{ratio:.2f}x ({low:.2f}-{high:.2f}) | {rest['p95_ms']:.0f} ms | "
-                f"{grpc_['p95_ms']:.0f} ms | "
-                f"{rest['server_cpu_ms_per_request']:.1f}, "
-                f"{grpc_['server_cpu_ms_per_request']:.1f} | "
-                f"{rest['client_cpu_ms_per_request']:.1f}, "
-                f"{grpc_['client_cpu_ms_per_request']:.1f} |",
-                flush=True,
+                "| clients | REST binary req/s | gRPC req/s | gRPC / REST (95% CI) | REST p95 ms "
+                "| gRPC p95 ms "
+                "| server CPU ms/req REST, gRPC | client CPU ms/req REST, gRPC |"
             )
+            print("|---|---|---|---|---|---|---|---|")
+            for c in levels:
+                run = _compare(senders, c, args, server.pid)
+                report["runs"].append({"model": arch, "file": str(int8), **run})
+                rest, grpc_, (low, high) = run["rest"], run["grpc"], run["ratio_ci95"]
+                print(
+                    f"| {c} | {rest['requests_per_s']:.2f} | {grpc_['requests_per_s']:.2f} | "
+                    f"{run['ratio']:.2f}x ({low:.2f}-{high:.2f}) | {rest['p95_ms']:.0f} ms | "
+                    f"{grpc_['p95_ms']:.0f} ms | "
+                    f"{rest['server_cpu_ms_per_request']:.1f}, "
+                    f"{grpc_['server_cpu_ms_per_request']:.1f} | "
+                    f"{rest['client_cpu_ms_per_request']:.1f}, "
+                    f"{grpc_['client_cpu_ms_per_request']:.1f} |",
+                    flush=True,
+                )
+        finally:
+            server.stop()
     (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwrote {args.out / 'results.json'}")
 

@@ -127,8 +127,11 @@ def encode(arrays: Sequence[np.ndarray], fmt: str) -> list[bytes]:
     return bodies
 
 
-def build_resnet18(work: Path, seed: int, calib_images: int) -> Workload:
-    """resnet18 (1000 classes, 224x224, seeded random weights): weights, fp32 and int8 ONNX."""
+def build_random(
+    work: Path, arch: str, size: int, num_classes: int, seed: int, calib_images: int
+) -> tuple[Path, Path, Path]:
+    """A zoo model at ``size`` x ``size`` RGB with seeded random weights: its weights folder,
+    fp32 and int8 (static QDQ, minmax on real photos) ONNX files, built once per settings."""
     import torch
 
     from resnetkit.compress import quantize_onnx
@@ -137,35 +140,37 @@ def build_resnet18(work: Path, seed: int, calib_images: int) -> Workload:
     from resnetkit.models import create_model, save_model
     from resnetkit.onnxio import card_metadata
 
-    spec = PreprocessingSpec(size=(224, 224), channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    folder = work / "resnet18"
-    files = (
-        folder / "model.safetensors",
-        work / "resnet18-fp32.onnx",
-        work / "resnet18-int8.onnx",
-    )
+    spec = PreprocessingSpec(size=(size, size), channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    folder = work / arch
+    files = (folder, work / f"{arch}-fp32.onnx", work / f"{arch}-int8.onnx")
     stamp = folder / "bench-build.json"
-    wanted = {"seed": seed, "calib_images": calib_images}
+    wanted = {"seed": seed, "calib_images": calib_images, "size": size, "classes": num_classes}
     if not (
         stamp.is_file()
         and json.loads(stamp.read_text()) == wanted
-        and all(f.is_file() for f in files)
+        and all(f.is_file() for f in (folder / "model.safetensors", *files[1:]))
     ):
         torch.manual_seed(seed)
-        model = create_model("resnet18", num_classes=1000).eval()
+        model = create_model(arch, num_classes=num_classes).eval()
         card = save_model(
-            model, folder, arch="resnet18", kwargs={"num_classes": 1000}, preprocessing=spec
+            model, folder, arch=arch, kwargs={"num_classes": num_classes}, preprocessing=spec
         )
-        export_onnx(model, files[1], input_size=(3, 224, 224), metadata=card_metadata(card))
-        crops = np.stack(photo_arrays(224)[:calib_images]).transpose(0, 3, 1, 2)
+        export_onnx(model, files[1], input_size=(3, size, size), metadata=card_metadata(card))
+        crops = np.stack(photo_arrays(size)[:calib_images]).transpose(0, 3, 1, 2)
         quantize_onnx(files[1], files[2], normalize(torch.from_numpy(crops), spec), method="minmax")
         stamp.write_text(json.dumps(wanted))
+    return files
+
+
+def build_resnet18(work: Path, seed: int, calib_images: int) -> Workload:
+    """resnet18 (1000 classes, 224x224, seeded random weights): weights, fp32 and int8 ONNX."""
+    folder, fp32, int8 = build_random(work, "resnet18", 224, 1000, seed, calib_images)
     return Workload(
         key="resnet18",
         title="(A) resnet18, 224x224, random fixed weights; 512x512 JPEG photos",
         model_dir=folder,
-        fp32=files[1],
-        int8=files[2],
+        fp32=fp32,
+        int8=int8,
         bodies=encode(photo_arrays(512), "JPEG"),
         content_type="image/jpeg",
         notes=[
