@@ -193,6 +193,8 @@ def main() -> None:
         sizes = [MODELS[m] for m in models]
     except KeyError as e:
         p.error(f"--models takes {', '.join(MODELS)}, got {e.args[0]!r}")
+    if not models:
+        p.error(f"--models names at least one of {', '.join(MODELS)}")
     info = machine()
     print(describe(info), flush=True)
     dirs = args.out / "work"
