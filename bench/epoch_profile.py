@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from machine import describe, machine
+from machine import best_time_s, describe, machine
 from torch.profiler import ProfilerActivity, profile
 
 from resnetkit.config import TrainConfig, from_dict, load_toml
@@ -70,14 +70,8 @@ def epoch_kinds(cfg: TrainConfig, full: int) -> list[tuple[str, int, int, int]]:
 def matmul_peak_gflops(device: torch.device, dtype: torch.dtype | None, repeats: int = 3) -> float:
     """Best GFLOP/s of a 2048^3 matmul at the run's precision: what the CPU can do at best."""
     a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
-    best = float("inf")
     with torch.inference_mode(), autocast(device, dtype):
-        torch.mm(a, b)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - start)
-    return 2 * 2048**3 / best / 1e9
+        return 2 * 2048**3 / best_time_s(lambda: torch.mm(a, b), repeats) / 1e9
 
 
 def profile_steps(trainer: Trainer, epoch: int, steps: int) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from machine import describe, machine
+from machine import best_time_s, describe, machine
 from onnx import TensorProto, helper
 
 from resnetkit.compress import fold_batchnorm, quantize_onnx
@@ -45,26 +44,16 @@ from resnetkit.models import create_model, profile
 BASELINE = "torch-eager"
 
 
-def _best_time_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def peak_fp32_gflops(repeats: int = 3) -> dict[str, float]:
     """Best GFLOP/s of a 2048^3 matmul and of a 3x3 256-channel conv (channels_last)."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    mm = 2 * 2048**3 / _best_time_s(lambda: torch.mm(a, b), repeats) / 1e9
+    mm = 2 * 2048**3 / best_time_s(lambda: torch.mm(a, b), repeats) / 1e9
     conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
     conv = conv.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     x = torch.randn(32, 256, 28, 28).contiguous(memory_format=torch.channels_last)
     flops = 2 * 32 * 256 * 256 * 9 * 28 * 28
     with torch.inference_mode():
-        cv = flops / _best_time_s(lambda: conv(x), repeats) / 1e9
+        cv = flops / best_time_s(lambda: conv(x), repeats) / 1e9
     return {"matmul": mm, "conv": cv}
 
 
@@ -97,7 +86,7 @@ def peak_int8_gops(threads: int, n: int = 2048, repeats: int = 3) -> dict[str, f
         session = ort.InferenceSession(_matmul_integer_model(a_type, n), options)
         a = np.ones((n, n), dtype=dtype)
         out[label] = (
-            2 * n**3 / _best_time_s(lambda s=session, x=a: s.run(None, {"A": x}), repeats) / 1e9
+            2 * n**3 / best_time_s(lambda s=session, x=a: s.run(None, {"A": x}), repeats) / 1e9
         )
     return out
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import platform
+import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -82,3 +84,15 @@ def describe(info: dict[str, Any] | None = None) -> str:
         f"machine: {info['cpu']}, {info['cores']} cores ({isa}){precision}; "
         f"Python {info['python']}, {versions}; load average {load}"
     )
+
+
+def best_time_s(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn``, after one untimed warm-up call: the
+    machine's best, which is what a peak figure is measured as."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
