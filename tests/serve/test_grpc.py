@@ -316,6 +316,12 @@ def test_bad_requests_get_the_matching_status_codes(server: ServerProcess) -> No
         (lambda: infer("UINT8", [1, 28, 28], ok), grpc.StatusCode.INVALID_ARGUMENT),
         (lambda: infer("UINT8", [1, 100000, 100000, 3], ok), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (lambda: infer("UINT8", [1, 700, 700, 3], big), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        # Bytes that are no ModelInferRequest at all: REST's 400 for a body it cannot parse.
+        (
+            lambda: _raw_call(server, "ModelInfer", b"\xff\xff\xff"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (lambda: _raw_call(server, "ModelInfer", b":\x05ab"), grpc.StatusCode.INVALID_ARGUMENT),
     ]
     for call, code in expected:
         with pytest.raises(grpc.RpcError) as caught:
@@ -332,7 +338,10 @@ def _raw_call(server: ServerProcess, method: str, request: Any, timeout_s: float
     with grpc.insecure_channel(server.grpc_url) as channel:  # type: ignore[attr-defined]
         call = channel.unary_unary(
             f"/{SERVICE}/{method}",
-            request_serializer=lambda msg: msg.SerializeToString(),
+            # bytes go as they are: a client that sends no valid message at all
+            request_serializer=lambda msg: (
+                msg if isinstance(msg, bytes) else msg.SerializeToString()
+            ),
             response_deserializer=response_type.FromString,
         )
         return call(request, timeout=timeout_s)

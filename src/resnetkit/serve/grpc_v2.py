@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import grpc
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 from resnetkit import __version__
 from resnetkit.errors import ConfigError, InvalidInput, QueueFull, ResNetKitError
@@ -433,9 +434,11 @@ def _unary(
     async def handler(request: Any, context: Any) -> Any:
         started = time.perf_counter()
         status, model, version = 200, "-", "-"
-        if method == "ModelInfer":
+        if isinstance(request, ModelInferCall):
             model = request.message.model_name or "-"
         try:
+            if isinstance(request, _Malformed):  # as REST's 400 for a body it cannot parse
+                raise InvalidInput(f"not a valid {method}Request message: {request.detail}")
             with state.metrics.track_inflight():
                 response = await call(request, context)
             version = getattr(response, "model_version", "") or version
@@ -463,6 +466,25 @@ def _unary(
     return handler
 
 
+class _Malformed(NamedTuple):
+    """A request message protobuf could not parse, and why."""
+
+    detail: str
+
+
+def _tolerant(read: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer that hands bytes protobuf cannot parse to the handler, to be
+    refused as INVALID_ARGUMENT like any other bad input, instead of grpc answering UNKNOWN."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return read(data)
+        except DecodeError as exc:
+            return _Malformed(str(exc))
+
+    return parse
+
+
 def _handler(state: ServerState) -> grpc.GenericRpcHandler:
     service, m = _Service(state), messages()
     kinds = {
@@ -477,7 +499,7 @@ def _handler(state: ServerState) -> grpc.GenericRpcHandler:
     handlers = {
         method: grpc.unary_unary_rpc_method_handler(
             _unary(state, method, call),
-            request_deserializer=readers.get(method, cls.FromString),
+            request_deserializer=_tolerant(readers.get(method, cls.FromString)),
             response_serializer=lambda msg: msg.SerializeToString(),
         )
         for method, (cls, call) in kinds.items()
