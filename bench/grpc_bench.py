@@ -195,10 +195,13 @@ def main() -> None:
         p.error(f"--models takes {', '.join(MODELS)}, got {e.args[0]!r}")
     if not models:
         p.error(f"--models names at least one of {', '.join(MODELS)}")
+    dirs = args.out / "work"
+    try:
+        (dirs / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        p.error(f"--out: cannot create {dirs / 'logs'}: {exc.strerror}")
     info = machine()
     print(describe(info), flush=True)
-    dirs = args.out / "work"
-    (dirs / "logs").mkdir(parents=True, exist_ok=True)
     images = _images()
     report: dict[str, Any] = {"machine": info, "batch": BATCH, "runs": []}
     for arch, (size, classes) in zip(models, sizes, strict=True):
