@@ -11,7 +11,9 @@ instruction sets, the precision used, versions), then both as mean ± std, with 
 
 An AVX2-only machine without native bf16 is emulated on a newer CPU with
 ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` in the environment: ``precision = "auto"``
-then trains in float32, as it would there, and the machine line says so.
+then trains in float32, as it would there, and the machine line says so. The emulation gives
+the real machine's accuracies but runs at the newer CPU's clock and caches: on the recipes it
+was 16-22% faster than the real AVX2-only machine (docs/recipes.md).
 
     .venv/bin/python bench/time_to_accuracy.py configs/fashion_mnist_fast.toml --baseline
     .venv/bin/python bench/time_to_accuracy.py configs/mnist.toml --seeds 0 --baseline
