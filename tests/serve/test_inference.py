@@ -292,3 +292,30 @@ def test_two_versions_given_at_start_stay_addressable_after_an_old_rollout(
             await pool.close()
 
     assert asyncio.run(serve_both()) == ["1", "2"]
+
+
+def test_the_first_load_of_weights_says_it_made_the_onnx_file_once(
+    registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A weights version is exported for ONNX Runtime on its first load: the log says where
+    the seconds went, and the next load, finding the file cached, does not repeat it."""
+    monkeypatch.setenv("RESNETKIT_CACHE", str(tmp_path / "cache"))
+
+    async def load_once() -> float:
+        pool = ModelPool(PoolSettings(registry=registry, threads=1, warmup_batches=0),
+                         ServerMetrics())  # fmt: skip
+        try:
+            return (await pool.load("fm:1")).loaded.one_time_seconds
+        finally:
+            await pool.close()
+
+    caplog.set_level("INFO", logger="resnetkit.serve")
+    first = asyncio.run(load_once())
+    second = asyncio.run(load_once())
+    messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded fm:1")]
+    assert first > 0 and second == 0
+    assert len(messages) == 2
+    assert "making its ONNX Runtime file from the weights once" in messages[0]
+    assert str(tmp_path / "cache") in messages[0]
+    assert "once" not in messages[1]
+    assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))

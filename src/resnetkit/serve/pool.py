@@ -36,7 +36,7 @@ from resnetkit.errors import (
     ResNetKitError,
     ServeError,
 )
-from resnetkit.export import InferenceBackend, LoadedModel, load_model_ref
+from resnetkit.export import InferenceBackend, LoadedModel, cache_root, load_model_ref
 from resnetkit.onnxio import EMBEDDING_NAME, OUTPUT_NAME
 from resnetkit.serve.batcher import BatchStats, DynamicBatcher
 from resnetkit.serve.livedrift import LiveDrift, LiveDriftSettings
@@ -288,9 +288,12 @@ class ModelPool:
                 self.models.setdefault(served.name, {})[served.version] = served
         finally:
             self.loading.discard(key)
+        once = served.loaded.one_time_seconds
         log.info(
-            "loaded %s:%s (%s) in %.2f s", served.name, served.version, served.backend.name,
+            "loaded %s:%s (%s) in %.2f s%s", served.name, served.version, served.backend.name,
             served.load_seconds,
+            f", {once:.2f} s of it making its ONNX Runtime file from the weights once (cached in "
+            f"{cache_root()}; later loads skip it)" if once else "",
         )  # fmt: skip
         return served
 
