@@ -79,7 +79,10 @@ def test_every_classifier_sees_the_same_corrupted_images(
     assert results["a"].clean == pytest.approx(float((classify(images) == labels).mean()))
     assert results["a"].clean > 0.6  # a trained model, so corruptions have something to hurt
     noise = results["a"].by_corruption["gaussian_noise"]
-    assert noise[1] < noise[0] <= results["a"].clean + 0.02
+    # Severe noise hurts, and more than mild noise. Mild noise may even help this 2-epoch
+    # model: +3 points on these 100 images and +1.1 on 1,000 where float32 on an AVX2-only
+    # CPU trained it, so no bound on that side.
+    assert noise[1] < noise[0] and noise[1] < results["a"].clean - 0.2
     again = corruption_accuracy(
         {"a": classify}, images, labels, corruptions=["rotate"], severities=[5], seed=3
     )
