@@ -85,7 +85,7 @@ class AugmentConfig:
 class OptimConfig:
     """Optimiser, learning-rate schedule and regularisation."""
 
-    name: str = "sgd"  # sgd | adamw
+    name: str = "sgd"  # sgd | adamw | muon
     lr: float = 0.2
     momentum: float = 0.9
     nesterov: bool = True
@@ -96,6 +96,11 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     clip_grad_norm: float | None = None
     label_smoothing: float = 0.1
+    # muon: the convolution filters' orthogonalised steps (the rest takes SGD at lr, momentum)
+    muon_lr: float = 0.05
+    muon_momentum: float = 0.85
+    # a whitening stem's bias trains for this many epochs, then stops (None: the whole run)
+    whiten_bias_epochs: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

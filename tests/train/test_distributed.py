@@ -52,6 +52,34 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     assert (tmp_path / "ddp" / "model.json").is_file()  # written once, by rank 0
 
 
+@pytest.mark.slow
+def test_the_whitening_bias_can_stop_training_under_ddp(tmp_path: Path) -> None:
+    # DDP waits for a gradient of every parameter it was built with; once the stem's bias
+    # stops training, the loop must build it again or the next step fails.
+    recipe = tmp_path / "whiten.toml"
+    recipe.write_text(
+        '[model]\narch = "resnet9_s"\nkwargs = { stem = "whiten", width = 0.5 }\n'
+        '[optim]\nname = "muon"\nwhiten_bias_epochs = 1\n'
+    )
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    args = [
+        "train", "--data", "fashion-mnist", "--limit", "1088", "--val-fraction", "0.0588",
+        "--epochs", "3", "--batch-size", "128", "--precision", "fp32", "--num-threads", "1",
+        "--no-progress", "--no-eval", "--config", str(recipe), "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [*torchrun, "--nproc-per-node", "2", "-m", "resnetkit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+
+
 def test_sync_bn_on_cpu_is_refused_with_a_reason() -> None:
     import torch
 

@@ -253,6 +253,38 @@ def test_the_last_epoch_is_full_size_whatever_the_small_crop_epochs(tmp_path: Pa
     assert trainer.sizes == {(0, 20), (1, 28)}
 
 
+class _StemBias(Trainer):
+    """Records the whitening stem's bias, and whether it took a gradient, after each epoch."""
+
+    biases: list[tuple[torch.Tensor, bool]]
+
+    def _train_epoch(self) -> None:
+        super()._train_epoch()
+        bias = self.model.stem[0].bias
+        self.biases = [*getattr(self, "biases", []), (bias.detach().clone(), bias.grad is not None)]
+
+
+def test_the_whitening_bias_trains_only_in_its_first_epochs(tmp_path: Path) -> None:
+    model_cfg = dataclasses.replace(
+        tiny_config().model, arch="resnet9_s", kwargs={"width": 0.5, "stem": "whiten"}
+    )
+    optim = dataclasses.replace(tiny_config().optim, whiten_bias_epochs=1)
+    trainer = _StemBias(tiny_config(model=model_cfg, optim=optim, epochs=3), tmp_path / "run")
+    fc_before = trainer.model.fc.weight.detach().clone()
+    trainer.fit()
+    (first, grad0), (second, grad1), (third, grad2) = trainer.biases
+    assert grad0 and not grad1 and not grad2  # no gradient computed once it stops
+    assert first.abs().amax() > 0  # it moved from zero in the first epoch...
+    assert torch.equal(first, second) and torch.equal(second, third)  # ...and not after
+    assert not torch.equal(trainer.model.fc.weight, fc_before)  # the rest still trains
+    with pytest.raises(ConfigError, match="has no whitening stem"):
+        train(tiny_config(optim=optim), tmp_path / "resnet8")
+    negative = dataclasses.replace(optim, whiten_bias_epochs=-1)
+    with pytest.raises(ConfigError, match="whiten_bias_epochs must be >= 0"):
+        train(tiny_config(model=model_cfg, optim=negative), tmp_path / "negative")
+    assert not (tmp_path / "resnet8").exists() and not (tmp_path / "negative").exists()
+
+
 def test_ema_weights_are_the_ones_saved(tmp_path: Path) -> None:
     train(tiny_config(epochs=1, ema_decay=0.5), tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")

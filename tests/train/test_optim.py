@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +11,7 @@ from torch import nn
 from resnetkit.config import OptimConfig
 from resnetkit.errors import ConfigError
 from resnetkit.models import create_model
-from resnetkit.train.optim import ModelEMA, build_optimizer, param_groups
+from resnetkit.train.optim import ModelEMA, Muon, build_optimizer, orthogonalize, param_groups
 
 
 def test_norm_weights_and_biases_are_not_decayed() -> None:
@@ -41,9 +43,94 @@ def test_adamw_takes_the_betas() -> None:
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.8, 0.95)
 
 
+@pytest.mark.parametrize("shape", [(32, 288), (300, 20), (64, 576)])  # filters, as matrices
+def test_orthogonalize_sets_every_singular_value_near_one(shape: tuple[int, int]) -> None:
+    update = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    update[:, 0] *= 100  # one direction far stronger than the rest
+    out = orthogonalize(update)
+    assert out.shape == update.shape
+    singular = torch.linalg.svdvals(out)
+    assert singular.amin() > 0.6 and singular.amax() < 1.3, singular
+    # the same directions: U V^T of the input's SVD, up to the iteration's spread
+    u, _, vh = torch.linalg.svd(update, full_matrices=False)
+    cosine = (out * (u @ vh)).sum() / (out.norm() * (u @ vh).norm())
+    assert cosine > 0.95
+
+
+def test_muon_orthogonalises_the_filters_and_takes_sgd_for_the_rest() -> None:
+    model = create_model("resnet8", in_chans=1, num_classes=10)
+    cfg = OptimConfig(name="muon", lr=0.1, muon_lr=0.05, muon_momentum=0.8, weight_decay=1e-3)
+    opt = build_optimizer(model, cfg)
+    assert isinstance(opt, Muon)
+    muon, *rest = opt.param_groups
+    assert muon["orthogonalize"] and muon["lr"] == 0.05 and muon["momentum"] == 0.8
+    assert all(p.ndim == 4 for p in muon["params"]) and muon["params"]
+    assert not any(g["orthogonalize"] for g in rest)
+    assert all(p.ndim < 4 for g in rest for p in g["params"])
+    decayed = {id(p) for g in rest if g["weight_decay"] for p in g["params"]}
+    assert decayed == {id(model.fc.weight)}
+    everything = [p for g in opt.param_groups for p in g["params"]]
+    assert len(everything) == len(list(model.parameters()))
+
+    # One step on a filter: rescaled to norm sqrt(out), then moved by lr x orthogonalised step.
+    conv = model.conv1.weight if hasattr(model, "conv1") else muon["params"][0]
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before, grad = conv.detach().clone(), conv.grad.clone()
+    opt.step()
+    scaled = before * conv.shape[0] ** 0.5 / before.norm()
+    nesterov = grad * (1 + 0.8)  # the first step's buffer is the gradient itself
+    expected = scaled - 0.05 * orthogonalize(nesterov.reshape(len(grad), -1)).view_as(grad)
+    torch.testing.assert_close(conv.detach(), expected)
+
+
+def test_muon_matches_torch_sgd_where_it_does_not_orthogonalise() -> None:
+    torch.manual_seed(0)
+    ours, theirs = nn.Linear(4, 3), nn.Linear(4, 3)
+    theirs.load_state_dict(ours.state_dict())
+    cfg = OptimConfig(name="muon", lr=0.1, momentum=0.9, weight_decay=1e-2)
+    a = build_optimizer(ours, cfg)
+    b = build_optimizer(theirs, OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-2))
+    for _ in range(3):
+        x = torch.randn(8, 4)
+        for model, opt in ((ours, a), (theirs, b)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    torch.testing.assert_close(ours.weight, theirs.weight)
+    torch.testing.assert_close(ours.bias, theirs.bias)
+
+
+def test_muon_state_resumes_exactly() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4))
+    cfg = OptimConfig(name="muon", lr=0.1)
+    opt = build_optimizer(model, cfg)
+    x = torch.randn(4, 2, 6, 6)
+
+    def step(m: nn.Module, o: torch.optim.Optimizer) -> None:
+        o.zero_grad()
+        m(x).square().mean().backward()
+        o.step()
+
+    step(model, opt)
+    resumed = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4))
+    resumed.load_state_dict(model.state_dict())
+    other = build_optimizer(resumed, cfg)
+    other.load_state_dict(copy.deepcopy(opt.state_dict()))  # as if read from a file
+    step(model, opt)
+    step(resumed, other)
+    torch.testing.assert_close(resumed[0].weight, model[0].weight, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("cfg", "message"),
-    [(OptimConfig(name="lamb"), "use sgd or adamw"), (OptimConfig(lr=0.0), "must be positive")],
+    [
+        (OptimConfig(name="lamb"), "use sgd, adamw or muon"),
+        (OptimConfig(lr=0.0), "must be positive"),
+        (OptimConfig(name="muon", muon_lr=0.0), "muon_lr must be positive"),
+        (OptimConfig(name="muon", muon_momentum=1.0), r"must be in \[0, 1\)"),
+    ],
 )
 def test_bad_optimiser_settings_are_config_errors(cfg: OptimConfig, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -83,7 +83,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"])
+    p.add_argument("--optimizer", choices=["sgd", "adamw", "muon"])
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")

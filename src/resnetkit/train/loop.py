@@ -46,6 +46,7 @@ from resnetkit.evaluate import (
     resolve_precision,
 )
 from resnetkit.models import ClassifierModel, profile, save_model
+from resnetkit.models.layers import PatchWhitening
 from resnetkit.train import rundir
 from resnetkit.train.adversarial import adversarial_batch, check_adversarial
 from resnetkit.train.checkpoint import (
@@ -156,6 +157,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("checkpoint_every_steps must be >= 1 when set")
     if cfg.tta_shift < 0:
         raise ConfigError(f"tta_shift is a number of pixels >= 0, got {cfg.tta_shift}")
+    if cfg.optim.whiten_bias_epochs is not None and cfg.optim.whiten_bias_epochs < 0:
+        raise ConfigError(
+            f"optim.whiten_bias_epochs must be >= 0 when set, got {cfg.optim.whiten_bias_epochs}"
+        )
     if cfg.num_threads is not None and cfg.num_threads < 1:
         raise ConfigError(f"num_threads must be >= 1 when set, got {cfg.num_threads}")
     if cfg.early_stop_patience is not None and cfg.early_stop_patience < 1:
@@ -192,6 +197,12 @@ class Trainer:
         self.data: TrainData = load_train_data(cfg.data, cfg.seed)
         self.kwargs = model_kwargs(cfg, self.data)
         self.model = build_model(cfg, self.kwargs, self.device, self.data)
+        self.whitening = [m for m in self.model.modules() if isinstance(m, PatchWhitening)]
+        if cfg.optim.whiten_bias_epochs is not None and not self.whitening:
+            raise ConfigError(
+                f"optim.whiten_bias_epochs is set but {cfg.model.arch} has no whitening stem "
+                "(resnet9 models have one with stem = 'whiten')"
+            )
         self.ddp_model = wrap_ddp(self.model, self.env, self.device, cfg.sync_bn)
         self.loader = BatchLoader(
             self.data.train.images,
@@ -379,7 +390,27 @@ class Trainer:
             "code_version": git_commit(Path(__file__).resolve().parent),
         }
 
+    def _set_whiten_bias_training(self) -> None:
+        """Train the whitening stem's bias only in its first epochs, as airbench does.
+
+        Once it stops, the stem is a fixed function and the first convolution's input
+        gradient is no longer computed: 10% less time per full-size step of resnet9_s on an
+        AVX2-only CPU.
+        """
+        epochs = self.cfg.optim.whiten_bias_epochs
+        if epochs is None:
+            return
+        trains = self.epoch < epochs
+        changed = [m for m in self.whitening if m.bias.requires_grad != trains]
+        for m in changed:
+            m.bias.requires_grad_(trains)
+        if changed and self.env.enabled:
+            # DDP waits for a gradient of every parameter it was built with: build it again.
+            # self.model already holds any SyncBatchNorm the first wrap converted to.
+            self.ddp_model = wrap_ddp(self.model, self.env, self.device, sync_bn=False)
+
     def _train_epoch(self) -> None:
+        self._set_whiten_bias_training()
         set_train_mode(self.ddp_model, self.cfg.freeze)
         self.augment = augment_spec(self.cfg, self.data.train, self.epoch)
         steps = len(self.loader)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 from resnetkit.config import OptimConfig
 from resnetkit.errors import ConfigError
 
-__all__ = ["ModelEMA", "build_optimizer", "param_groups"]
+__all__ = ["ModelEMA", "Muon", "build_optimizer", "orthogonalize", "param_groups"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -34,10 +36,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov) or AdamW over :func:`param_groups`.
+    """SGD (momentum, Nesterov), AdamW or :class:`Muon` over :func:`param_groups`.
 
     Raises:
-        ConfigError: for an unknown optimiser or a non-positive learning rate.
+        ConfigError: for an unknown optimiser or a non-positive learning rate or momentum.
     """
     if cfg.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {cfg.lr}")
@@ -48,7 +50,111 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         )
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-    raise ConfigError(f"optim.name {cfg.name!r} is not known; use sgd or adamw")
+    if cfg.name == "muon":
+        return _muon(groups, cfg)
+    raise ConfigError(f"optim.name {cfg.name!r} is not known; use sgd, adamw or muon")
+
+
+def _muon(groups: list[dict[str, Any]], cfg: OptimConfig) -> Muon:
+    """:class:`Muon` for the 4-D convolution filters, SGD for the other :func:`param_groups`."""
+    if cfg.muon_lr <= 0:
+        raise ConfigError(f"optim.muon_lr must be positive, got {cfg.muon_lr}")
+    if not 0 <= cfg.muon_momentum < 1 or not 0 <= cfg.momentum < 1:
+        raise ConfigError(
+            f"optim.momentum and optim.muon_momentum must be in [0, 1), "
+            f"got {cfg.momentum} and {cfg.muon_momentum}"
+        )
+    filters = {
+        "params": [p for g in groups for p in g["params"] if p.ndim == 4],
+        "lr": cfg.muon_lr,
+        "momentum": cfg.muon_momentum,
+        "weight_decay": 0.0,
+        "orthogonalize": True,
+    }
+    rest = [dict(g, params=[p for p in g["params"] if p.ndim != 4]) for g in groups]
+    return Muon(
+        [g for g in (filters, *rest) if g["params"]],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+    )
+
+
+def orthogonalize(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """About the nearest semi-orthogonal matrix to a 2-D ``update``: ``U V^T`` of its SVD.
+
+    Newton-Schulz iteration with Keller Jordan's quintic coefficients: five steps of matrix
+    products (no SVD), in the update's own dtype and device, push the singular values into
+    roughly [0.7, 1.2], all but those hundreds of times below the largest (a near-singular
+    square matrix keeps its smallest ones small).
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = update / (update.norm() + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.mT
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Keller Jordan, 2024) for convolution filters, SGD for everything else.
+
+    In a group with ``orthogonalize=True`` each filter's Nesterov momentum, seen as an
+    ``(out, in * kh * kw)`` matrix, is replaced by :func:`orthogonalize` of it, so that every
+    direction of the filter moves at the same rate, and the filter is first rescaled to a
+    Frobenius norm of ``sqrt(out)`` (airbench's way: with a normalisation layer after each
+    convolution the scale does not change the function, and holding it fixed stands in for
+    weight decay). Other groups take plain SGD with momentum, Nesterov and weight decay, as
+    ``torch.optim.SGD`` does.
+    """
+
+    def __init__(
+        self,
+        params: list[dict[str, Any]],
+        *,
+        lr: float,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "weight_decay": 0.0,
+            "orthogonalize": False,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if group["weight_decay"]:
+                    d = d.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = d.clone()
+                else:
+                    state["momentum_buffer"].mul_(momentum).add_(d)
+                buf = state["momentum_buffer"]
+                d = d.add(buf, alpha=momentum) if group["nesterov"] else buf
+                if group["orthogonalize"]:
+                    p.mul_(math.sqrt(p.shape[0]) / p.norm().clamp_min(1e-12))
+                    d = orthogonalize(d.reshape(d.shape[0], -1)).view_as(d)
+                p.add_(d, alpha=-lr)
+        return loss
 
 
 class ModelEMA:
