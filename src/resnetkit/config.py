@@ -99,7 +99,8 @@ class OptimConfig:
     # muon: the convolution filters' orthogonalised steps (the rest takes SGD at lr, momentum)
     muon_lr: float = 0.05
     muon_momentum: float = 0.85
-    # a whitening stem's bias trains for this many epochs, then stops (None: the whole run)
+    # a whitening stem's bias trains for this many epochs, then stops (None: the whole run);
+    # models without a whitening stem ignore it
     whiten_bias_epochs: int | None = None
 
 
