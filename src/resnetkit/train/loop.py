@@ -391,8 +391,7 @@ class Trainer:
         """Train the whitening stem's bias only in its first epochs, as airbench does.
 
         Once it stops, the stem is a fixed function and the first convolution's input
-        gradient is no longer computed: 10% less time per full-size step of resnet9_s on an
-        AVX2-only CPU.
+        gradient is no longer computed (docs/recipes.md has what that saves per step).
         """
         epochs = self.cfg.optim.whiten_bias_epochs
         if epochs is None:
