@@ -24,12 +24,22 @@ _ARGS = [
 ]  # fmt: skip
 
 
-def _run(cmd: list[str], tmp_path: Path, name: str) -> list[dict[str, float]]:
-    recipe = tmp_path / "noaug.toml"
-    recipe.write_text("[augment]\ncrop_padding = 0\nhflip = false\n")
+_NOAUG = "[augment]\ncrop_padding = 0\nhflip = false\n"
+_SINGLE = [sys.executable, "-m", "resnetkit.cli.main"]
+_TORCHRUN = [
+    sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+    "-m", "resnetkit.cli.main",
+]  # fmt: skip
+
+
+def _run(
+    cmd: list[str], tmp_path: Path, name: str, *, recipe: str = _NOAUG, args: list[str] = _ARGS
+) -> list[dict[str, float]]:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(recipe)
     out = tmp_path / name
     proc = subprocess.run(
-        [*cmd, *_ARGS, "--config", str(recipe), "--out", str(out)],
+        [*cmd, *args, "--config", str(path), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -41,9 +51,8 @@ def _run(cmd: list[str], tmp_path: Path, name: str) -> list[dict[str, float]]:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
-    single = _run([sys.executable, "-m", "resnetkit.cli.main"], tmp_path, "single")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    ddp = _run([*torchrun, "--nproc-per-node", "2", "-m", "resnetkit.cli.main"], tmp_path, "ddp")
+    single = _run(_SINGLE, tmp_path, "single")
+    ddp = _run(_TORCHRUN, tmp_path, "ddp")
     assert [m["step"] for m in ddp] == [m["step"] for m in single] == [8, 16]
     for one, two in zip(single, ddp, strict=True):
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=2e-3)
@@ -56,27 +65,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
 def test_the_whitening_bias_can_stop_training_under_ddp(tmp_path: Path) -> None:
     # DDP waits for a gradient of every parameter it was built with; once the stem's bias
     # stops training, the loop must build it again or the next step fails.
-    recipe = tmp_path / "whiten.toml"
-    recipe.write_text(
+    recipe = (
         '[model]\narch = "resnet9_s"\nkwargs = { stem = "whiten", width = 0.5 }\n'
         '[optim]\nname = "muon"\nwhiten_bias_epochs = 1\n'
     )
-    out = tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    args = [
-        "train", "--data", "fashion-mnist", "--limit", "1088", "--val-fraction", "0.0588",
-        "--epochs", "3", "--batch-size", "128", "--precision", "fp32", "--num-threads", "1",
-        "--no-progress", "--no-eval", "--config", str(recipe), "--out", str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(
-        [*torchrun, "--nproc-per-node", "2", "-m", "resnetkit.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    args = ["train", *_ARGS[_ARGS.index("--data") :], "--epochs", "3"]  # the recipe's model
+    metrics = _run(_TORCHRUN, tmp_path, "ddp", recipe=recipe, args=args)
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
 
 
