@@ -6,6 +6,8 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from resnetkit.config import OptimConfig
@@ -43,7 +45,7 @@ def test_adamw_takes_the_betas() -> None:
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.8, 0.95)
 
 
-@pytest.mark.parametrize("shape", [(32, 288), (300, 20), (64, 576)])  # filters, as matrices
+@pytest.mark.parametrize("shape", [(32, 288), (300, 20), (64, 576), (40, 70)])
 def test_orthogonalize_sets_every_singular_value_near_one(shape: tuple[int, int]) -> None:
     update = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     update[:, 0] *= 100  # one direction far stronger than the rest
@@ -55,6 +57,39 @@ def test_orthogonalize_sets_every_singular_value_near_one(shape: tuple[int, int]
     u, _, vh = torch.linalg.svd(update, full_matrices=False)
     cosine = (out * (u @ vh)).sum() / (out.norm() * (u @ vh).norm())
     assert cosine > 0.95
+
+
+def _plain_newton_schulz(update: torch.Tensor, steps: int) -> torch.Tensor:
+    x = update.double() / update.double().norm()  # the textbook iteration, in float64
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = 3.4445 * x + (-4.7750 * gram + 2.0315 * gram @ gram) @ x
+    return x
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    m=st.integers(1, 48),
+    ratio=st.integers(1, 12),  # 1: square, the plain route
+    rank=st.integers(1, 48),
+    steps=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_orthogonalize_in_gram_space_is_the_plain_iteration(
+    m: int, ratio: int, rank: int, steps: int, seed: int
+) -> None:
+    # Wide matrices take the m x m Gram route; low-rank ones (gradients often are) are where
+    # float32 round-off could blow up the directions the update barely has.
+    g = torch.Generator().manual_seed(seed)
+    rank = min(rank, m)
+    update = torch.randn(m, rank, generator=g) @ torch.randn(rank, m * ratio, generator=g)
+    update += 1e-5 * torch.randn(update.shape, generator=g)
+    expected = _plain_newton_schulz(update, steps)
+    out = orthogonalize(update, steps=steps)
+    assert out.dtype == update.dtype
+    tall = orthogonalize(update.mT.contiguous(), steps=steps).mT
+    for result in out, tall:
+        assert float((result.double() - expected).norm() / expected.norm()) < 2e-3
 
 
 def test_muon_orthogonalises_the_filters_and_takes_sgd_for_the_rest() -> None:

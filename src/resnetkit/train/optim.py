@@ -87,16 +87,45 @@ def orthogonalize(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
     products (no SVD), in the update's own dtype and device, push the singular values into
     roughly [0.7, 1.2], all but those hundreds of times below the largest (a near-singular
     square matrix keeps its smallest ones small).
+
+    For an ``m x n`` matrix with ``n >= 2m`` (every convolution filter whose input has at
+    least a quarter of its output's channels, seen as ``out x (in * 3 * 3)``) the same
+    polynomial runs on the small ``m x m`` Gram matrix, and the long side is touched twice
+    instead of ten times: half the arithmetic of the plain iteration on a resnet9's filters.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = update / (update.norm() + 1e-7)
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.mT
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
+    if x.shape[1] >= 2 * x.shape[0]:
+        x = _gram_newton_schulz(x, steps, a, b, c)
+    else:
+        for _ in range(steps):
+            gram = x @ x.mT
+            x = a * x + (b * gram + c * gram @ gram) @ x
     return x.mT if tall else x
+
+
+def _gram_newton_schulz(x: torch.Tensor, steps: int, a: float, b: float, c: float) -> torch.Tensor:
+    """The quintic iteration ``x <- (a + b G + c G^2) x``, ``G = x x^T``, in ``G``'s space.
+
+    Every step multiplies ``x`` on the left by a polynomial ``p`` in ``G``, and all of them
+    commute, so after ``k`` steps ``x_k = q x_0`` with ``q = p_k ... p_1`` and the next Gram
+    matrix is ``p G p``. Only ``m x m`` products are left inside the loop. ``G`` is carried
+    as ``p G p`` (singular values squared, at most about 1.3) rather than recomputed as
+    ``q^2 G_0``: ``q`` grows to ``a^steps`` (about 480) along the directions the update
+    barely has, and squaring it drowns the strong directions in float32 round-off.
+    """
+    gram = x @ x.mT
+    q = None
+    for k in range(steps):
+        p = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        p.diagonal().add_(a)
+        q = p if q is None else p @ q
+        if k + 1 < steps:
+            gram = p @ gram @ p
+    return x if q is None else q @ x
 
 
 class Muon(torch.optim.Optimizer):
