@@ -135,6 +135,12 @@ def _progress_bar(enabled: bool) -> Progress:
     )
 
 
+# Images per forward pass when the caller does not say. On 2 CPU cores a smaller batch keeps a
+# small network's activations in the cache: the quickstart model's test evaluation with its
+# six views took 10.3 s in batches of 256 against 12.7 s in batches of 512 (AVX2-only EPYC).
+EVAL_BATCH = 256
+
+
 def tta_views(images: torch.Tensor, tta_flip: bool, tta_shift: int) -> list[torch.Tensor]:
     """The test-time views of a batch of raw (not yet normalised) images.
 
@@ -217,7 +223,7 @@ def predict_log_probs(
     spec: PreprocessingSpec,
     *,
     device: str | torch.device | None = None,
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     tta_flip: bool = False,
     tta_shift: int = 0,
     precision: str = "fp32",
@@ -500,7 +506,7 @@ def evaluate_model(
     spec: PreprocessingSpec,
     *,
     device: str | torch.device | None = None,
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     tta_flip: bool = False,
     tta_shift: int = 0,
     precision: str = "fp32",
