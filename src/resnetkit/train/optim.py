@@ -88,10 +88,10 @@ def orthogonalize(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
     roughly [0.7, 1.2], all but those hundreds of times below the largest (a near-singular
     square matrix keeps its smallest ones small).
 
-    For an ``m x n`` matrix with ``n >= 2m`` (every convolution filter whose input has at
-    least a quarter of its output's channels, seen as ``out x (in * 3 * 3)``) the same
-    polynomial runs on the small ``m x m`` Gram matrix, and the long side is touched twice
-    instead of ten times: half the arithmetic of the plain iteration on a resnet9's filters.
+    For an ``m x n`` matrix with ``n >= 2m`` (a 3x3 filter seen as ``out x (in * 3 * 3)``
+    whose input has at least two ninths of its output's channels: every one in the zoo's
+    ResNets) the same polynomial runs on the small ``m x m`` Gram matrix, and the long side is
+    touched twice instead of ten times: 0.4x the arithmetic on resnet9_s's widest filters.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = update / (update.norm() + 1e-7)
