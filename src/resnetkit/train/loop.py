@@ -554,11 +554,10 @@ def validate(
     data: TrainData,
     device: torch.device,
     precision: str,
-    batch_size: int = 1024,
 ) -> tuple[float, float]:
     """Mean loss and top-1 accuracy on ``dataset``, through the one evaluation loop."""
     log_probs = predict_log_probs(
-        model, dataset.images, data.spec, device=device, batch_size=batch_size, precision=precision
+        model, dataset.images, data.spec, device=device, precision=precision
     )
     labels = dataset.labels
     loss = float(F.nll_loss(log_probs, labels, reduction="mean"))
