@@ -1,6 +1,6 @@
 """The README's main job (``make quickstart``): from data to a served model, step by step.
 
-1. train the fast Fashion-MNIST recipe (``FULL=1``: the 10-minute 95% recipe);
+1. train the fast Fashion-MNIST recipe (``FULL=1``: the 10-minute recipe);
 2. evaluate it on the test set (accuracy, confusion matrix);
 3. register it and point ``production`` at it;
 4. export it to ONNX (parity-checked) and quantize it to int8 (accuracy-checked), registering

@@ -15,7 +15,12 @@ RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"
 
 def test_the_required_recipes_exist() -> None:
     names = {p.name for p in RECIPES}
-    assert {"fashion_mnist_fast.toml", "fashion_mnist.toml", "mnist.toml"} <= names
+    assert {
+        "fashion_mnist_fast.toml",
+        "fashion_mnist.toml",
+        "fashion_mnist_long.toml",
+        "mnist.toml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
