@@ -54,16 +54,20 @@ OPERATOR_GROUPS = {
 }
 
 
-def epoch_kinds(cfg: TrainConfig, full: int) -> list[tuple[str, int, int, int]]:
+def epoch_kinds(cfg: TrainConfig, full: int) -> list[tuple[str, int, float, int]]:
     """(name, a representative epoch index, how many epochs, image side) for each kind of
-    epoch; ``full`` is the images' side."""
+    epoch; ``full`` is the images' side. A hard-examples epoch (a share of the images at
+    full size) counts as that share of a full-size epoch."""
     small = small_crop_epochs(cfg)
-    kinds = []
+    kinds: list[tuple[str, int, float, int]] = []
     if small and cfg.augment.small_crop:
         side = cfg.augment.small_crop
         kinds.append((f"{side}x{side} crops", 0, small, side))
     if cfg.epochs > small:
-        kinds.append(("full size", cfg.epochs - 1, cfg.epochs - small, full))
+        hard = cfg.hard_examples
+        share = hard.fraction + hard.random_fraction
+        count = cfg.epochs - small - hard.epochs * (1 - share)
+        kinds.append(("full size", cfg.epochs - 1, count, full))
     return kinds
 
 
@@ -191,7 +195,7 @@ def print_report(
     for name, result in report["epochs"].items():
         total = result["ms_per_step"]
         print(f"\n{name}: {total:.1f} ms per step, {result['projected_epoch_s']:.1f} s per epoch "
-              f"x {result['epochs']} epochs; {result['achieved_gflops']:.0f} GFLOP/s "
+              f"x {result['epochs']:g} epochs; {result['achieved_gflops']:.0f} GFLOP/s "
               f"({result['achieved_gflops'] / report['matmul_peak_gflops']:.0%} of the "
               f"matmul peak)")  # fmt: skip
         print(f"  {'phase':<36}{'ms/step':>10}{'share':>8}")

@@ -32,6 +32,7 @@ __all__ = [
     "AdversarialConfig",
     "AugmentConfig",
     "DataConfig",
+    "HardExamplesConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
@@ -124,6 +125,21 @@ class AdversarialConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HardExamplesConfig:
+    """Late epochs on the hardest images only (selective backprop, Jiang et al. 2019).
+
+    Every image's cross-entropy is recorded when it is trained on. The ``epochs`` epochs
+    before the last take the ``fraction`` of the training images with the highest last-seen
+    loss plus ``random_fraction`` of the rest at random, in a seeded order; the last epoch
+    takes all images again. A hard epoch is ``fraction + random_fraction`` of a full one.
+    """
+
+    epochs: int = 0  # 0: every epoch takes every image
+    fraction: float = 0.45
+    random_fraction: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; saved as ``config.toml`` in the run directory."""
 
@@ -132,6 +148,7 @@ class TrainConfig:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     adversarial: AdversarialConfig = dataclasses.field(default_factory=AdversarialConfig)
+    hard_examples: HardExamplesConfig = dataclasses.field(default_factory=HardExamplesConfig)
     epochs: int = 10
     batch_size: int = 256
     seed: int = 0

@@ -90,6 +90,26 @@ def test_resuming_at_step_k_gives_the_rest_of_the_epoch(
     assert all(torch.equal(a, b) for a, b in zip(resumed, full[k:], strict=True))
 
 
+@given(st.integers(2, 300), st.integers(1, 32), st.integers(1, 4), st.booleans(), st.data())
+@settings(max_examples=60)
+def test_a_given_order_serves_exactly_its_indices_split_across_ranks(
+    n: int, per_rank: int, world: int, drop_last: bool, data: st.DataObject
+) -> None:
+    # A subset of the samples, as a hard-examples epoch trains on.
+    subset = torch.tensor(data.draw(st.lists(st.integers(0, n - 1), min_size=1, unique=True)))
+    batch = per_rank * world
+    ranks = [
+        _loader(n, batch, rank=r, world_size=world, drop_last=drop_last and n >= batch)
+        for r in range(world)
+    ]
+    steps = ranks[0].steps_for(subset.numel())
+    served = [[idx.tolist() for idx, _, _ in loader.batches(3, order=subset)] for loader in ranks]
+    assert all(len(s) == steps for s in served)
+    union = [i for s in served for batch_idx in s for i in batch_idx]
+    kept = subset.numel() - subset.numel() % batch if ranks[0].drop_last else subset.numel()
+    assert sorted(union) == sorted(subset[:kept].tolist())
+
+
 def test_order_depends_on_seed_and_epoch_only() -> None:
     assert torch.equal(epoch_permutation(1000, 1, 2), epoch_permutation(1000, 1, 2))
     assert not torch.equal(epoch_permutation(1000, 1, 2), epoch_permutation(1000, 1, 3))

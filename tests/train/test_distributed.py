@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
-from resnetkit.config import TrainConfig
+from resnetkit.config import HardExamplesConfig, TrainConfig, to_dict
 from resnetkit.errors import ConfigError
 from resnetkit.train.distributed import DistEnv, wrap_ddp
+
+from .conftest import tiny_config
 
 # GroupNorm is per-sample, so two ranks of 64 see exactly what one process of 128 sees;
 # augmentation is off because each rank draws its own. fp32 keeps rounding out of the way.
@@ -72,6 +76,55 @@ def test_the_whitening_bias_can_stop_training_under_ddp(tmp_path: Path) -> None:
     args = ["train", *_ARGS[_ARGS.index("--data") :], "--epochs", "3"]  # the recipe's model
     metrics = _run(_TORCHRUN, tmp_path, "ddp", recipe=recipe, args=args)
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
+
+
+# Each rank writes its loss table and the images it trained on in every epoch.
+_HARD_RANKS = textwrap.dedent(
+    """
+    import json, sys, torch
+    from pathlib import Path
+    from resnetkit.config import TrainConfig, from_dict
+    from resnetkit.train.loop import Trainer
+
+    class Seen(Trainer):
+        seen = {}
+        def _train_step(self, images, labels, flips, indices=None):
+            self.seen.setdefault(self.epoch, []).extend(indices.tolist())
+            return super()._train_step(images, labels, flips, indices)
+
+    out = Path(sys.argv[2])
+    trainer = Seen(from_dict(TrainConfig, json.loads(sys.argv[1])), out)
+    trainer.fit()
+    torch.save({"losses": trainer.hard.losses, "seen": trainer.seen},
+               out.parent / f"rank{trainer.env.rank}.pt")
+    """
+)
+
+
+@pytest.mark.slow
+def test_the_ranks_share_one_loss_table_and_split_each_hard_epoch(tmp_path: Path) -> None:
+    # Each rank records the losses of its half of every batch; unless they are merged, the
+    # ranks rank the images differently and a hard epoch trains some twice, others never.
+    cfg = tiny_config(
+        epochs=4, hard_examples=HardExamplesConfig(epochs=2, fraction=0.4, random_fraction=0.1)
+    )
+    script = tmp_path / "ranks.py"
+    script.write_text(_HARD_RANKS)
+    launcher = _TORCHRUN[: _TORCHRUN.index("-m", 3)]  # torchrun without "-m resnetkit..."
+    proc = subprocess.run(
+        [*launcher, str(script), json.dumps(to_dict(cfg)), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert torch.equal(ranks[0]["losses"], ranks[1]["losses"])
+    assert ranks[0]["losses"].min() > 0  # every image's loss is known
+    for epoch, count in [(0, 1024), (1, 512), (2, 512), (3, 1024)]:
+        both = ranks[0]["seen"][epoch] + ranks[1]["seen"][epoch]
+        assert len(both) == len(set(both)) == count, epoch  # each image once, by one rank
 
 
 def test_sync_bn_on_cpu_is_refused_with_a_reason() -> None:

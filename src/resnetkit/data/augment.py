@@ -286,12 +286,19 @@ class AugmentedBatch:
     partner_targets: torch.Tensor  # (B,) int64
     lam: float
 
-    def cross_entropy(self, logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-        """The mean cross-entropy of ``logits`` against the mixed targets."""
-        loss = F.cross_entropy(logits, self.targets, label_smoothing=label_smoothing)
+    def cross_entropy(
+        self, logits: torch.Tensor, label_smoothing: float = 0.0, reduction: str = "mean"
+    ) -> torch.Tensor:
+        """The cross-entropy of ``logits`` against the mixed targets: the mean, or with
+        ``reduction="none"`` each image's ``(B,)``."""
+        loss = F.cross_entropy(
+            logits, self.targets, label_smoothing=label_smoothing, reduction=reduction
+        )
         if self.lam == 1.0:
             return loss
-        partner = F.cross_entropy(logits, self.partner_targets, label_smoothing=label_smoothing)
+        partner = F.cross_entropy(
+            logits, self.partner_targets, label_smoothing=label_smoothing, reduction=reduction
+        )
         return self.lam * loss + (1.0 - self.lam) * partner
 
 

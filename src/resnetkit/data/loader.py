@@ -89,9 +89,11 @@ class BatchLoader:
 
     def __len__(self) -> int:
         """Steps per epoch (the same on every rank)."""
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        return self.steps_for(self.num_samples)
+
+    def steps_for(self, count: int) -> int:
+        """Steps of an epoch over ``count`` of the samples (an order of that length)."""
+        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
         """All sample indices of ``epoch``, in the order they are served."""
@@ -104,10 +106,12 @@ class BatchLoader:
 
         The last batch without ``drop_last`` may be split unevenly (sizes differ by at most
         one, and a rank may get none); weight losses by sample count, or use ``drop_last``.
+        ``order`` replaces the epoch's permutation (e.g. a subset of the samples).
         """
-        if not 0 <= step < len(self):
-            raise ConfigError(f"step {step} outside an epoch of {len(self)} steps")
         order = self.order(epoch) if order is None else order
+        steps = self.steps_for(order.numel())
+        if not 0 <= step < steps:
+            raise ConfigError(f"step {step} outside an epoch of {steps} steps")
         global_batch = order[step * self.batch_size : (step + 1) * self.batch_size]
         return torch.tensor_split(global_batch, self.world_size)[self.rank]
 
@@ -117,15 +121,17 @@ class BatchLoader:
             yield images, labels
 
     def batches(
-        self, epoch: int, start_step: int = 0
+        self, epoch: int, start_step: int = 0, order: torch.Tensor | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """As :meth:`epoch`, with each batch's dataset indices first: ``(indices, images,
-        labels)``, the indices on the CPU (for per-sample augmentation such as flips)."""
-        if not 0 <= start_step <= len(self):
-            raise ConfigError(f"start_step {start_step} outside an epoch of {len(self)} steps")
-        order = self.order(epoch)
+        labels)``, the indices on the CPU (for per-sample augmentation such as flips).
+        ``order`` (dataset indices, any length) replaces the epoch's permutation."""
+        order = self.order(epoch) if order is None else order
+        steps = self.steps_for(order.numel())
+        if not 0 <= start_step <= steps:
+            raise ConfigError(f"start_step {start_step} outside an epoch of {steps} steps")
         non_blocking = self.device.type == "cuda"
-        for step in range(start_step, len(self)):
+        for step in range(start_step, steps):
             idx = self.indices(epoch, step, order)
             on_images = idx.to(self.images.device)
             images, labels = self.images[on_images], self.labels[on_images]  # still uint8

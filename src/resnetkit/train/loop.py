@@ -64,6 +64,7 @@ from resnetkit.train.distributed import (
     shutdown_distributed,
     wrap_ddp,
 )
+from resnetkit.train.hard_examples import HardExamples, check_hard_examples
 from resnetkit.train.optim import ModelEMA, build_optimizer
 from resnetkit.train.progress import TrainProgress
 from resnetkit.train.schedule import lr_factor, warmup_steps
@@ -177,6 +178,7 @@ def check_config(cfg: TrainConfig) -> None:
         if value is not None and value < 1:
             raise ConfigError(f"data.{name} must be >= 1 when set, got {value}")
     check_adversarial(cfg.adversarial)
+    check_hard_examples(cfg)
 
 
 class Trainer:
@@ -213,7 +215,15 @@ class Trainer:
         )
         self.augment = augment_spec(cfg, self.data.train)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.total_steps = cfg.epochs * len(self.loader)
+        self.hard = (
+            HardExamples(
+                cfg.hard_examples, cfg.epochs, self.loader.num_samples, cfg.seed, self.device
+            )
+            if cfg.hard_examples.epochs
+            else None
+        )
+        self.order: torch.Tensor | None = None  # a hard epoch's dataset indices
+        self.total_steps = sum(self.steps_in_epoch(e) for e in range(cfg.epochs))
         warmup = warmup_steps(cfg.optim.warmup_epochs, len(self.loader), self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -259,8 +269,18 @@ class Trainer:
     def after_step(self) -> None:
         """Called after every optimiser step, before the EMA update (e.g. to re-apply masks)."""
 
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Optimiser steps of 0-based ``epoch`` (fewer in a hard-examples epoch)."""
+        if self.hard is not None and self.hard.is_hard(epoch):
+            return self.loader.steps_for(self.hard.count)
+        return len(self.loader)
+
     def _train_step(
-        self, images: torch.Tensor, labels: torch.Tensor, flips: torch.Tensor | None
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        flips: torch.Tensor | None,
+        indices: torch.Tensor | None = None,
     ) -> tuple[float, int, dict[str, float]]:
         # The phase labels cost a microsecond each and name the parts of a step in a
         # torch.profiler trace (bench/epoch_profile.py reads them).
@@ -285,6 +305,9 @@ class Trainer:
             with self.autocast():
                 logits = self.ddp_model(x)  # (B, num_classes)
             loss, terms = self.compute_loss(logits.float(), batch, x)
+            if self.hard is not None and indices is not None:
+                with torch.no_grad():
+                    self.hard.record(indices, batch.cross_entropy(logits.float(), reduction="none"))
         with record_function(PHASE_BACKWARD):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -409,18 +432,21 @@ class Trainer:
         self._set_whiten_bias_training()
         set_train_mode(self.ddp_model, self.cfg.freeze)
         self.augment = augment_spec(self.cfg, self.data.train, self.epoch)
-        steps = len(self.loader)
+        steps = self.steps_in_epoch(self.epoch)
         if self.step == 0:
             self.epoch_sums = [0.0, 0, 0]  # loss * n, correct, n; restored on resume
             self.term_sums = {}
+            hard = self.hard is not None and self.hard.is_hard(self.epoch)
+            self.order = self.hard.order(self.epoch) if self.hard is not None and hard else None
         self.progress.start_epoch(self.epoch, self.cfg.epochs, steps, self.step)
         every = self.cfg.checkpoint_every_steps
         tick = time.perf_counter()  # the clock covers fetching the batch too
-        for indices, images, labels in self.loader.batches(self.epoch, start_step=self.step):
+        batches = self.loader.batches(self.epoch, start_step=self.step, order=self.order)
+        for indices, images, labels in batches:
             flips = None
             if self.augment.alternate_flips:
                 flips = alternating_flips(indices, self.epoch, self.cfg.seed)
-            loss, ok, terms = self._train_step(images, labels, flips)
+            loss, ok, terms = self._train_step(images, labels, flips, indices)
             n = labels.shape[0]
             sums = self.epoch_sums
             self.epoch_sums = [sums[0] + loss * n, sums[1] + ok, sums[2] + n]
@@ -430,10 +456,14 @@ class Trainer:
             self.step += 1
             self.global_step += 1
             if every and self.step % every == 0 and self.step < steps:
+                if self.hard is not None:
+                    self.hard.sync(self.env)  # on every rank: the checkpoint holds the table
                 self._save(LATEST)
             now = time.perf_counter()
             self.train_seconds, tick = self.train_seconds + (now - tick), now
             self.progress.advance(loss, ok / max(n, 1), self.images_seen / self.train_seconds)
+        if self.hard is not None:
+            self.hard.sync(self.env)
         totals = torch.tensor(self.epoch_sums, dtype=torch.float64)
         loss_total, correct_total, seen_total = all_reduce_sum(totals, self.env).tolist()
         self._epoch_train = {
@@ -465,7 +495,7 @@ class Trainer:
         record["train_seconds"] = self.train_seconds
         record.update(self.progress.epoch_cost())
         self.history.append(record)
-        self.epoch, self.step = self.epoch + 1, 0
+        self.epoch, self.step, self.order = self.epoch + 1, 0, None
         improved = "val_acc" in record and (
             self.best_acc is None or record["val_acc"] > self.best_acc
         )
@@ -497,7 +527,9 @@ class Trainer:
                 "global_step": self.global_step,
                 "epoch_sums": self.epoch_sums,
                 "term_sums": self.term_sums,
+                "order": self.order,  # a hard epoch's, so that it resumes mid-way exactly
             },
+            "hard_examples": self.hard.state_dict() if self.hard is not None else None,
             "config": to_dict(self.cfg),
             "history": self.history,
             "best_acc": self.best_acc,
@@ -533,6 +565,11 @@ class Trainer:
         self.epoch, self.step, self.global_step = pos["epoch"], pos["step"], pos["global_step"]
         self.epoch_sums = list(pos["epoch_sums"])
         self.term_sums = dict(pos["term_sums"])
+        self.order = pos.get("order")
+        if self.order is not None:
+            self.order = self.order.cpu()
+        if self.hard is not None:
+            self.hard.load_state_dict(state["hard_examples"])
         self.history = list(state["history"])
         self.best_acc, self.bad_epochs = state["best_acc"], state["bad_epochs"]
         self.train_seconds = state["clock"]["train_seconds"]
