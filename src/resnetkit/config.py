@@ -130,8 +130,9 @@ class HardExamplesConfig:
 
     Every image's cross-entropy is recorded when it is trained on. The ``epochs`` epochs
     before the last take the ``fraction`` of the training images with the highest last-seen
-    loss plus ``random_fraction`` of the rest at random, in a seeded order; the last epoch
-    takes all images again. A hard epoch is ``fraction + random_fraction`` of a full one.
+    loss plus ``random_fraction`` of the rest at random, in a seeded order; the first and the
+    last epoch always take all images (a shorter run has fewer hard epochs). A hard epoch is
+    ``fraction + random_fraction`` of a full one.
     """
 
     epochs: int = 0  # 0: every epoch takes every image

@@ -38,6 +38,10 @@ def test_flags_override_the_recipe_and_leave_the_rest() -> None:
     assert cfg.model.kwargs == {"stem": "whiten", "width": 0.5, "norm": "group"}
     assert cfg.optim.schedule == "linear" and cfg.optim.label_smoothing == 0.1
     assert cfg.augment.crop_padding == 2 and cfg.tta_flip is True
+    recipe = CONFIGS / "fashion_mnist.toml"
+    assert _config("--config", str(recipe)).hard_examples.epochs == 8
+    off = _config("--config", str(recipe), "--hard-epochs", "0").hard_examples
+    assert off.epochs == 0 and off.fraction == 0.45  # the rest of the table stays
 
 
 def test_another_model_leaves_the_recipe_s_model_arguments_behind() -> None:

@@ -148,11 +148,22 @@ def test_a_run_killed_in_a_hard_epoch_resumes_exactly(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_shorter_than_the_recipe_keeps_its_first_and_last_epochs_whole(
+    tmp_path: Path,
+) -> None:
+    # A recipe with 8 hard epochs run with --epochs 3: only the middle one can be hard.
+    trainer = _Seen(_hard(tiny_config(epochs=3), epochs=8), tmp_path / "three")
+    trainer.fit()
+    assert [len(trainer.seen[e]) for e in range(3)] == [1024, 512, 1024]
+    trainer = _Seen(_hard(tiny_config(epochs=2), epochs=8), tmp_path / "two")
+    trainer.fit()
+    assert [len(trainer.seen[e]) for e in range(2)] == [1024, 1024]
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"epochs": 3}, r"hard_examples\.epochs must be 0 \(off\) or 1 \.\. epochs - 2 = 2"),
-        ({"epochs": -1}, r"hard_examples\.epochs"),
+        ({"epochs": -1}, r"hard_examples\.epochs must be >= 0 \(0: off\), got -1"),
         ({"epochs": 1, "fraction": 0.0}, r"hard_examples\.fraction must be in \(0, 1\]"),
         ({"epochs": 1, "fraction": 1.5}, r"hard_examples\.fraction"),
         ({"epochs": 1, "fraction": 0.9, "random_fraction": 0.2}, r"random_fraction .* 0\.1\]"),

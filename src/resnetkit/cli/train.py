@@ -51,6 +51,7 @@ _OVERRIDES: dict[str, tuple[str | None, str]] = {
     "tta_flip": (None, "tta_flip"),
     "tta_shift": (None, "tta_shift"),
     "early_stop_patience": (None, "early_stop_patience"),
+    "hard_epochs": ("hard_examples", "epochs"),
 }
 
 
@@ -91,6 +92,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--freeze", choices=["none", "backbone", "bn"])
     p.add_argument("--ema-decay", type=float, help="keep an EMA of the weights, e.g. 0.999")
     p.add_argument("--early-stop-patience", type=int)
+    p.add_argument(
+        "--hard-epochs",
+        type=int,
+        metavar="N",
+        help="train the N epochs before the last on the hardest images only (0: off)",
+    )
     p.add_argument("--num-threads", type=int)
     p.add_argument("--sync-bn", action="store_true", default=None)
     p.add_argument("--checkpoint-every-steps", type=int)

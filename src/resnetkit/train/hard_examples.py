@@ -28,18 +28,13 @@ def check_hard_examples(cfg: TrainConfig) -> None:
     """Refuse a ``[hard_examples]`` table that cannot work, naming the key.
 
     Raises:
-        ConfigError: hard epochs without a full epoch before and after them, or fractions
-            outside (0, 1].
+        ConfigError: a negative number of epochs, or fractions outside (0, 1].
     """
     hard = cfg.hard_examples
+    if hard.epochs < 0:
+        raise ConfigError(f"hard_examples.epochs must be >= 0 (0: off), got {hard.epochs}")
     if hard.epochs == 0:
         return
-    if not 0 < hard.epochs <= cfg.epochs - 2:
-        raise ConfigError(
-            f"hard_examples.epochs must be 0 (off) or 1 .. epochs - 2 = {cfg.epochs - 2}: the "
-            f"first epoch records every image's loss and the last takes them all again, got "
-            f"{hard.epochs} of {cfg.epochs} epochs"
-        )
     if not 0 < hard.fraction <= 1:
         raise ConfigError(f"hard_examples.fraction must be in (0, 1], got {hard.fraction}")
     if not 0 <= hard.random_fraction <= 1 - hard.fraction:
@@ -84,9 +79,11 @@ class HardExamples:
         return self.top + self.random
 
     def is_hard(self, epoch: int) -> bool:
-        """Whether 0-based ``epoch`` takes the hardest images only."""
+        """Whether 0-based ``epoch`` takes the hardest images only: one of the
+        ``cfg.epochs`` before the last, never the first (which records every image's loss),
+        so a run shorter than the recipe (``--epochs``) has fewer of them."""
         last = self.epochs - 1
-        return last - self.cfg.epochs <= epoch < last
+        return max(1, last - self.cfg.epochs) <= epoch < last
 
     def record(self, indices: torch.Tensor, losses: torch.Tensor) -> None:
         """Each image's loss ``(B,)`` at dataset ``indices`` ``(B,)``, as trained on."""

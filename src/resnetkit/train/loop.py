@@ -436,8 +436,9 @@ class Trainer:
         if self.step == 0:
             self.epoch_sums = [0.0, 0, 0]  # loss * n, correct, n; restored on resume
             self.term_sums = {}
-            hard = self.hard is not None and self.hard.is_hard(self.epoch)
-            self.order = self.hard.order(self.epoch) if self.hard is not None and hard else None
+            self.order = None  # the loader's permutation of every image
+            if self.hard is not None and self.hard.is_hard(self.epoch):
+                self.order = self.hard.order(self.epoch)
         self.progress.start_epoch(self.epoch, self.cfg.epochs, steps, self.step)
         every = self.cfg.checkpoint_every_steps
         tick = time.perf_counter()  # the clock covers fetching the batch too
