@@ -3,8 +3,9 @@
 Every image's loss is recorded when it is trained on. A hard epoch takes the images with the
 highest last-seen loss plus a few of the others at random, in an order drawn from
 ``(seed, epoch)``: a fraction of a full epoch's steps spent where the network is still wrong.
-On the 10-minute Fashion-MNIST recipe, eight such half epochs in place of four full ones move
-the test accuracy by about 0.2 points at the same number of steps (docs/recipes.md).
+On the 10-minute Fashion-MNIST recipe, eight such half epochs in place of four full ones moved
+the test accuracy from 94.76% to 95.09% (five new seeds each) at the same number of steps
+(docs/recipes.md).
 
 Under ``torchrun`` each rank records the losses of its own share of each batch; :meth:`sync`
 merges them (every rank calls it at the same step), so all ranks draw the same order.
