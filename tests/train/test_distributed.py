@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -65,19 +66,6 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     assert (tmp_path / "ddp" / "model.json").is_file()  # written once, by rank 0
 
 
-@pytest.mark.slow
-def test_the_whitening_bias_can_stop_training_under_ddp(tmp_path: Path) -> None:
-    # DDP waits for a gradient of every parameter it was built with; once the stem's bias
-    # stops training, the loop must build it again or the next step fails.
-    recipe = (
-        '[model]\narch = "resnet9_s"\nkwargs = { stem = "whiten", width = 0.5 }\n'
-        '[optim]\nname = "muon"\nwhiten_bias_epochs = 1\n'
-    )
-    args = ["train", *_ARGS[_ARGS.index("--data") :], "--epochs", "3"]  # the recipe's model
-    metrics = _run(_TORCHRUN, tmp_path, "ddp", recipe=recipe, args=args)
-    assert [m["epoch"] for m in metrics] == [1, 2, 3]
-
-
 # Each rank writes its loss table and the images it trained on in every epoch.
 _HARD_RANKS = textwrap.dedent(
     """
@@ -102,11 +90,21 @@ _HARD_RANKS = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_the_ranks_share_one_loss_table_and_split_each_hard_epoch(tmp_path: Path) -> None:
+def test_the_ranks_share_one_loss_table_and_rebuild_ddp_when_the_whitening_bias_stops(
+    tmp_path: Path,
+) -> None:
     # Each rank records the losses of its half of every batch; unless they are merged, the
     # ranks rank the images differently and a hard epoch trains some twice, others never.
+    # And DDP waits for a gradient of every parameter it was built with: once the stem's bias
+    # stops training (after epoch 1), the loop must build it again or the next step fails.
+    base = tiny_config()
     cfg = tiny_config(
-        epochs=4, hard_examples=HardExamplesConfig(epochs=2, fraction=0.4, random_fraction=0.1)
+        epochs=4,
+        hard_examples=HardExamplesConfig(epochs=2, fraction=0.4, random_fraction=0.1),
+        model=dataclasses.replace(
+            base.model, arch="resnet9_s", kwargs={"stem": "whiten", "width": 0.5}
+        ),
+        optim=dataclasses.replace(base.optim, name="muon", whiten_bias_epochs=1),
     )
     script = tmp_path / "ranks.py"
     script.write_text(_HARD_RANKS)
@@ -125,6 +123,8 @@ def test_the_ranks_share_one_loss_table_and_split_each_hard_epoch(tmp_path: Path
     for epoch, count in [(0, 1024), (1, 512), (2, 512), (3, 1024)]:
         both = ranks[0]["seen"][epoch] + ranks[1]["seen"][epoch]
         assert len(both) == len(set(both)) == count, epoch  # each image once, by one rank
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == [1, 2, 3, 4]
 
 
 def test_sync_bn_on_cpu_is_refused_with_a_reason() -> None:
