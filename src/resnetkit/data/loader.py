@@ -18,14 +18,19 @@ import torch
 
 from resnetkit.errors import ConfigError
 
-__all__ = ["BatchLoader", "epoch_permutation"]
+__all__ = ["BatchLoader", "epoch_generator", "epoch_permutation"]
+
+
+def epoch_generator(purpose: str, seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator that depends on ``(purpose, seed, epoch)`` only: recomputable for any
+    epoch without replaying earlier ones, and independent between purposes."""
+    digest = hashlib.sha256(f"resnetkit-{purpose}:{seed}:{epoch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     """The sample order of ``epoch``: a permutation that depends on ``(seed, epoch)`` only."""
-    digest = hashlib.sha256(f"resnetkit-loader:{seed}:{epoch}".encode()).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-    return torch.randperm(num_samples, generator=generator)
+    return torch.randperm(num_samples, generator=epoch_generator("loader", seed, epoch))
 
 
 class BatchLoader:

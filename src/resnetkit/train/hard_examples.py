@@ -13,12 +13,12 @@ merges them (every rank calls it at the same step), so all ranks draw the same o
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
 
 from resnetkit.config import HardExamplesConfig, TrainConfig
+from resnetkit.data.loader import epoch_generator
 from resnetkit.errors import ConfigError
 from resnetkit.train.distributed import DistEnv, all_reduce_sum
 
@@ -106,8 +106,7 @@ class HardExamples:
 
     def order(self, epoch: int) -> torch.Tensor:
         """The dataset indices of hard ``epoch``, in the order they are trained on."""
-        digest = hashlib.sha256(f"resnetkit-hard:{self.seed}:{epoch}".encode()).digest()
-        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        generator = epoch_generator("hard", self.seed, epoch)
         ranked = torch.argsort(self.losses, descending=True, stable=True)
         rest = ranked[self.top :]
         drawn = rest[torch.randperm(rest.numel(), generator=generator)[: self.random]]
