@@ -7,6 +7,7 @@ Slow (a real ``pip install`` into a new venv, from pip's cache when the wheels a
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from resnetkit.export import load_model_ref
+from tests import early
 from tests.export.rundir import trained_run_dir
 from tests.serve.server import free_port, png
 
@@ -29,12 +31,25 @@ _IGNORED = shutil.ignore_patterns(
 )
 
 
+def start_early(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The install (most of a minute of pip) beside the tests before this module's
+    (tests/early.py)."""
+    if not early.started("plain-venv"):
+        folder = tmp_path_factory.mktemp("plain") / "venv"
+        source = tmp_path_factory.mktemp("src") / "resnetkit"
+        early.start("plain-venv", functools.partial(_install_plain, folder, source))
+
+
 @pytest.fixture(scope="module")
 def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("plain") / "venv"
+    start_early(tmp_path_factory)
+    return Path(early.result("plain-venv"))
+
+
+def _install_plain(folder: Path, source: Path) -> Path:
+    """``pip install`` of a copy of the tracked sources (the working tree's build folders stay
+    untouched) into a new virtual environment at ``folder``."""
     venv.EnvBuilder(with_pip=True).create(folder)
-    source = tmp_path_factory.mktemp("src") / "resnetkit"
-    # A copy of the tracked sources: the working tree's build folders stay untouched.
     shutil.copytree(ROOT, source, ignore=_IGNORED)
     install = subprocess.run(
         [folder / "bin" / "pip", "install", "-q", "--disable-pip-version-check", str(source)],

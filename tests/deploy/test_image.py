@@ -8,6 +8,7 @@ mounted read-only, and answers KServe V2 health and inference from the host.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import runpy
@@ -25,17 +26,18 @@ import numpy as np
 import pytest
 
 from resnetkit.export import load_model_ref
+from tests import early
 from tests.export.rundir import trained_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_BUDGET_BYTES = 350 * 10**6
 STARTUP_S = 60.0
 
+HAVE_TOOLS = bool(shutil.which("mmdebstrap") and shutil.which("buildah"))
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not (shutil.which("mmdebstrap") and shutil.which("buildah")),
-        reason="mmdebstrap and buildah are not installed (make system-deps)",
+        not HAVE_TOOLS, reason="mmdebstrap and buildah are not installed (make system-deps)"
     ),
     pytest.mark.skipif(os.geteuid() != 0, reason="building a root filesystem needs root"),
 ]
@@ -51,11 +53,21 @@ def _buildah(*args: str, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
+def start_early(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The image build (most of a minute, mostly unpacking and pip) beside the tests before
+    this module's (tests/early.py)."""
+    if HAVE_TOOLS and os.geteuid() == 0 and not early.started("serve-image"):
+        build = runpy.run_path(str(ROOT / "scripts" / "build_image.py"))
+        out = tmp_path_factory.mktemp("image")
+        early.start(
+            "serve-image", functools.partial(build["build"], build["TARGETS"]["serve"], out)
+        )
+
+
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    build = runpy.run_path(str(ROOT / "scripts" / "build_image.py"))
-    out = tmp_path_factory.mktemp("image")
-    return build["build"](build["TARGETS"]["serve"], out)
+    start_early(tmp_path_factory)
+    return early.result("serve-image")
 
 
 @pytest.fixture(scope="module")
