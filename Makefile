@@ -58,13 +58,14 @@ ruff: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 
-# mypy (half a minute from a clean clone, on one core) runs beside the tests, which leave the
-# second core idle half the time; its verdict follows theirs and fails the target as they do.
+# mypy (half a minute from a clean clone, on one core) runs beside the tests at the lowest
+# priority, on the time they leave a core idle; its verdict follows theirs and fails the target
+# as they do.
 # Our sources are compiled first: the tests start many resnetkit processes, and each would
 # compile them again where PYTHONDONTWRITEBYTECODE is set.
 test: $(VENV)/.installed system-deps ruff
 	$(BIN)/python -m compileall -q -j 0 src > /dev/null
-	@log=$$(mktemp); $(BIN)/mypy > $$log 2>&1 & mypy=$$!; \
+	@log=$$(mktemp); nice -n 19 $(BIN)/mypy > $$log 2>&1 & mypy=$$!; \
 	$(BIN)/pytest; rc=$$?; \
 	wait $$mypy || rc=1; echo "mypy: $$(cat $$log)"; rm -f $$log; exit $$rc
 

@@ -7,17 +7,29 @@ session's first fixture (``tests/conftest.py``) calls it for every module it wil
 module's fixture takes :func:`result`, which waits only for what is not done yet. Run alone,
 a module starts its work from its own fixture and the result is the same.
 
-One job at a time, so the tests keep a core of their own. A session that ends first drops the
-jobs not yet begun and waits for the one under way.
+One job at a time, at the lowest priority (nice 19, which the job's processes inherit): the
+tests' PyTorch threads spin on both cores, and a job at their priority slowed them more than it
+saved; at nice 19 it takes the cores only while the tests wait on servers and subprocesses. A
+session that ends first drops the jobs not yet begun and waits for the one under way.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-setup")
+
+def _lowest_priority() -> None:
+    """Nice 19 for this thread (Linux sets it per thread; the processes it starts inherit it)."""
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+_POOL = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="early-setup", initializer=_lowest_priority
+)
 _JOBS: dict[str, Future[Any]] = {}
 
 
