@@ -60,9 +60,8 @@ ruff: $(VENV)/.installed
 
 # mypy (half a minute from a clean clone, on one core) runs beside the tests at the lowest
 # priority, on the time they leave a core idle; its verdict follows theirs and fails the target
-# as they do.
-# Our sources are compiled first: the tests start many resnetkit processes, and each would
-# compile them again where PYTHONDONTWRITEBYTECODE is set.
+# as they do. Our sources are compiled first: the tests start many resnetkit processes, and
+# each would compile them again where PYTHONDONTWRITEBYTECODE is set.
 test: $(VENV)/.installed system-deps ruff
 	$(BIN)/python -m compileall -q -j 0 src > /dev/null
 	@log=$$(mktemp); nice -n 19 $(BIN)/mypy > $$log 2>&1 & mypy=$$!; \

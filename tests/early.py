@@ -8,8 +8,9 @@ module's fixture takes :func:`result`, which waits only for what is not done yet
 a module starts its work from its own fixture and the result is the same.
 
 One job at a time, at the lowest priority (nice 19, which the job's processes inherit): the
-tests' PyTorch threads spin on both cores, and a job at their priority slowed them more than it
-saved; at nice 19 it takes the cores only while the tests wait on servers and subprocesses. A
+tests' PyTorch threads spin on both cores, and a job at their priority slowed them by about
+what it saved; at nice 19 it takes the cores only while the tests wait on servers and
+subprocesses. A
 session that ends first drops the jobs not yet begun and waits for the one under way.
 """
 
