@@ -64,9 +64,9 @@ ruff: $(VENV)/.installed
 # each would compile them again where PYTHONDONTWRITEBYTECODE is set.
 test: $(VENV)/.installed system-deps ruff
 	$(BIN)/python -m compileall -q -j 0 src > /dev/null
-	@log=$$(mktemp); nice -n 19 $(BIN)/mypy > $$log 2>&1 & mypy=$$!; \
+	@mkdir -p .mypy_cache; nice -n 19 $(BIN)/mypy > .mypy_cache/make-test.log 2>&1 & mypy=$$!; \
 	$(BIN)/pytest; rc=$$?; \
-	wait $$mypy || rc=1; echo "mypy: $$(cat $$log)"; rm -f $$log; exit $$rc
+	wait $$mypy || rc=1; echo "mypy: $$(cat .mypy_cache/make-test.log)"; exit $$rc
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
