@@ -303,11 +303,11 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
         with record_function(PHASE_FORWARD):
             with self.autocast():
-                logits = self.ddp_model(x)  # (B, num_classes)
-            loss, terms = self.compute_loss(logits.float(), batch, x)
+                logits = self.ddp_model(x).float()  # (B, num_classes), float32 under autocast too
+            loss, terms = self.compute_loss(logits, batch, x)
             if self.hard is not None and indices is not None:
                 with torch.no_grad():
-                    self.hard.record(indices, batch.cross_entropy(logits.float(), reduction="none"))
+                    self.hard.record(indices, batch.cross_entropy(logits, reduction="none"))
         with record_function(PHASE_BACKWARD):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
