@@ -1,6 +1,6 @@
 """The README's main job (``make quickstart``): from data to a served model, step by step.
 
-1. train the fast Fashion-MNIST recipe (``FULL=1``: the 10-minute recipe);
+1. train the fast Fashion-MNIST recipe (``FULL=1``: the 10-minute recipe for this machine);
 2. evaluate it on the test set (accuracy, confusion matrix);
 3. register it and point ``production`` at it;
 4. export it to ONNX (parity-checked) and quantize it to int8 (accuracy-checked), registering
@@ -32,6 +32,7 @@ from resnetkit.config import TrainConfig, from_dict, load_toml
 from resnetkit.contract import MODEL_WEIGHTS, read_summary
 from resnetkit.data import load_dataset
 from resnetkit.errors import ResNetKitError
+from resnetkit.evaluate import resolve_device, resolve_precision
 from resnetkit.export import check_loadable, check_parity, export_onnx, load_model_ref
 from resnetkit.onnxio import card_metadata
 from resnetkit.registry import RegistrationOptions, RegistryStore, open_registry
@@ -180,9 +181,18 @@ def serve_step(port: int, foreground: bool) -> int:
     return 0
 
 
+def full_recipe() -> str:
+    """The 10-minute recipe for this machine: the wider network where training runs in bf16 or
+    fp16 (a GPU, or a CPU with AVX512-BF16 or AMX: 95.3% in 8 minutes on 2 Zen 4 cores), the
+    narrow one where it runs in float32 (95.1% in 9 minutes on 2 AVX2-only cores, where the
+    wider one would take about twice as long)."""
+    half = resolve_precision("auto", resolve_device("auto")) is not None
+    return "fashion_mnist_wide.toml" if half else "fashion_mnist.toml"
+
+
 def main() -> int:
     full = os.environ.get("FULL", "0") == "1"
-    named = "fashion_mnist.toml" if full else "fashion_mnist_fast.toml"
+    named = full_recipe() if full else "fashion_mnist_fast.toml"
     recipe = Path(os.environ.get("RECIPE") or ROOT / "configs" / named).resolve()
     default_run = "runs/quickstart-full" if full else "runs/quickstart"
     run = Path(os.environ.get("RUN_DIR") or default_run)

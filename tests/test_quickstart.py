@@ -8,13 +8,16 @@ of it without breaking the registry.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import resnetkit.evaluate.precision as precision_policy
 from resnetkit.config import load_toml, save_toml
 from resnetkit.registry import open_registry
 from tests.serve.server import free_port
@@ -58,3 +61,20 @@ def test_quickstart_ends_with_a_served_model_and_reruns_safely(tmp_path: Path) -
         assert len(store.list_versions("fashion-mnist")) <= 2  # fp32, and int8 if accepted
         assert store.verify().ok
         assert len(store.history("fashion-mnist", "production")) == 1  # not moved again
+
+
+@pytest.mark.parametrize(
+    ("native_bf16", "expected"),
+    [(True, "fashion_mnist_wide.toml"), (False, "fashion_mnist.toml")],
+)
+def test_full_picks_the_10_minute_recipe_for_the_machine(
+    monkeypatch: pytest.MonkeyPatch, native_bf16: bool, expected: str
+) -> None:
+    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "scripts" / "quickstart.py")
+    assert spec is not None and spec.loader is not None
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    monkeypatch.setattr(precision_policy, "cpu_has_fast_bf16", lambda: native_bf16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert quickstart.full_recipe() == expected
+    assert (ROOT / "configs" / expected).is_file()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from resnetkit.config import TrainConfig, from_dict, load_toml
 from resnetkit.data import known_datasets
-from resnetkit.models import list_models
+from resnetkit.models import create_model, list_models
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
 
@@ -19,6 +20,7 @@ def test_the_required_recipes_exist() -> None:
         "fashion_mnist_fast.toml",
         "fashion_mnist.toml",
         "fashion_mnist_long.toml",
+        "fashion_mnist_wide.toml",
         "mnist.toml",
     } <= names
 
@@ -30,3 +32,11 @@ def test_recipe_loads_with_known_model_and_data(path: Path) -> None:
     assert cfg.data.name in known_datasets()
     if cfg.data.name == "mnist":
         assert not cfg.tta_flip  # a mirrored digit can be another digit
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_model_builds_with_its_arguments(path: Path) -> None:
+    cfg = from_dict(TrainConfig, load_toml(path))
+    model = create_model(cfg.model.arch, num_classes=10, in_chans=1, **cfg.model.kwargs).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
